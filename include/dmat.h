@@ -1,0 +1,49 @@
+/* dmat.h: the distributed matrix, the one type of every parameter, gradient, Adam
+ * moment and activation.
+ *
+ * A dmat is a global rows x cols matrix with a 2D *block* distribution over the TP
+ * grid (pr x pc): process row p owns global rows [row0, row0 + rows_local), process
+ * column q owns columns [col0, col0 + cols_local), blocks of ceil(rows/pr) and
+ * ceil(cols/pc). Every rank therefore owns exactly one rectangle, which is what a
+ * checkpoint writes as one HDF5 hyperslab. The local block is row-major with leading
+ * dimension ld (= cols_local), i.e. in ScaLAPACK's column-major terms it is the local
+ * block of the transpose; dmat_gemm hides that.
+ *
+ * On a 1x1 grid (tp = 1) a dmat is a plain row-major matrix and dmat_gemm is one
+ * cblas_sgemm call: ScaLAPACK only adds overhead there.
+ */
+#ifndef MPIFORMER_DMAT_H
+#define MPIFORMER_DMAT_H
+
+#include "grid.h"
+
+typedef struct dmat {
+  int64_t rows, cols;         /* global shape */
+  int64_t row0, col0;         /* global index of the first local row / column */
+  int rows_local, cols_local; /* local block shape */
+  int ld;                     /* leading dimension of the local row-major block */
+  float *data;                /* local block (not owned unless dmat_alloc made it) */
+  const grid *g;
+} dmat;
+
+/* Number of items of a dimension of n that block-distribution coordinate p of np owns,
+ * and the global index of its first one. Not collective. */
+int64_t dmat_block_count(int64_t n, int p, int np);
+int64_t dmat_block_start(int64_t n, int p, int np);
+
+/* Describe a rows x cols global matrix on g's TP grid, local data at `data` (may be NULL
+ * to fill in later). Not collective. */
+void dmat_init(dmat *m, const grid *g, int64_t rows, int64_t cols, float *data);
+
+/* Local element count (rows_local * cols_local). */
+static inline int64_t dmat_local_size(const dmat *m) {
+  return (int64_t)m->rows_local * m->cols_local;
+}
+
+/* C = alpha * op(A) * op(B) + beta * C with row-major semantics on global shapes;
+ * trans_a/trans_b are 'N' or 'T'. Collective on the TP grid (tp > 1: p?gemm);
+ * tp == 1: one cblas_sgemm. Shapes are checked. */
+void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dmat *b, float beta,
+               dmat *c);
+
+#endif

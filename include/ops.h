@@ -1,0 +1,100 @@
+/* ops.h: forward and backward kernels on local, row-major blocks.
+ *
+ * Shapes are given as (rows, cols) of row-major arrays. n = number of token rows
+ * (batch * sequence length), d = features. Conventions:
+ *  - every *_backward ACCUMULATES (+=) into its input gradients and parameter
+ *    gradients; callers zero them first. Pointers for gradients that are not wanted
+ *    may be NULL where the comment says so.
+ *  - nothing allocates; scratch is passed in. No function is collective: these are
+ *    the per-process kernels that the model calls on the blocks it owns.
+ *  - dropout masks come from a counter-based hash of (key, global element index), so
+ *    they do not depend on the layout and backward regenerates them from the key.
+ */
+#ifndef MPIFORMER_OPS_H
+#define MPIFORMER_OPS_H
+
+#include <stdint.h>
+
+/* ---- LayerNorm over the last dimension ---------------------------------------- */
+/* y(n,d) = (x - mean) * rstd * g(d) + b(d); mean(n), rstd(n) = 1/sqrt(var + eps) saved for
+ * backward (var is the biased variance, as PyTorch). y may not alias x. */
+void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                           const float *b, int n, int d, float eps);
+/* dx(n,d) += ..., dg(d) += sum_rows dy * xhat, db(d) += sum_rows dy. */
+void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *g, int n, int d);
+
+/* ---- ReLU ------------------------------------------------------------------------ */
+/* y(n) = max(x, 0); y may alias x. */
+void ops_relu_forward(float *y, const float *x, int64_t n);
+/* dx(n) += dy * (y > 0), y = the forward output. */
+void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
+
+/* ---- Dropout (inverted, layout-independent) -------------------------------------- */
+/* Element (i, j) of a local block (rows, cols) sits at global index
+ * (row0 + i) * cols_global + col0 + j. It is dropped when
+ * ops_hash_uniform(key, global_index) < p; kept ones are scaled by 1/(1-p).
+ * y(rows,cols) = mask(x); y may alias x. p == 0 copies (or does nothing when y == x).
+ * Backward is the same function applied to dy with the same key (then add into dx). */
+void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
+                 int64_t cols_global, float p, uint64_t key);
+/* A uniform float in [0,1) from a 64-bit key and a counter (splitmix64-style mix). */
+float ops_hash_uniform(uint64_t key, uint64_t counter);
+/* A standard normal float from (key, counter) (Box-Muller on two hash uniforms). */
+float ops_hash_normal(uint64_t key, uint64_t counter);
+/* Mix several 64-bit values into one key (for key = f(seed, step, layer, site)). */
+uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
+
+/* ---- Multi-head scaled dot-product attention -------------------------------------- */
+/* q(B*Tq, ldq), k(B*Tk, ldk), v(B*Tk, ldk): row b*T + t holds the H heads of dimension
+ * dh side by side (columns h*dh .. h*dh+dh-1); ldq/ldk >= H*dh are row strides (so q, k
+ * and v may be column slices of one wider array).
+ * key_pad(B, Tk): non-zero marks a padding key that no query may attend to (NULL: none).
+ * causal: query t attends only to keys s <= t + (Tk - Tq) (Tq < Tk for incremental
+ * decoding: the queries are the last Tq positions).
+ * probs(B, H, Tq, Tk): saved softmax probabilities, before attention dropout.
+ * out(B*Tq, ldo): concatenated heads of dropout(probs) @ v.
+ * Scores are (q . k) / sqrt(dh). Attention dropout with probability p uses key `key`
+ * and global index ((b * H + h) * Tq + i) * Tk + j (b counted from b0, the global index
+ * of this block's first sequence).
+ * scratch: at least Tq * Tk floats. */
+void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
+                           const float *k, const float *v, int ldk, const uint8_t *key_pad,
+                           int causal, int B, int Tq, int Tk, int H, int dh, float p,
+                           uint64_t key, int64_t b0, float *scratch);
+/* dq(B*Tq, ldq) +=, dk(B*Tk, ldk) +=, dv(B*Tk, ldk) += given dout(B*Tq, ldo) and the
+ * forward's inputs and probs. scratch: at least 2 * Tq * Tk floats. */
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
+                            const float *probs, const float *q, int ldq, const float *k,
+                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
+                            float p, uint64_t key, int64_t b0, float *scratch);
+
+/* ---- Embedding and sinusoidal positions ------------------------------------------- */
+/* y(n,d) = scale * table[tokens[i]] (table(V,d)). */
+void ops_embedding_forward(float *y, const int32_t *tokens, const float *table, int n, int d,
+                           float scale);
+/* dtable[tokens[i]] += scale * dy[i] for every i whose token is not `pad`. */
+void ops_embedding_backward(float *dtable, const float *dy, const int32_t *tokens, int n, int d,
+                            float scale, int pad);
+/* y(B*T, d) += PE(pos0 + t) for row b*T + t, with half = d/2 and
+ * PE(p)[i] = sin(p * exp(-i * ln(10000)/(half-1))) for i < half,
+ * PE(p)[half+i] = cos(p * exp(-i * ln(10000)/(half-1))), i < half (d even). */
+void ops_positions_add(float *y, int B, int T, int d, int pos0);
+
+/* ---- Label-smoothed softmax cross-entropy ----------------------------------------- */
+/* logits(n, V), targets(n). Rows whose target is `pad` are ignored (zero gradient).
+ * For other rows, with lp = log_softmax(logits), eps_i = eps / (V - 1):
+ *   nll = -lp[t],  loss = (1 - eps - eps_i) * nll + eps_i * (-sum_j lp[j])   (fairseq)
+ * Adds the row sums into *loss_sum and *nll_sum (double) and returns the number of
+ * non-pad rows. Writes dlogits(n, V) = grad_scale * d(loss)/d(logits)
+ * = grad_scale * (softmax - w), w_t = 1 - eps, w_j = eps_i otherwise; dlogits may alias
+ * logits (it is written row by row after that row's loss is taken) or be NULL (loss only). */
+int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V,
+                 int pad, float eps, float grad_scale, double *loss_sum, double *nll_sum);
+
+/* ---- Small vector helpers --------------------------------------------------------- */
+void ops_add(float *y, const float *a, const float *b, int64_t n);   /* y = a + b */
+void ops_acc(float *y, const float *x, int64_t n);                   /* y += x */
+void ops_scale(float *y, float s, int64_t n);                        /* y *= s */
+
+#endif
