@@ -64,6 +64,7 @@ struct data_split {
   size_t raw_cap;
   data_slot *slots; /* (n_seq) sorted by id */
   int64_t *pos;     /* (n_seq) start of sentence j in raw */
+  hsize_t *runs;    /* (n_seq, 2) contiguous file ranges: start, count */
   size_t slot_cap;
 };
 
@@ -396,6 +397,7 @@ static void split_free(data_split *s) {
   free(s->raw);
   free(s->slots);
   free(s->pos);
+  free(s->runs);
   free(s);
 }
 
@@ -765,13 +767,37 @@ static int slot_cmp(const void *a, const void *b) {
   return (x->j > y->j) - (x->j < y->j);
 }
 
+/* The union of runs[lo..hi) (pairs start, count) as a new dataspace (caller closes).
+ * HDF5 1.10 rebuilds the whole span tree on every H5S_SELECT_OR, so n sequential ORs
+ * cost O(n^2) (8 ms for 400 ranges); ORing small groups and merging them pairwise with
+ * H5Scombine_select costs O(n log n) (2 ms). */
+#define DATA_OR_LEAF 16
+static hid_t select_runs(hid_t base, const hsize_t *runs, int64_t lo, int64_t hi) {
+  if (hi - lo <= DATA_OR_LEAF) {
+    hid_t sp = H5Scopy(base);
+    CHECK(sp >= 0, "H5Scopy failed");
+    for (int64_t r = lo; r < hi; r++)
+      CHECK(H5Sselect_hyperslab(sp, r > lo ? H5S_SELECT_OR : H5S_SELECT_SET, &runs[2 * r], NULL,
+                                &runs[2 * r + 1], NULL) >= 0,
+            "H5Sselect_hyperslab failed");
+    return sp;
+  }
+  int64_t mid = lo + (hi - lo) / 2;
+  hid_t a = select_runs(base, runs, lo, mid), b = select_runs(base, runs, mid, hi);
+  hid_t u = H5Scombine_select(a, H5S_SELECT_OR, b);
+  CHECK(u >= 0, "H5Scombine_select failed");
+  H5Sclose(a);
+  H5Sclose(b);
+  return u;
+}
+
 /* Read side k of the n sentences in s->slots (sorted by id) into s->raw with one
- * H5Dread over the union of their ranges; s->pos[j] = start of batch sentence j. */
+ * H5Dread over the union of their ranges (file order); s->pos[j] = where batch
+ * sentence j starts in s->raw. Adjacent sentences merge into one run. */
 static void side_read(data_split *s, int k, int n) {
   const int64_t *o = s->off[k];
-  hid_t fs = s->tspace[k];
-  int64_t total = 0, run_a = -1, run_b = -1, prev = -1;
-  int first = 1;
+  hsize_t *runs = s->runs;
+  int64_t total = 0, nr = 0, prev = -1;
   for (int q = 0; q < n; q++) {
     int64_t id = s->slots[q].id;
     if (id == prev) { /* duplicate id: same tokens */
@@ -783,24 +809,16 @@ static void side_read(data_split *s, int k, int n) {
     int64_t a = o[id], b = o[id + 1];
     total += b - a;
     if (a == b) continue;
-    if (a == run_b) { /* contiguous with the current run: extend it */
-      run_b = b;
-      continue;
+    if (nr > 0 && (int64_t)(runs[2 * nr - 2] + runs[2 * nr - 1]) == a) {
+      runs[2 * nr - 1] += (hsize_t)(b - a); /* contiguous with the last run */
+    } else {
+      runs[2 * nr] = (hsize_t)a;
+      runs[2 * nr + 1] = (hsize_t)(b - a);
+      nr++;
     }
-    if (run_a >= 0) {
-      hsize_t st = (hsize_t)run_a, ct = (hsize_t)(run_b - run_a);
-      CHECK(H5Sselect_hyperslab(fs, first ? H5S_SELECT_SET : H5S_SELECT_OR, &st, NULL, &ct, NULL) >=
-                0,
-            "H5Sselect_hyperslab failed");
-      first = 0;
-    }
-    run_a = a;
-    run_b = b;
   }
   if (total == 0) return;
-  hsize_t st = (hsize_t)run_a, ct = (hsize_t)(run_b - run_a);
-  CHECK(H5Sselect_hyperslab(fs, first ? H5S_SELECT_SET : H5S_SELECT_OR, &st, NULL, &ct, NULL) >= 0,
-        "H5Sselect_hyperslab failed");
+  hid_t fs = select_runs(s->tspace[k], runs, 0, nr);
   grow((void **)&s->raw, &s->raw_cap, (size_t)total, sizeof(int32_t));
   hsize_t mt = (hsize_t)total;
   hid_t ms = H5Screate_simple(1, &mt, NULL);
@@ -809,6 +827,7 @@ static void side_read(data_split *s, int k, int n) {
         "%s: reading /%s/%s/tokens for a batch of %d sentences failed", s->f->path, s->name,
         side_name(k), n);
   H5Sclose(ms);
+  H5Sclose(fs);
   const int32_t v = s->f->vocab_size;
   for (int64_t i = 0; i < total; i++)
     CHECK(s->raw[i] >= 0 && s->raw[i] < v,
@@ -825,8 +844,10 @@ void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *o
       c *= 2;
     free(s->slots);
     free(s->pos);
+    free(s->runs);
     s->slots = common_malloc(c * sizeof *s->slots);
     s->pos = common_malloc(c * sizeof *s->pos);
+    s->runs = common_malloc(2 * c * sizeof *s->runs);
     s->slot_cap = c;
   }
   int max_s = 0, max_t = 0;
