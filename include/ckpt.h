@@ -15,11 +15,39 @@
  *
  * Because datasets have global shapes, a checkpoint written with one layout is read by
  * any other: each reader selects its own block.
+ *
+ * Checksum (attribute "checksum", uint64, on every dataset): independent of the layout,
+ *   checksum = sum over elements e of ckpt_hash_element(g(e), value(e))   (mod 2^64)
+ * where g(e) is the element's flat row-major index in the global dataset (r * cols + c;
+ * c for a 1-D dataset) and value(e) its float32 bits; see ckpt_hash_element below.
+ * Writers sum their own (disjoint) elements and allreduce; the reader re-derives it from
+ * the file with the ranks splitting every dataset by rows. In Python:
+ *   h = mix64((g * 0x9E3779B97F4A7C15 mod 2^64) ^ bits);  checksum = sum(h) mod 2^64.
+ *
+ * Root attributes: format_version (int32 = 1), step, epoch, batch_in_epoch, tokens_seen
+ * (int64), seed (uint64), lr, wall_seconds (double), layout, config (fixed-length strings),
+ * complete (int32 = 1, written last). Files: DIR/ckpt_%08lld.h5 (step), DIR/latest.
  */
 #ifndef MPIFORMER_CKPT_H
 #define MPIFORMER_CKPT_H
 
 #include "dmat.h"
+
+/* splitmix64's finalizer (Steele, Lea, Flood 2014). Not collective. */
+static inline uint64_t ckpt_mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+/* The checksum term of one element: global flat index gidx, value v (its IEEE bits). */
+static inline uint64_t ckpt_hash_element(uint64_t gidx, float v) {
+  union {
+    float f;
+    uint32_t u;
+  } c = {.f = v};
+  return ckpt_mix64((gidx * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)c.u);
+}
 
 typedef struct ckpt_tensor {
   const char *name; /* fairseq name, e.g. "encoder.layers.0.fc1.weight" */
@@ -28,7 +56,11 @@ typedef struct ckpt_tensor {
   int write_param;  /* 1 if this rank writes its param block (one replica writes) */
   /* Optimizer moments of this rank: local flat indices [opt_lo, opt_hi) of the param's
    * local row-major block (all of it with zero=0; a slice with zero=1; empty when this
-   * rank writes none). exp_avg[i - opt_lo] belongs to local flat index i. NULL = none. */
+   * rank holds none). exp_avg[i - opt_lo] belongs to local flat index i (dense, no ld).
+   * NULL = none. On save, if the slices of all ranks cover each tensor exactly once they
+   * are all written; if they cover it more than once (zero=0: replicas) only the
+   * write_param ranks' slices are written; anything else is an error (C_ERR). On load every
+   * rank with exp_avg != NULL reads its slice (left untouched if the file has no moments). */
   int64_t opt_lo, opt_hi;
   float *exp_avg, *exp_avg_sq;
 } ckpt_tensor;
@@ -41,8 +73,8 @@ typedef struct ckpt_meta {
   double lr;              /* lr of the last update (the schedule is a function of step) */
   double wall_seconds;    /* training wall time so far (for time-to-BLEU across restarts) */
   int64_t tokens_seen;
-  char layout[128];       /* e.g. "dp=2 pp=1 tp=1 (1x1) zero=1" */
-  char *config_text;      /* resolved config (key = value lines); read: malloc'd, caller frees */
+  char layout[128];  /* e.g. "dp=2 pp=1 tp=1 (1x1) zero=1" */
+  char *config_text; /* resolved config (key = value lines); read: malloc'd, caller frees */
 } ckpt_meta;
 
 /* Write checkpoint DIR/ckpt_<meta->step>.h5 atomically, update DIR/latest, keep the newest
