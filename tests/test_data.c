@@ -137,7 +137,7 @@ static void put_dataset(hid_t loc, const char *name, hid_t ftype, hid_t mtype, h
   H5Sclose(sp);
 }
 
-enum { OK_SPLIT, NONMONO, BADEND, BADTOK, COUNT, NOOFF };
+enum { OK_SPLIT, NONMONO, BADEND, BADTOK, BADTOK_MID, NEGTOK, COUNT, NOOFF };
 
 static void put_split(hid_t file, const char *name, const tsplit *t, int mode) {
   hid_t g = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -155,7 +155,9 @@ static void put_split(hid_t file, const char *name, const tsplit *t, int mode) {
       off[i + 1] = off[i] - 1; /* goes backwards */
     }
     if (mode == BADEND && k == 1) off[n] += 3;
-    if (mode == BADTOK && k == 1) tok[total - 2] = V; /* in the last rank's share */
+    if (mode == BADTOK && k == 1) tok[total - 1] = V;         /* the last rank's last */
+    if (mode == BADTOK_MID && k == 1) tok[total / 2] = V + 5; /* first of rank 1's of 2 */
+    if (mode == NEGTOK && k == 0) tok[0] = -1;                /* first of rank 0's */
     int64_t n_off = (mode == COUNT && k == 1) ? n : n + 1;
     put_dataset(gs, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, (hsize_t)total, tok);
     if (!(mode == NOOFF && k == 1))
@@ -334,6 +336,8 @@ int main(int argc, char **argv) {
     put_split(f, "nonmono", &small, NONMONO);
     put_split(f, "badend", &small, BADEND);
     put_split(f, "badtok", &small, BADTOK);
+    put_split(f, "badtokmid", &small, BADTOK_MID);
+    put_split(f, "negtok", &small, NEGTOK);
     put_split(f, "count", &small, COUNT);
     put_split(f, "nooff", &small, NOOFF);
     H5Fclose(f);
@@ -360,7 +364,11 @@ int main(int argc, char **argv) {
     bs = data_split_open(bf, "badend", err, sizeof err);
     expect_fail(bs, err, "but /badend/tgt/tokens holds", "offsets/tokens length");
     bs = data_split_open(bf, "badtok", err, sizeof err);
-    expect_fail(bs, err, "outside [0, vocab_size=50)", "token id >= vocab_size");
+    expect_fail(bs, err, "] = 50 is outside [0, vocab_size=50)", "token id >= vocab_size");
+    bs = data_split_open(bf, "badtokmid", err, sizeof err);
+    expect_fail(bs, err, "] = 55 is outside", "token id mid-file");
+    bs = data_split_open(bf, "negtok", err, sizeof err);
+    expect_fail(bs, err, "/negtok/src/tokens[0] = -1 is outside", "negative token id");
     bs = data_split_open(bf, "count", err, sizeof err);
     expect_fail(bs, err, "source but", "src/tgt count mismatch");
     bs = data_split_open(bf, "nooff", err, sizeof err);
