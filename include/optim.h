@@ -1,0 +1,49 @@
+/* optim.h: Adam/AdamW on the flat parameter buffer, learning-rate schedules, gradient
+ * synchronization over data-parallel ranks (all-reduce, or ZeRO-1 reduce-scatter +
+ * all-gather), global-norm clipping.
+ *
+ * With zero = 1 each of the dp ranks keeps the Adam moments of one contiguous slice
+ * [lo, hi) of the flat buffer (1/dp of it): the gradients are reduce-scattered, each rank
+ * updates its slice, and the parameters are all-gathered (DeepSpeed ZeRO stage 1,
+ * Megatron's distributed optimizer). With zero = 0 every rank holds all moments.
+ */
+#ifndef MPIFORMER_OPTIM_H
+#define MPIFORMER_OPTIM_H
+
+#include "config.h"
+#include "common.h"
+
+typedef struct optim {
+  int adamw;
+  double beta1, beta2, eps, weight_decay;
+  int64_t n;           /* floats in the flat buffers (local to the TP block) */
+  int64_t lo, hi;      /* this rank's slice: moments cover [lo, hi) */
+  float *exp_avg;      /* (hi - lo) */
+  float *exp_avg_sq;   /* (hi - lo) */
+  int zero, dp, dp_rank;
+  MPI_Comm dp_comm;
+  int *counts, *displs; /* zero=1: the dp slices, for reduce-scatter/all-gather */
+  int64_t step;         /* updates done (bias correction) */
+} optim;
+
+/* Moments for n local floats, sliced over dp_comm when c->zero. Collective on nothing. */
+void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm);
+void optim_free(optim *o);
+
+/* Bytes of Adam state this rank holds, and what it would hold with zero = 0. */
+int64_t optim_state_bytes(const optim *o);
+
+/* Sum grads over dp_comm and multiply by scale (1 / global target tokens); with zero=1
+ * only the slice [lo, hi) is reduced (reduce-scatter). Returns the global L2 norm of the
+ * scaled gradient (over the slice owners: every rank gets the same value).
+ * Collective on dp_comm. */
+double optim_sync_grads(optim *o, float *grads, float scale);
+
+/* One Adam(W) update of [lo, hi) with learning rate lr; grads multiplied by clip_coef
+ * first; with zero=1 the parameters are all-gathered afterwards. Collective on dp_comm. */
+void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef);
+
+/* The learning rate of update `step` (1-based) in `epoch` (1-based) under c's schedule. */
+double optim_lr(const config *c, int64_t step, int64_t epoch);
+
+#endif

@@ -1,0 +1,123 @@
+/* optim.c: Adam/AdamW, lr schedules, data-parallel gradient sync and ZeRO-1 (optim.h).
+ *
+ * Adam follows PyTorch's torch.optim.Adam/AdamW exactly (bias corrections, eps added
+ * to sqrt(v_hat)); "adam" adds weight_decay * p to the gradient (L2), "adamw" decays
+ * the weights directly.
+ */
+#include "optim.h"
+
+#include <math.h>
+#include <string.h>
+
+void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm) {
+  memset(o, 0, sizeof *o);
+  o->adamw = strcmp(c->optimizer, "adamw") == 0;
+  o->beta1 = c->beta1, o->beta2 = c->beta2, o->eps = c->adam_eps;
+  o->weight_decay = c->weight_decay;
+  o->n = n;
+  o->zero = (int)c->zero;
+  o->dp_comm = dp_comm;
+  MPI_CHECK(MPI_Comm_size(dp_comm, &o->dp));
+  MPI_CHECK(MPI_Comm_rank(dp_comm, &o->dp_rank));
+  o->lo = 0, o->hi = n;
+  if (o->zero && o->dp > 1) {
+    o->counts = common_calloc((size_t)o->dp, sizeof(int));
+    o->displs = common_calloc((size_t)o->dp, sizeof(int));
+    int64_t per = (n + o->dp - 1) / o->dp;
+    for (int r = 0; r < o->dp; r++) {
+      int64_t a = per * r < n ? per * r : n, b = per * (r + 1) < n ? per * (r + 1) : n;
+      o->displs[r] = common_int(a);
+      o->counts[r] = common_int(b - a);
+    }
+    o->lo = o->displs[o->dp_rank];
+    o->hi = o->lo + o->counts[o->dp_rank];
+  } else {
+    o->zero = 0;
+  }
+  o->exp_avg = common_calloc((size_t)(o->hi - o->lo), sizeof(float));
+  o->exp_avg_sq = common_calloc((size_t)(o->hi - o->lo), sizeof(float));
+}
+
+void optim_free(optim *o) {
+  free(o->exp_avg);
+  free(o->exp_avg_sq);
+  free(o->counts);
+  free(o->displs);
+  memset(o, 0, sizeof *o);
+}
+
+int64_t optim_state_bytes(const optim *o) { return 2 * (o->hi - o->lo) * (int64_t)sizeof(float); }
+
+double optim_sync_grads(optim *o, float *grads, float scale) {
+  if (o->dp > 1) {
+    if (o->zero) {
+      /* each rank receives the sum of its own slice, in place at grads + lo */
+      MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, grads, o->counts, MPI_FLOAT, MPI_SUM, o->dp_comm));
+      /* MPI_Reduce_scatter in place leaves the result at the start of the buffer */
+      if (o->lo > 0) memmove(grads + o->lo, grads, (size_t)(o->hi - o->lo) * sizeof(float));
+    } else {
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads, common_int(o->n), MPI_FLOAT, MPI_SUM, o->dp_comm));
+    }
+  }
+  double sq = 0.0;
+  for (int64_t i = o->lo; i < o->hi; i++) {
+    grads[i] *= scale;
+    sq += (double)grads[i] * grads[i];
+  }
+  if (o->zero) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, o->dp_comm));
+  return sqrt(sq);
+}
+
+void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef) {
+  o->step++;
+  const double b1 = o->beta1, b2 = o->beta2;
+  const double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
+  const float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+  const float wd = (float)o->weight_decay, eps = (float)o->eps;
+  const float fb1 = (float)b1, fb2 = (float)b2;
+  const float decay = o->adamw ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+  float *restrict p = params + o->lo;
+  const float *restrict gr = grads + o->lo;
+  float *restrict m = o->exp_avg, *restrict v = o->exp_avg_sq;
+  int64_t n = o->hi - o->lo;
+  for (int64_t i = 0; i < n; i++) {
+    float g = gr[i] * clip_coef;
+    if (!o->adamw) g += wd * p[i];
+    else p[i] *= decay;
+    m[i] = fb1 * m[i] + (1.0f - fb1) * g;
+    v[i] = fb2 * v[i] + (1.0f - fb2) * g * g;
+    p[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
+  }
+  if (o->zero)
+    MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, o->counts, o->displs, MPI_FLOAT,
+                             o->dp_comm));
+}
+
+double optim_lr(const config *c, int64_t step, int64_t epoch) {
+  double lr = c->lr, t = (double)step, W = (double)c->warmup_steps;
+  double warm = (W > 0 && t < W) ? t / W : 1.0;
+  if (!strcmp(c->lr_scheduler, "inverse_sqrt")) {
+    double pivot = W > (double)c->decay_start ? W : (double)c->decay_start;
+    if (pivot < 1) pivot = 1;
+    return lr * warm * sqrt(pivot / (t > pivot ? t : pivot));
+  }
+  if (!strcmp(c->lr_scheduler, "linear")) {
+    double T = (double)c->max_steps;
+    if (W > 0 && t < W) return lr * warm;
+    double frac = T > W ? (t - W) / (T - W) : 1.0;
+    if (frac > 1) frac = 1;
+    return lr + (c->end_lr - lr) * frac;
+  }
+  if (!strcmp(c->lr_scheduler, "step")) {
+    double f = 1.0;
+    const char *p = c->lr_decay_epochs;
+    while (*p) {
+      long e = strtol(p, (char **)&p, 10);
+      if (epoch >= e && e > 0) f *= c->lr_decay_factor;
+      if (*p == ',') p++;
+      else if (*p) break;
+    }
+    return lr * warm * f;
+  }
+  return lr * warm; /* constant */
+}
