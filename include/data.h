@@ -36,15 +36,20 @@ int data_unk_id(const data_file *f);
 /* The SentencePiece piece of token id (e.g. "▁the"); "" when out of range. */
 const char *data_piece(const data_file *f, int id);
 
-/* Open split "train"|"valid"|"test": reads both sides' offsets. NULL (with err) when
- * the split is missing or malformed. Collective on the file's comm. */
+/* Open split "train"|"valid"|"test": reads both sides' offsets on every rank and
+ * validates them (offsets[0] = 0, monotone, ending at the tokens' length, equal sentence
+ * counts), then checks every token id is in [0, vocab_size): the ranks share that scan
+ * (each reads 1/P of each side's tokens, 1 Mi tokens at a time), so a corrupt file fails
+ * here, not mid-epoch. /<split>/<side>/text is optional. NULL (with err, the same text on
+ * every rank) when the split is missing or malformed. Collective on the file's comm. */
 data_split *data_split_open(data_file *f, const char *split, char *err, size_t err_len);
+/* Close (every split before data_close). Call it on every rank of the file's comm. */
 void data_split_close(data_split *s);
 int64_t data_split_size(const data_split *s);
 /* Stored length (tokens, without bos/eos) of sentence i on side 0 (src) or 1 (tgt). */
 int data_split_len(const data_split *s, int side, int64_t i);
 /* The raw text of sentence i on side 0/1, read from /<split>/<side>/text into buf
- * (truncated to len). Not collective (independent read). */
+ * (truncated to len; "" when the split has no text). Not collective (independent read). */
 void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len);
 
 /* The batches of one epoch. Batch b is sentences ids[starts[b] .. starts[b+1]). */
@@ -61,7 +66,9 @@ typedef struct data_plan {
  * sentences into batches whose padded size n_seq * max(src_len + 1, tgt_len + 1) stays
  * <= max_tokens (a single sentence longer than that is a batch of its own), then
  * shuffle the order of the batches by (seed, epoch) when shuffle != 0.
- * Deterministic: every rank computes the same plan. Not collective. */
+ * Deterministic: every rank computes the same plan, at any rank count (its own
+ * splitmix64 streams seeded from (seed, epoch); no rand()). Not collective. Fills *p
+ * with newly allocated arrays; it does not free what *p held (data_plan_free first). */
 void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
                     int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch,
                     int64_t *n_dropped);
@@ -80,11 +87,13 @@ typedef struct data_batch {
   size_t cap_seq, cap_tok;            /* allocated capacity, grown as needed */
 } data_batch;
 
-/* Read batch b of plan p: the token hyperslabs of its sentences only. Grows out's
- * buffers if needed (zero-initialize *out before first use). Not collective
- * (independent reads). */
+/* Read batch b of plan p: the token hyperslabs of its sentences only (one H5Dread a
+ * side). Grows out's buffers if needed (zero-initialize *out before first use). Not
+ * collective (independent reads); uses scratch buffers held by s, so one thread per
+ * split at a time. Aborts (CHECK) on a read error. */
 void data_batch_load(data_split *s, const data_plan *p, int64_t b, data_batch *out);
-/* Same for an explicit list of n sentence indices (decoding, tests). */
+/* Same for an explicit list of n sentence indices (any order, repeats allowed; row j
+ * is ids[j]) (decoding, tests). */
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out);
 void data_batch_free(data_batch *b);
 
