@@ -270,6 +270,11 @@ static void test_cross_layout(const char *root) {
     for (int64_t k = 0; k < in.t[i].opt_hi - in.t[i].opt_lo; k++)
       untouched &= in.ea[i][k] == SENTINEL;
   TEST_EXPECT(untouched, "moments changed although the file has none");
+  char got[800];
+  int none = -1;
+  TEST_EXPECT(ckpt_resolve("auto", dir, got, sizeof got, &none, comm, err, sizeof err) == C_OK &&
+                  strcmp(got, path) == 0,
+              "resolve of a checkpoint without moments: '%s' (%s)", got, err);
   tset_free(&s);
   tset_free(&in);
 }
@@ -364,8 +369,10 @@ static void test_retention(const char *root) {
   ckpt_meta m = meta_for(5);
   tset gap;
   tset_make(&gap, SH, L_WHOLE, M_ZERO1, 1);
-  if (size == 1) gap.t[2].opt_lo = 1; /* a hole in the moments */
-  else if (rank == size - 1) gap.t[2].opt_hi = gap.t[2].opt_lo;
+  if (size == 1)
+    gap.t[2].opt_lo = 1; /* a hole in the moments */
+  else if (rank == size - 1)
+    gap.t[2].opt_hi = gap.t[2].opt_lo;
   int rc = ckpt_save(dir, gap.t, NT, &m, 2, comm, err, sizeof err);
   expect_err(rc, err, "ckpt_save", "cover", "moments with a hole");
   tset_free(&gap);
