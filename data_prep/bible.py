@@ -21,7 +21,9 @@ too, so it does not depend on the drop list).  Chapter i goes to valid when
 i % 40 == 13, to test when i % 40 == 33, and to train otherwise.
 
 Usage:
-  bible.py OUTDIR [--split]      build OUTDIR/bible.tsv (and the split files)
+  bible.py OUTDIR [--split] [--books B1,B2]
+                                 build OUTDIR/bible.tsv (and the split files);
+                                 --books keeps only those books (tests)
   bible.py --selftest            run the stripper unit checks only
 Python standard library only (runs under /usr/bin/python3).
 """
@@ -150,16 +152,18 @@ def strip_osis(raw):
 _RE_KEY = re.compile(r"^(.+) (\d+):(\d+)$")
 
 
-def read_module(name):
-    """Run mod2imp NAME; return (ordered list of (book, chapter, verse), dict key ->
-    stripped text) for verse keys (chapter >= 1, verse >= 1) with non-empty text."""
+def read_module(name, books=None):
+    """Run mod2imp NAME; return (ordered list of every verse key (book, chapter,
+    verse) it lists with chapter >= 1 and verse >= 1, dict key -> stripped text for
+    those keys whose text is not empty). books: if given, a set of book names; only
+    their verses are stripped and enter the dict (the key list stays complete)."""
     try:
         res = subprocess.run(["mod2imp", name], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
         sys.exit(f"bible.py: cannot run mod2imp {name}: {e} "
                  "(install libsword-utils and the sword-text-* packages)")
     lines = res.stdout.decode("utf-8").split("\n")
-    order, text = [], {}
+    order, text, seen = [], {}, set()
     key = None
     for line in lines:
         if line.startswith("$$$"):
@@ -170,13 +174,14 @@ def read_module(name):
             continue
         if key is None:
             continue
-        t = strip_osis(line)
+        if key not in seen:
+            seen.add(key)
+            order.append(key)
+        t = strip_osis(line) if books is None or key[0] in books else ""
         if t:
-            if key not in text:
-                order.append(key)
             text[key] = t
         key = None  # one markup line per key
-    if not text:
+    if not order:
         sys.exit(f"bible.py: mod2imp {name} gave no verses (module not installed?)")
     return order, text
 
@@ -200,12 +205,17 @@ def split_of(chapter_index):
     return "valid" if r == SPLIT_VALID else "test" if r == SPLIT_TEST else "train"
 
 
-def build(outdir, do_split):
+def build(outdir, do_split, books=None):
     os.makedirs(outdir, exist_ok=True)
-    mods = [read_module(m) for m in MODULES]
+    mods = [read_module(m, books) for m in MODULES]
     es_order, es = mods[0]
     web, kjv = mods[1][1], mods[2][1]
-    both = [k for k in es_order if k in web]
+    if books:
+        unknown = books - {k[0] for k in es_order}
+        if unknown:
+            sys.exit(f"bible.py: unknown book(s) {sorted(unknown)}; names are as "
+                     "mod2imp spaRV1909eb prints them (e.g. 'I Samuel')")
+    both = [k for k in es_order if k in es and k in web]
     books = []
     for k in es_order:
         if not books or books[-1] != k[0]:
@@ -336,13 +346,15 @@ def main():
     ap.add_argument("outdir", nargs="?", help="output folder")
     ap.add_argument("--split", action="store_true",
                     help="also write {train,valid,test}.{es,en,kjv,keys}")
+    ap.add_argument("--books", help="comma-separated book names: only these (for tests)")
     ap.add_argument("--selftest", action="store_true", help="run the stripper checks")
     args = ap.parse_args()
     if args.selftest:
         sys.exit(0 if selftest() else 1)
     if not args.outdir:
         ap.error("OUTDIR is required (or --selftest)")
-    build(args.outdir, args.split)
+    books = set(b.strip() for b in args.books.split(",")) if args.books else None
+    build(args.outdir, args.split, books)
 
 
 if __name__ == "__main__":
