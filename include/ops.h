@@ -20,7 +20,9 @@
  * backward (var is the biased variance, as PyTorch). y may not alias x. */
 void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                            const float *b, int n, int d, float eps);
-/* dx(n,d) += ..., dg(d) += sum_rows dy * xhat, db(d) += sum_rows dy. */
+/* dx(n,d) += rstd * (dxhat - mean_row(dxhat) - xhat * mean_row(dxhat * xhat)) with
+ * dxhat = dy * g, dg(d) += sum_rows dy * xhat, db(d) += sum_rows dy. dx, dg and db may
+ * each be NULL (not wanted). */
 void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *g, int n, int d);
 
@@ -34,13 +36,18 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
 /* Element (i, j) of a local block (rows, cols) sits at global index
  * (row0 + i) * cols_global + col0 + j. It is dropped when
  * ops_hash_uniform(key, global_index) < p; kept ones are scaled by 1/(1-p).
- * y(rows,cols) = mask(x); y may alias x. p == 0 copies (or does nothing when y == x).
+ * y(rows,cols) = mask(x); y may alias x. p == 0 copies (or does nothing when y == x);
+ * p == 1 gives zeros.
  * Backward is the same function applied to dy with the same key (then add into dx). */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key);
-/* A uniform float in [0,1) from a 64-bit key and a counter (splitmix64-style mix). */
+/* A uniform float in [0,1) from a 64-bit key and a counter: splitmix64's output number
+ * `counter` of the stream seeded with `key`, i.e. z = key + (counter + 1) * 0x9e3779b97f4a7c15,
+ * z = (z ^ z>>30) * 0xbf58476d1ce4e5b9, z = (z ^ z>>27) * 0x94d049bb133111eb, z ^= z>>31
+ * (mod 2^64), then (z >> 40) * 2^-24 (a multiple of 2^-24; easy to reproduce in numpy). */
 float ops_hash_uniform(uint64_t key, uint64_t counter);
-/* A standard normal float from (key, counter) (Box-Muller on two hash uniforms). */
+/* A standard normal float from (key, counter): Box-Muller on u1 = uniform(key, 2c) and
+ * u2 = uniform(key, 2c + 1): sqrt(-2 ln(1 - u1)) * cos(2 pi u2) (1 - u1 > 0: no log(0)). */
 float ops_hash_normal(uint64_t key, uint64_t counter);
 /* Mix several 64-bit values into one key (for key = f(seed, step, layer, site)). */
 uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
@@ -51,19 +58,26 @@ uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
  * and v may be column slices of one wider array).
  * key_pad(B, Tk): non-zero marks a padding key that no query may attend to (NULL: none).
  * causal: query t attends only to keys s <= t + (Tk - Tq) (Tq < Tk for incremental
- * decoding: the queries are the last Tq positions).
+ * decoding: the queries are the last Tq positions; causal needs Tq <= Tk).
+ * Masked keys get probability exactly 0; a query with no allowed key (cannot happen when
+ * every sequence has a real token) gets an all-zero row and output, not NaN.
  * probs(B, H, Tq, Tk): saved softmax probabilities, before attention dropout.
  * out(B*Tq, ldo): concatenated heads of dropout(probs) @ v.
  * Scores are (q . k) / sqrt(dh). Attention dropout with probability p uses key `key`
- * and global index ((b * H + h) * Tq + i) * Tk + j (b counted from b0, the global index
- * of this block's first sequence).
+ * and global index (((b0 + b) * H + h) * Tq + i) * Tk + j (b0 = the global index of this
+ * block's first sequence; H and h are this call's heads: with heads split over process
+ * columns the mask is layout-independent only if the caller makes `key` depend on the
+ * head block, or calls once per head with H = 1 and a per-global-head key).
+ * Columns of out beyond H*dh (when ldo > H*dh) are not touched.
  * scratch: at least Tq * Tk floats. */
 void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
                            const float *k, const float *v, int ldk, const uint8_t *key_pad,
                            int causal, int B, int Tq, int Tk, int H, int dh, float p,
                            uint64_t key, int64_t b0, float *scratch);
 /* dq(B*Tq, ldq) +=, dk(B*Tk, ldk) +=, dv(B*Tk, ldk) += given dout(B*Tq, ldo) and the
- * forward's inputs and probs. scratch: at least 2 * Tq * Tk floats. */
+ * forward's inputs and probs (same p, key, b0: the dropout mask is regenerated). dq, dk
+ * and dv may each be NULL (not wanted); dk and dv may be column slices of one array, like
+ * k and v. scratch: at least 2 * Tq * Tk floats. */
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
                             const float *probs, const float *q, int ldq, const float *k,
                             const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
@@ -78,11 +92,14 @@ void ops_embedding_backward(float *dtable, const float *dy, const int32_t *token
                             float scale, int pad);
 /* y(B*T, d) += PE(pos0 + t) for row b*T + t, with half = d/2 and
  * PE(p)[i] = sin(p * exp(-i * ln(10000)/(half-1))) for i < half,
- * PE(p)[half+i] = cos(p * exp(-i * ln(10000)/(half-1))), i < half (d even). */
+ * PE(p)[half+i] = cos(p * exp(-i * ln(10000)/(half-1))), i < half (d even, d >= 4).
+ * Evaluated in float like fairseq's SinusoidalPositionalEmbedding (whose positions start
+ * at padding_idx + 1: pass that as pos0 to match it). */
 void ops_positions_add(float *y, int B, int T, int d, int pos0);
 
 /* ---- Label-smoothed softmax cross-entropy ----------------------------------------- */
-/* logits(n, V), targets(n). Rows whose target is `pad` are ignored (zero gradient).
+/* logits(n, V), targets(n). Rows whose target is `pad` are ignored (their dlogits row is
+ * written as zeros). loss_sum and nll_sum may be NULL.
  * For other rows, with lp = log_softmax(logits), eps_i = eps / (V - 1):
  *   nll = -lp[t],  loss = (1 - eps - eps_i) * nll + eps_i * (-sum_j lp[j])   (fairseq)
  * Adds the row sums into *loss_sum and *nll_sum (double) and returns the number of

@@ -1,0 +1,503 @@
+/* ops.c: forward and backward kernels on local, row-major blocks (see ops.h).
+ *
+ * What it does: LayerNorm, ReLU, inverted dropout with counter-based (layout-independent)
+ * masks, multi-head scaled dot-product attention (one cblas_sgemm per (batch, head) and
+ * matmul, with row strides so q/k/v can be column slices of a fused projection),
+ * embedding lookup and scatter-add, fairseq's sinusoidal positions, and fairseq's
+ * label-smoothed cross-entropy.
+ * What it does not do: no communication (every function works on the block it is
+ * given), no allocation (scratch comes from the caller), no linear layers (the model
+ * calls dmat / cblas for those).
+ *
+ * Speed: the elementwise loops are written plainly (restrict pointers, no calls inside)
+ * so that gcc -O3 -march=x86-64-v3 vectorizes them; exp() inside softmax loops is a
+ * vectorizable Cephes-style polynomial (ops_expf_) accurate to ~2 ulp, because glibc's
+ * expf is not vectorized without -ffast-math.
+ */
+#include "ops.h"
+
+#include "common.h"
+
+#include <cblas.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+#include <math.h>
+#include <string.h>
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+/* exp(x) for x <= 0 (callers pass x - rowmax) as a polynomial that the vectorizer can
+ * inline (Cephes expf, ~2 ulp): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
+ * polynomial, 2^n through the exponent bits. x < -87.3 (exp < 1.2e-38), -inf and NaN give
+ * exactly 0. The clamp and the flush are integer bit operations, not float selects: with
+ * gcc's default -ftrapping-math a float select before float arithmetic stops
+ * if-conversion and the loop stays scalar. */
+static inline float ops_expf_(float x) {
+  const uint32_t lim = 0x42ae999au; /* bits of 87.3f */
+  uint32_t xb;
+  memcpy(&xb, &x, sizeof xb);
+  xb &= 0x7fffffffu;                                      /* |x| */
+  uint32_t keep = ~(uint32_t)((int32_t)(lim - xb) >> 31); /* |x| <= lim: all ones */
+  uint32_t cb = xb < lim ? xb : lim;
+  float a;
+  memcpy(&a, &cb, sizeof a);
+  x = -a;
+  float t = x * 1.44269504088896341f + 12582912.0f; /* round to nearest via 1.5*2^23 */
+  float n = t - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof two_n);
+  float res = p * two_n;
+  uint32_t rb;
+  memcpy(&rb, &res, sizeof rb);
+  rb &= keep;
+  memcpy(&res, &rb, sizeof res);
+  return res;
+}
+
+/* max over x[0..n) (n >= 1). gcc does not vectorize a float max reduction without
+ * -ffinite-math-only, so AVX uses intrinsics (two independent accumulators). */
+static float ops_rowmax_(const float *restrict x, int n) {
+  float m = x[0];
+  int j = 0;
+#ifdef __AVX__
+  if (n >= 16) {
+    __m256 m0 = _mm256_loadu_ps(x), m1 = _mm256_loadu_ps(x + 8);
+    for (j = 16; j + 16 <= n; j += 16) {
+      m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
+      m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
+    }
+    float lane[8];
+    _mm256_storeu_ps(lane, _mm256_max_ps(m0, m1));
+    for (int l = 0; l < 8; l++)
+      m = lane[l] > m ? lane[l] : m;
+  }
+#endif
+  for (; j < n; j++)
+    m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+static inline uint64_t ops_mix_(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* The 24-bit hash value whose scaled version is ops_hash_uniform: splitmix64's output
+ * number `counter` for the stream seeded with `key`. */
+static inline uint32_t ops_hash24_(uint64_t key, uint64_t counter) {
+  return (uint32_t)(ops_mix_(key + (counter + 1) * 0x9e3779b97f4a7c15ULL) >> 40);
+}
+
+/* ---- hashing ---------------------------------------------------------------------- */
+
+float ops_hash_uniform(uint64_t key, uint64_t counter) {
+  return (float)ops_hash24_(key, counter) * (1.0f / 16777216.0f);
+}
+
+float ops_hash_normal(uint64_t key, uint64_t counter) {
+  /* u1 in (0, 1] so the log never sees 0. */
+  double u1 = 1.0 - (double)ops_hash_uniform(key, 2 * counter);
+  double u2 = (double)ops_hash_uniform(key, 2 * counter + 1);
+  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+  const uint64_t g = 0x9e3779b97f4a7c15ULL;
+  uint64_t h = ops_mix_(a + g);
+  h = ops_mix_(h ^ (b + 2 * g));
+  h = ops_mix_(h ^ (c + 3 * g));
+  h = ops_mix_(h ^ (d + 4 * g));
+  return h;
+}
+
+/* ---- LayerNorm -------------------------------------------------------------------- */
+
+/* y(n,d), mean(n), rstd(n) from x(n,d), g(d), b(d). Two-pass mean/variance per row. */
+void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                           const float *b, int n, int d, float eps) {
+  CHECK(y != x, "ops_layernorm_forward: y may not alias x");
+  for (int i = 0; i < n; i++) {
+    const float *restrict xr = x + (int64_t)i * d;
+    float *restrict yr = y + (int64_t)i * d;
+    const float *restrict gg = g, *restrict bb = b;
+    float s = 0.0f;
+    for (int j = 0; j < d; j++)
+      s += xr[j];
+    float mu = s / (float)d;
+    float v = 0.0f;
+    for (int j = 0; j < d; j++) {
+      float c = xr[j] - mu;
+      v += c * c;
+    }
+    float rs = 1.0f / sqrtf(v / (float)d + eps);
+    for (int j = 0; j < d; j++)
+      yr[j] = (xr[j] - mu) * rs * gg[j] + bb[j];
+    mean[i] = mu;
+    rstd[i] = rs;
+  }
+}
+
+/* dx(n,d) += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * g;
+ * dg(d) += sum_rows dy * xhat; db(d) += sum_rows dy. dx, dg, db may each be NULL. */
+void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *g, int n, int d) {
+  for (int i = 0; i < n; i++) {
+    const float *restrict xr = x + (int64_t)i * d;
+    const float *restrict dyr = dy + (int64_t)i * d;
+    const float *restrict gg = g;
+    float mu = mean[i], rs = rstd[i];
+    if (dg) {
+      float *restrict dgg = dg;
+      for (int j = 0; j < d; j++)
+        dgg[j] += dyr[j] * (xr[j] - mu) * rs;
+    }
+    if (db) {
+      float *restrict dbb = db;
+      for (int j = 0; j < d; j++)
+        dbb[j] += dyr[j];
+    }
+    if (dx) {
+      float *restrict dxr = dx + (int64_t)i * d;
+      float s1 = 0.0f, s2 = 0.0f;
+      for (int j = 0; j < d; j++) {
+        float dxh = dyr[j] * gg[j];
+        s1 += dxh;
+        s2 += dxh * (xr[j] - mu) * rs;
+      }
+      float m1 = s1 / (float)d, m2 = s2 / (float)d;
+      for (int j = 0; j < d; j++)
+        dxr[j] += rs * (dyr[j] * gg[j] - m1 - (xr[j] - mu) * rs * m2);
+    }
+  }
+}
+
+/* ---- ReLU ------------------------------------------------------------------------- */
+
+void ops_relu_forward(float *y, const float *x, int64_t n) {
+  if (y == x) {
+    float *restrict yy = y;
+    for (int64_t i = 0; i < n; i++)
+      yy[i] = yy[i] > 0.0f ? yy[i] : 0.0f;
+  } else {
+    float *restrict yy = y;
+    const float *restrict xx = x;
+    for (int64_t i = 0; i < n; i++)
+      yy[i] = xx[i] > 0.0f ? xx[i] : 0.0f;
+  }
+}
+
+void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n) {
+  float *restrict a = dx;
+  const float *restrict g = dy, *restrict yy = y;
+  for (int64_t i = 0; i < n; i++)
+    a[i] += yy[i] > 0.0f ? g[i] : 0.0f;
+}
+
+/* ---- Dropout ---------------------------------------------------------------------- */
+
+/* One row of dropout: y[j] = hash24(key, base + j) < thr ? 0 : x[j] * scale.
+ * x == y is handled by the caller through ops_dropout_row_inplace_. */
+static void ops_dropout_row_(float *restrict y, const float *restrict x, int cols, uint64_t base,
+                             uint32_t thr, float scale, uint64_t key) {
+  for (int j = 0; j < cols; j++)
+    y[j] = x[j] * (ops_hash24_(key, base + (uint64_t)j) < thr ? 0.0f : scale);
+}
+
+static void ops_dropout_row_inplace_(float *restrict y, int cols, uint64_t base, uint32_t thr,
+                                     float scale, uint64_t key) {
+  for (int j = 0; j < cols; j++)
+    y[j] = y[j] * (ops_hash24_(key, base + (uint64_t)j) < thr ? 0.0f : scale);
+}
+
+/* y(rows, cols) = dropout of x(rows, cols), element (i,j) at global index
+ * (row0 + i) * cols_global + col0 + j. */
+void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
+                 int64_t cols_global, float p, uint64_t key) {
+  CHECK(p >= 0.0f && p <= 1.0f, "ops_dropout: p = %g is not in [0, 1]", (double)p);
+  CHECK(col0 >= 0 && col0 + cols <= cols_global && row0 >= 0,
+        "ops_dropout: block (row0 %lld, col0 %lld, cols %d) outside cols_global %lld",
+        (long long)row0, (long long)col0, cols, (long long)cols_global);
+  int64_t n = (int64_t)rows * cols;
+  if (p == 0.0f) {
+    if (y != x) memcpy(y, x, (size_t)n * sizeof(float));
+    return;
+  }
+  if (p >= 1.0f) { /* every element dropped */
+    memset(y, 0, (size_t)n * sizeof(float));
+    return;
+  }
+  /* u < p with u = k * 2^-24 (k integer) <=> k < ceil(p * 2^24) (p * 2^24 is exact). */
+  uint32_t thr = (uint32_t)ceilf(p * 16777216.0f);
+  float scale = 1.0f / (1.0f - p);
+  for (int i = 0; i < rows; i++) {
+    uint64_t base = (uint64_t)((row0 + i) * cols_global + col0);
+    float *yr = y + (int64_t)i * cols;
+    const float *xr = x + (int64_t)i * cols;
+    if (yr == xr)
+      ops_dropout_row_inplace_(yr, cols, base, thr, scale, key);
+    else
+      ops_dropout_row_(yr, xr, cols, base, thr, scale, key);
+  }
+}
+
+/* ---- Attention -------------------------------------------------------------------- */
+
+/* In-place masked softmax of one score row s(Tk): keys j >= jlim (causal) and keys with
+ * pad[j] != 0 get exactly 0; a row with no allowed key becomes all zeros. */
+static void ops_softmax_row_(float *restrict s, int Tk, int jlim, const uint8_t *restrict pad) {
+  if (pad)
+    for (int j = 0; j < jlim; j++)
+      s[j] = pad[j] ? -INFINITY : s[j];
+  for (int j = jlim; j < Tk; j++)
+    s[j] = 0.0f;
+  float m = jlim > 0 ? ops_rowmax_(s, jlim) : -INFINITY;
+  if (m == -INFINITY) { /* fully masked row: zeros, not NaN */
+    for (int j = 0; j < jlim; j++)
+      s[j] = 0.0f;
+    return;
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < jlim; j++) {
+    float e = ops_expf_(s[j] - m); /* masked: exp(-inf) = exactly 0 */
+    s[j] = e;
+    sum += e;
+  }
+  float inv = 1.0f / sum;
+  for (int j = 0; j < jlim; j++)
+    s[j] *= inv;
+}
+
+/* out(B*Tq, ldo) = heads of dropout(softmax(q k^T / sqrt(dh) + masks)) v; probs saved. */
+void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
+                           const float *k, const float *v, int ldk, const uint8_t *key_pad,
+                           int causal, int B, int Tq, int Tk, int H, int dh, float p, uint64_t key,
+                           int64_t b0, float *scratch) {
+  CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_forward: bad strides");
+  CHECK(!causal || Tq <= Tk, "ops_attention_forward: causal needs Tq <= Tk");
+  const float alpha = 1.0f / sqrtf((float)dh);
+  for (int b = 0; b < B; b++) {
+    const uint8_t *pad = key_pad ? key_pad + (int64_t)b * Tk : NULL;
+    for (int h = 0; h < H; h++) {
+      float *P = probs + ((int64_t)b * H + h) * Tq * Tk;             /* (Tq, Tk) */
+      const float *qb = q + (int64_t)b * Tq * ldq + (int64_t)h * dh; /* (Tq, dh) ld ldq */
+      const float *kb = k + (int64_t)b * Tk * ldk + (int64_t)h * dh; /* (Tk, dh) ld ldk */
+      const float *vb = v + (int64_t)b * Tk * ldk + (int64_t)h * dh; /* (Tk, dh) ld ldk */
+      float *ob = out + (int64_t)b * Tq * ldo + (int64_t)h * dh;     /* (Tq, dh) ld ldo */
+      /* S(Tq, Tk) = alpha * Q K^T */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, dh, alpha, qb, ldq, kb, ldk,
+                  0.0f, P, Tk);
+      for (int i = 0; i < Tq; i++) {
+        int jlim = causal ? i + (Tk - Tq) + 1 : Tk;
+        ops_softmax_row_(P + (int64_t)i * Tk, Tk, jlim, pad);
+      }
+      const float *A = P;
+      if (p > 0.0f) {
+        ops_dropout(scratch, P, Tq, Tk, ((b0 + b) * H + h) * (int64_t)Tq, 0, Tk, p, key);
+        A = scratch;
+      }
+      /* O(Tq, dh) = A(Tq, Tk) V(Tk, dh) */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, dh, Tk, 1.0f, A, Tk, vb, ldk, 0.0f,
+                  ob, ldo);
+    }
+  }
+}
+
+/* dS(Tq,Tk) = P * (dP - rowsum(P * dP)), in place over dP. */
+static void ops_softmax_backward_(float *restrict dP, const float *restrict P, int Tq, int Tk) {
+  for (int i = 0; i < Tq; i++) {
+    float *restrict d = dP + (int64_t)i * Tk;
+    const float *restrict pr = P + (int64_t)i * Tk;
+    float s = 0.0f;
+    for (int j = 0; j < Tk; j++)
+      s += pr[j] * d[j];
+    for (int j = 0; j < Tk; j++)
+      d[j] = pr[j] * (d[j] - s);
+  }
+}
+
+/* Backward of ops_attention_forward; dq, dk, dv may each be NULL (not wanted). */
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
+                            const float *probs, const float *q, int ldq, const float *k,
+                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
+                            uint64_t key, int64_t b0, float *scratch) {
+  CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_backward: bad strides");
+  const float alpha = 1.0f / sqrtf((float)dh);
+  float *Pd = scratch;                    /* (Tq, Tk): dropout(P) */
+  float *dP = scratch + (int64_t)Tq * Tk; /* (Tq, Tk) */
+  for (int b = 0; b < B; b++) {
+    for (int h = 0; h < H; h++) {
+      const float *P = probs + ((int64_t)b * H + h) * Tq * Tk;
+      int64_t off_q = (int64_t)b * Tq * ldq + (int64_t)h * dh;
+      int64_t off_k = (int64_t)b * Tk * ldk + (int64_t)h * dh;
+      const float *dob = dout + (int64_t)b * Tq * ldo + (int64_t)h * dh; /* (Tq, dh) */
+      int64_t row0 = ((b0 + b) * H + h) * (int64_t)Tq;
+      if (dv) {
+        const float *A = P;
+        if (p > 0.0f) {
+          ops_dropout(Pd, P, Tq, Tk, row0, 0, Tk, p, key);
+          A = Pd;
+        }
+        /* dV(Tk, dh) += A^T(Tk, Tq) dO(Tq, dh) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, dh, Tq, 1.0f, A, Tk, dob, ldo,
+                    1.0f, dv + off_k, ldk);
+      }
+      if (!dq && !dk) continue;
+      /* dA(Tq, Tk) = dO V^T; then through dropout and softmax. */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, dh, 1.0f, dob, ldo, v + off_k,
+                  ldk, 0.0f, dP, Tk);
+      if (p > 0.0f) ops_dropout(dP, dP, Tq, Tk, row0, 0, Tk, p, key);
+      ops_softmax_backward_(dP, P, Tq, Tk);
+      /* dQ(Tq, dh) += alpha dS K ; dK(Tk, dh) += alpha dS^T Q */
+      if (dq)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, dh, Tk, alpha, dP, Tk, k + off_k,
+                    ldk, 1.0f, dq + off_q, ldq);
+      if (dk)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, dh, Tq, alpha, dP, Tk, q + off_q,
+                    ldq, 1.0f, dk + off_k, ldk);
+    }
+  }
+}
+
+/* ---- Embedding and positions ------------------------------------------------------ */
+
+void ops_embedding_forward(float *y, const int32_t *tokens, const float *table, int n, int d,
+                           float scale) {
+  for (int i = 0; i < n; i++) {
+    CHECK(tokens[i] >= 0, "ops_embedding_forward: negative token id %d", tokens[i]);
+    float *restrict yr = y + (int64_t)i * d;
+    const float *restrict tr = table + (int64_t)tokens[i] * d;
+    for (int j = 0; j < d; j++)
+      yr[j] = scale * tr[j];
+  }
+}
+
+void ops_embedding_backward(float *dtable, const float *dy, const int32_t *tokens, int n, int d,
+                            float scale, int pad) {
+  for (int i = 0; i < n; i++) {
+    if (tokens[i] == pad) continue;
+    CHECK(tokens[i] >= 0, "ops_embedding_backward: negative token id %d", tokens[i]);
+    float *restrict tr = dtable + (int64_t)tokens[i] * d;
+    const float *restrict dr = dy + (int64_t)i * d;
+    for (int j = 0; j < d; j++)
+      tr[j] += scale * dr[j];
+  }
+}
+
+/* fairseq's SinusoidalPositionalEmbedding.get_embedding, computed in float as fairseq does
+ * (freq_i = exp(i * -(ln 10000 / (half - 1))), arg = pos * freq_i, then sin | cos). */
+void ops_positions_add(float *y, int B, int T, int d, int pos0) {
+  CHECK(d % 2 == 0 && d >= 4, "ops_positions_add: d = %d must be even and >= 4", d);
+  int half = d / 2;
+  float c = (float)(-log(10000.0) / (double)(half - 1));
+  for (int t = 0; t < T; t++) {
+    float pos = (float)(pos0 + t);
+    for (int i = 0; i < half; i++) {
+      float a = pos * expf((float)i * c);
+      float sv = sinf(a), cv = cosf(a);
+      for (int b = 0; b < B; b++) {
+        float *yr = y + ((int64_t)b * T + t) * d;
+        yr[i] += sv;
+        yr[half + i] += cv;
+      }
+    }
+  }
+}
+
+/* ---- Cross-entropy ---------------------------------------------------------------- */
+
+/* out[j] = gs * (exp(z[j] - m) * inv - epsi) for a row; the caller fixes the target. */
+static void ops_xent_grad_row_(float *restrict out, const float *restrict z, int V, float m,
+                               float inv, float gs, float epsi) {
+  for (int j = 0; j < V; j++)
+    out[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+}
+static void ops_xent_grad_row_inplace_(float *restrict z, int V, float m, float inv, float gs,
+                                       float epsi) {
+  for (int j = 0; j < V; j++)
+    z[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+}
+
+int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
+                 float eps, float grad_scale, double *loss_sum, double *nll_sum) {
+  CHECK(V >= 2, "ops_xent: V = %d", V);
+  const float epsi = eps / (float)(V - 1);
+  int64_t count = 0;
+  double loss_acc = 0.0, nll_acc = 0.0;
+  for (int i = 0; i < n; i++) {
+    const float *restrict z = logits + (int64_t)i * V;
+    int t = targets[i];
+    if (t == pad) {
+      if (dlogits) memset(dlogits + (int64_t)i * V, 0, (size_t)V * sizeof(float));
+      continue;
+    }
+    CHECK(t >= 0 && t < V, "ops_xent: target %d outside [0, %d)", t, V);
+    float m = ops_rowmax_(z, V);
+    float se = 0.0f;
+    double sz = 0.0;
+    for (int j = 0; j < V; j++) {
+      se += ops_expf_(z[j] - m);
+      sz += (double)z[j];
+    }
+    double lse = (double)m + log((double)se);
+    double nll = lse - (double)z[t];
+    double smooth = (double)V * lse - sz; /* -sum_j lp_j */
+    loss_acc += (1.0 - (double)eps - (double)epsi) * nll + (double)epsi * smooth;
+    nll_acc += nll;
+    count++;
+    if (dlogits) {
+      float *o = dlogits + (int64_t)i * V;
+      float zt = z[t], inv = 1.0f / se;
+      if (o == z)
+        ops_xent_grad_row_inplace_(o, V, m, inv, grad_scale, epsi);
+      else
+        ops_xent_grad_row_(o, z, V, m, inv, grad_scale, epsi);
+      /* target weight is 1 - eps, not eps_i: subtract the difference */
+      o[t] = grad_scale * (ops_expf_(zt - m) * inv - (1.0f - eps));
+    }
+  }
+  if (loss_sum) *loss_sum += loss_acc;
+  if (nll_sum) *nll_sum += nll_acc;
+  return count;
+}
+
+/* ---- Vector helpers --------------------------------------------------------------- */
+
+void ops_add(float *y, const float *a, const float *b, int64_t n) {
+  if (y == a && y == b) {
+    ops_scale(y, 2.0f, n);
+  } else if (y == a) {
+    ops_acc(y, b, n);
+  } else if (y == b) {
+    ops_acc(y, a, n);
+  } else {
+    float *restrict yy = y;
+    const float *restrict aa = a, *restrict bb = b;
+    for (int64_t i = 0; i < n; i++)
+      yy[i] = aa[i] + bb[i];
+  }
+}
+
+void ops_acc(float *y, const float *x, int64_t n) {
+  float *restrict yy = y;
+  const float *restrict xx = x;
+  for (int64_t i = 0; i < n; i++)
+    yy[i] += xx[i];
+}
+
+void ops_scale(float *y, float s, int64_t n) {
+  float *restrict yy = y;
+  for (int64_t i = 0; i < n; i++)
+    yy[i] *= s;
+}

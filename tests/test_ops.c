@@ -1,0 +1,685 @@
+/* test_ops.c: checks every kernel of ops.c.
+ *
+ * - forward: each float kernel against a small double-precision reference written here
+ *   from the formula in ops.h (tolerance |a - b| <= 1e-4 * |b| + 2e-5, float rounding);
+ * - backward: central finite differences of the FLOAT forward kernel, objective
+ *   L = sum(y * r) for a fixed random r (loss_sum for the cross-entropy), evaluated in double,
+ *   step h = 1e-2 (the ops are smooth; ReLU inputs stay 0.1 away from the kink), against the
+ *   analytic gradient with |a - b| <= 2e-2 * max(|a|, |b|) + 2e-3. Gradient buffers are
+ *   pre-filled with random values that are subtracted afterwards, so a backward that
+ *   overwrites instead of accumulating fails;
+ * - properties: probability rows sum to 1, masked and future keys get exactly 0, a fully
+ *   masked row gives zeros, dropout keeps ~1-p and scales by 1/(1-p), a sub-block gets
+ *   exactly the mask of the whole matrix, positions spot values, eps = 0 is plain NLL.
+ */
+// NP: 1
+#include "harness.h"
+#include "ops.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- utilities ---------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x1234567ULL;
+static double rnd(void) { /* uniform in [-1, 1) */
+  rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+  return (double)(rng_state >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+static float *frand(int64_t n, double scale) {
+  float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+  for (int64_t i = 0; i < n; i++)
+    x[i] = (float)(scale * rnd());
+  return x;
+}
+static float *fzero(int64_t n) {
+  return calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+}
+
+/* Compare got[i] with ref[i]: |a - b| <= rtol * |b| + atol; one TEST_EXPECT per call. */
+static void expect_close(const char *what, const float *got, const double *ref, int64_t n,
+                         double rtol, double atol) {
+  int64_t bad = 0, worst = -1;
+  for (int64_t i = 0; i < n; i++) {
+    double err = fabs((double)got[i] - ref[i]);
+    if (!(isfinite((double)got[i]) && err <= rtol * fabs(ref[i]) + atol)) {
+      if (bad == 0) worst = i;
+      bad++;
+    }
+  }
+  TEST_EXPECT(bad == 0, "%s: %lld of %lld differ, e.g. [%lld] got %.7g want %.7g", what,
+              (long long)bad, (long long)n, (long long)worst, worst >= 0 ? got[worst] : 0.0,
+              worst >= 0 ? ref[worst] : 0.0);
+}
+
+/* Finite-difference check: `f(ctx)` evaluates the objective in double from the current float
+ * parameters; grad[i] is the analytic dL/dparam[i]. Perturbs param in place, restores it. */
+typedef double (*objective_fn)(void *ctx);
+#define FD_H 1e-2
+#define FD_RTOL 2e-2
+#define FD_ATOL 2e-3
+static void fd_check(const char *what, float *param, int64_t n, const float *grad, objective_fn f,
+                     void *ctx) {
+  int64_t bad = 0, worst = -1;
+  double worst_fd = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    float x0 = param[i];
+    float xp = (float)(x0 + FD_H), xm = (float)(x0 - FD_H);
+    param[i] = xp;
+    double lp = f(ctx);
+    param[i] = xm;
+    double lm = f(ctx);
+    param[i] = x0;
+    double fd = (lp - lm) / ((double)xp - (double)xm);
+    double a = grad[i];
+    if (!(fabs(a - fd) <= FD_RTOL * fmax(fabs(a), fabs(fd)) + FD_ATOL)) {
+      if (bad == 0) worst = i, worst_fd = fd;
+      bad++;
+    }
+  }
+  TEST_EXPECT(bad == 0,
+              "%s: %lld of %lld gradients differ from finite differences, e.g. [%lld] "
+              "analytic %.6g fd %.6g",
+              what, (long long)bad, (long long)n, (long long)worst, worst >= 0 ? grad[worst] : 0.0,
+              worst_fd);
+}
+
+static double dot_fd(const float *y, const float *r, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; i++)
+    s += (double)y[i] * (double)r[i];
+  return s;
+}
+
+/* g = accumulated - prefill (the part the backward added). */
+static float *added(const float *acc, const float *pre, int64_t n) {
+  float *g = malloc((size_t)n * sizeof(float));
+  for (int64_t i = 0; i < n; i++)
+    g[i] = acc[i] - pre[i];
+  return g;
+}
+static float *copyf(const float *x, int64_t n) {
+  float *y = malloc((size_t)n * sizeof(float));
+  memcpy(y, x, (size_t)n * sizeof(float));
+  return y;
+}
+
+/* ---- hashing ------------------------------------------------------------------------- */
+
+static void test_hash(void) {
+  const int N = 200000;
+  uint64_t key = ops_hash_key(1, 2, 3, 4);
+  double s = 0.0, s2 = 0.0, n1 = 0.0, n2 = 0.0, below = 0.0, inner = 0.0;
+  float umin = 1.0f, umax = 0.0f;
+  for (int i = 0; i < N; i++) {
+    float u = ops_hash_uniform(key, (uint64_t)i);
+    umin = u < umin ? u : umin;
+    umax = u > umax ? u : umax;
+    s += u, s2 += (double)u * u;
+    double z = ops_hash_normal(key, (uint64_t)i);
+    n1 += z, n2 += z * z;
+    below += z < -1.0, inner += fabs(z) < 0.5;
+  }
+  double mean = s / N, var = s2 / N - mean * mean;
+  TEST_EXPECT(umin >= 0.0f && umax < 1.0f, "uniform range [%g, %g]", umin, umax);
+  TEST_EXPECT(fabs(mean - 0.5) < 0.005 && fabs(var - 1.0 / 12) < 0.003, "uniform mean %g var %g",
+              mean, var);
+  TEST_EXPECT(fabs(n1 / N) < 0.01 && fabs(n2 / N - 1.0) < 0.02, "normal mean %g var %g", n1 / N,
+              n2 / N);
+  /* normal quantiles: P(z < -1) = 0.15866, P(|z| < 0.5) = 0.38292 */
+  TEST_EXPECT(fabs(below / N - 0.15866) < 0.004 && fabs(inner / N - 0.38292) < 0.005,
+              "normal P(z<-1) %g P(|z|<0.5) %g", below / N, inner / N);
+  TEST_EXPECT(ops_hash_uniform(key, 77) == ops_hash_uniform(key, 77), "uniform deterministic");
+  /* the uniform is k * 2^-24 for an integer k */
+  float u = ops_hash_uniform(key, 5);
+  TEST_EXPECT((double)u * 16777216.0 == floor((double)u * 16777216.0), "uniform is k * 2^-24");
+  /* neighbouring counters and keys are not correlated: lag-1 correlation */
+  double c = 0.0;
+  for (int i = 0; i < N - 1; i++)
+    c +=
+        (ops_hash_uniform(key, (uint64_t)i) - 0.5) * (ops_hash_uniform(key, (uint64_t)i + 1) - 0.5);
+  TEST_EXPECT(fabs(c / (N - 1)) * 12.0 < 0.01, "lag-1 correlation %g", c / (N - 1) * 12.0);
+  uint64_t k2 = ops_hash_key(1, 2, 4, 3), k3 = ops_hash_key(1, 2, 3, 5);
+  TEST_EXPECT(k2 != key && k3 != key && k2 != k3, "hash_key depends on order and every input");
+  int same = 0;
+  for (int i = 0; i < 1000; i++)
+    same += ops_hash_uniform(key, (uint64_t)i) == ops_hash_uniform(key + 1, (uint64_t)i);
+  TEST_EXPECT(same < 5, "keys key and key+1 give the same uniform %d times of 1000", same);
+}
+
+/* ---- dropout ------------------------------------------------------------------------- */
+
+typedef struct {
+  float *x, *y, *r;
+  int rows, cols;
+  int64_t row0, col0, cols_global;
+  float p;
+  uint64_t key;
+} dropout_ctx;
+static double dropout_obj(void *v) {
+  dropout_ctx *c = v;
+  ops_dropout(c->y, c->x, c->rows, c->cols, c->row0, c->col0, c->cols_global, c->p, c->key);
+  return dot_fd(c->y, c->r, (int64_t)c->rows * c->cols);
+}
+
+static void test_dropout(void) {
+  const int R = 300, C = 333;
+  const int64_t n = (int64_t)R * C;
+  const float p = 0.3f;
+  const uint64_t key = ops_hash_key(7, 0, 1, 2);
+  float *x = frand(n, 1.0), *y = fzero(n);
+  for (int64_t i = 0; i < n; i++)
+    if (x[i] == 0.0f) x[i] = 0.5f;
+  ops_dropout(y, x, R, C, 0, 0, C, p, key);
+  int64_t kept = 0, bad_scale = 0, bad_rule = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int drop = ops_hash_uniform(key, (uint64_t)i) < p;
+    if (y[i] != 0.0f) kept++;
+    if (drop && y[i] != 0.0f) bad_rule++;
+    if (!drop && y[i] != x[i] * (1.0f / (1.0f - p))) bad_scale++;
+  }
+  double frac = (double)kept / (double)n, sd = sqrt(p * (1 - p) / (double)n);
+  TEST_EXPECT(fabs(frac - (1 - p)) < 5 * sd, "dropout kept %g, want %g", frac, 1 - p);
+  TEST_EXPECT(bad_rule == 0, "dropout: %lld elements with uniform < p not dropped",
+              (long long)bad_rule);
+  TEST_EXPECT(bad_scale == 0, "dropout: %lld kept elements not scaled by 1/(1-p)",
+              (long long)bad_scale);
+
+  /* layout independence: block (rows 37..136, cols 50..260) of the whole matrix */
+  const int r0 = 37, c0 = 50, br = 100, bc = 211;
+  float *xb = fzero((int64_t)br * bc), *yb = fzero((int64_t)br * bc);
+  for (int i = 0; i < br; i++)
+    for (int j = 0; j < bc; j++)
+      xb[i * bc + j] = x[(int64_t)(r0 + i) * C + c0 + j];
+  ops_dropout(yb, xb, br, bc, r0, c0, C, p, key);
+  int64_t diff = 0;
+  for (int i = 0; i < br; i++)
+    for (int j = 0; j < bc; j++)
+      diff += yb[i * bc + j] != y[(int64_t)(r0 + i) * C + c0 + j];
+  TEST_EXPECT(diff == 0, "dropout sub-block differs from the whole matrix in %lld elements",
+              (long long)diff);
+  /* in place gives the same */
+  ops_dropout(xb, xb, br, bc, r0, c0, C, p, key);
+  TEST_EXPECT(memcmp(xb, yb, sizeof(float) * (size_t)br * bc) == 0, "dropout in place differs");
+  /* another key gives another mask */
+  ops_dropout(yb, x, br, bc, 0, 0, bc, p, key + 1);
+  int64_t same = 0;
+  for (int64_t i = 0; i < (int64_t)br * bc; i++)
+    same += yb[i] == y[i];
+  TEST_EXPECT(same < (int64_t)br * bc * 9 / 10, "dropout with another key is the same mask");
+  /* p = 0: copy */
+  ops_dropout(yb, x, br, bc, 0, 0, bc, 0.0f, key);
+  TEST_EXPECT(memcmp(yb, x, sizeof(float) * (size_t)br * bc) == 0, "dropout p=0 is not a copy");
+
+  /* backward = same function on dy; FD on a small block of a larger matrix */
+  dropout_ctx c = {frand(6 * 9, 1.0), fzero(6 * 9), frand(6 * 9, 1.0), 6, 9, 4, 3, 20, 0.4f, key};
+  float *g = fzero(6 * 9);
+  ops_dropout(g, c.r, 6, 9, 4, 3, 20, 0.4f, key);
+  fd_check("dropout dx", c.x, 6 * 9, g, dropout_obj, &c);
+  free(c.x), free(c.y), free(c.r), free(g);
+  free(x), free(y), free(xb), free(yb);
+}
+
+/* ---- layernorm ------------------------------------------------------------------------ */
+
+typedef struct {
+  float *x, *g, *b, *y, *mean, *rstd, *r;
+  int n, d;
+  float eps;
+} ln_ctx;
+static double ln_obj(void *v) {
+  ln_ctx *c = v;
+  ops_layernorm_forward(c->y, c->mean, c->rstd, c->x, c->g, c->b, c->n, c->d, c->eps);
+  return dot_fd(c->y, c->r, (int64_t)c->n * c->d);
+}
+
+static void test_layernorm(void) {
+  const int n = 5, d = 24;
+  ln_ctx c = {frand(n * d, 2.0),
+              frand(d, 0.5),
+              frand(d, 0.5),
+              fzero(n * d),
+              fzero(n),
+              fzero(n),
+              frand(n * d, 1.0),
+              n,
+              d,
+              1e-5f};
+  for (int j = 0; j < d; j++)
+    c.g[j] += 1.0f;
+  for (int j = 0; j < d; j++)
+    c.x[d + j] += 3.0f; /* a row with a large mean */
+  ln_obj(&c);
+  double *ref = malloc(sizeof(double) * n * d), mref[5], rref[5];
+  for (int i = 0; i < n; i++) {
+    double mu = 0, var = 0;
+    for (int j = 0; j < d; j++)
+      mu += c.x[i * d + j];
+    mu /= d;
+    for (int j = 0; j < d; j++)
+      var += (c.x[i * d + j] - mu) * (c.x[i * d + j] - mu);
+    var /= d;
+    mref[i] = mu, rref[i] = 1.0 / sqrt(var + 1e-5);
+    for (int j = 0; j < d; j++)
+      ref[i * d + j] = (c.x[i * d + j] - mu) * rref[i] * c.g[j] + c.b[j];
+  }
+  expect_close("layernorm y", c.y, ref, n * d, 1e-4, 2e-5);
+  expect_close("layernorm mean", c.mean, mref, n, 1e-5, 1e-6);
+  expect_close("layernorm rstd", c.rstd, rref, n, 1e-4, 1e-6);
+
+  float *dx0 = frand(n * d, 1.0), *dg0 = frand(d, 1.0), *db0 = frand(d, 1.0);
+  float *dx = copyf(dx0, n * d), *dg = copyf(dg0, d), *db = copyf(db0, d);
+  ops_layernorm_backward(dx, dg, db, c.r, c.x, c.mean, c.rstd, c.g, n, d);
+  float *gx = added(dx, dx0, n * d), *gg = added(dg, dg0, d), *gb = added(db, db0, d);
+  fd_check("layernorm dx", c.x, n * d, gx, ln_obj, &c);
+  fd_check("layernorm dg", c.g, d, gg, ln_obj, &c);
+  fd_check("layernorm db", c.b, d, gb, ln_obj, &c);
+  /* NULL parameter gradients are allowed and dx is unchanged by them */
+  ln_obj(&c);
+  float *dx2 = copyf(dx0, n * d);
+  ops_layernorm_backward(dx2, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.g, n, d);
+  TEST_EXPECT(memcmp(dx2, dx, sizeof(float) * n * d) == 0, "layernorm dx with NULL dg/db");
+  free(ref), free(dx0), free(dg0), free(db0), free(dx), free(dg), free(db), free(gx), free(gg),
+      free(gb), free(dx2);
+  free(c.x), free(c.g), free(c.b), free(c.y), free(c.mean), free(c.rstd), free(c.r);
+}
+
+/* ---- relu ---------------------------------------------------------------------------- */
+
+typedef struct {
+  float *x, *y, *r;
+  int64_t n;
+} relu_ctx;
+static double relu_obj(void *v) {
+  relu_ctx *c = v;
+  ops_relu_forward(c->y, c->x, c->n);
+  return dot_fd(c->y, c->r, c->n);
+}
+
+static void test_relu(void) {
+  const int64_t n = 50;
+  relu_ctx c = {frand(n, 1.0), fzero(n), frand(n, 1.0), n};
+  for (int64_t i = 0; i < n; i++)
+    c.x[i] += c.x[i] >= 0 ? 0.1f : -0.1f; /* away from 0 */
+  relu_obj(&c);
+  double ref[50];
+  for (int64_t i = 0; i < n; i++)
+    ref[i] = c.x[i] > 0 ? c.x[i] : 0.0;
+  expect_close("relu y", c.y, ref, n, 0, 0);
+  float *dx0 = frand(n, 1.0), *dx = copyf(dx0, n);
+  ops_relu_backward(dx, c.r, c.y, n);
+  float *g = added(dx, dx0, n);
+  fd_check("relu dx", c.x, n, g, relu_obj, &c);
+  relu_obj(&c); /* c.y again from the unperturbed x */
+  float *z = copyf(c.x, n);
+  ops_relu_forward(z, z, n);
+  TEST_EXPECT(memcmp(z, c.y, sizeof(float) * n) == 0, "relu in place differs");
+  free(c.x), free(c.y), free(c.r), free(dx0), free(dx), free(g), free(z);
+}
+
+/* ---- attention ----------------------------------------------------------------------- */
+
+typedef struct {
+  int B, Tq, Tk, H, dh, causal;
+  int ldq, ldk, ldo;
+  float p;
+  uint64_t key;
+  int64_t b0;
+  const uint8_t *pad;
+  float *q, *k, *v, *out, *probs, *r, *scratch;
+} attn_ctx;
+static double attn_obj(void *vc) {
+  attn_ctx *c = vc;
+  ops_attention_forward(c->out, c->ldo, c->probs, c->q, c->ldq, c->k, c->v, c->ldk, c->pad,
+                        c->causal, c->B, c->Tq, c->Tk, c->H, c->dh, c->p, c->key, c->b0,
+                        c->scratch);
+  double s = 0.0;
+  for (int i = 0; i < c->B * c->Tq; i++)
+    for (int j = 0; j < c->H * c->dh; j++)
+      s += (double)c->out[(int64_t)i * c->ldo + j] * c->r[(int64_t)i * c->ldo + j];
+  return s;
+}
+
+/* The documented attention in double: probs_ref(B,H,Tq,Tk), out_ref(B*Tq, ldo). */
+static void attn_ref(const attn_ctx *c, double *probs_ref, double *out_ref) {
+  int B = c->B, Tq = c->Tq, Tk = c->Tk, H = c->H, dh = c->dh;
+  double *srow = malloc(sizeof(double) * Tk);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < Tq; i++) {
+        double m = -INFINITY;
+        for (int j = 0; j < Tk; j++) {
+          int masked = (c->pad && c->pad[b * Tk + j]) || (c->causal && j > i + (Tk - Tq));
+          double s = 0.0;
+          for (int e = 0; e < dh; e++)
+            s += (double)c->q[(int64_t)(b * Tq + i) * c->ldq + h * dh + e] *
+                 c->k[(int64_t)(b * Tk + j) * c->ldk + h * dh + e];
+          srow[j] = masked ? -INFINITY : s / sqrt((double)dh);
+          m = fmax(m, srow[j]);
+        }
+        double sum = 0.0;
+        for (int j = 0; j < Tk; j++)
+          sum += srow[j] == -INFINITY ? 0.0 : exp(srow[j] - m);
+        double *pr = probs_ref + (((int64_t)b * H + h) * Tq + i) * Tk;
+        for (int j = 0; j < Tk; j++)
+          pr[j] = (srow[j] == -INFINITY || sum == 0.0) ? 0.0 : exp(srow[j] - m) / sum;
+        for (int e = 0; e < dh; e++) {
+          double o = 0.0;
+          for (int j = 0; j < Tk; j++) {
+            uint64_t gidx = (uint64_t)((((c->b0 + b) * H + h) * Tq + i) * Tk + j);
+            double a = pr[j];
+            if (c->p > 0.0f)
+              a = ops_hash_uniform(c->key, gidx) < c->p ? 0.0 : a / (1.0 - (double)c->p);
+            o += a * c->v[(int64_t)(b * Tk + j) * c->ldk + h * dh + e];
+          }
+          out_ref[(int64_t)(b * Tq + i) * c->ldo + h * dh + e] = o;
+        }
+      }
+  free(srow);
+}
+
+/* One attention case: q from a (B*Tq, ldq) array, k and v as column slices of one
+ * (B*Tk, ldk) array (ldk = 2*H*dh + 3), out in a wider (B*Tq, ldo) array. */
+static void attn_case(const char *name, int B, int Tq, int Tk, int H, int dh, int causal,
+                      const uint8_t *pad, float p, int64_t b0) {
+  char what[160];
+  attn_ctx c = {B,
+                Tq,
+                Tk,
+                H,
+                dh,
+                causal,
+                H * dh + 2,
+                2 * H * dh + 3,
+                H * dh + 5,
+                p,
+                ops_hash_key(11, 22, 33, 44),
+                b0,
+                pad,
+                NULL,
+                NULL,
+                NULL,
+                NULL,
+                NULL,
+                NULL,
+                NULL};
+  int64_t nq = (int64_t)B * Tq * c.ldq, nk = (int64_t)B * Tk * c.ldk, no = (int64_t)B * Tq * c.ldo;
+  int64_t np = (int64_t)B * H * Tq * Tk;
+  float *kv = frand(nk, 1.5);
+  c.q = frand(nq, 1.5), c.k = kv, c.v = kv + H * dh;
+  c.out = frand(no, 1.0), c.probs = fzero(np), c.r = frand(no, 1.0);
+  c.scratch = fzero(2 * (int64_t)Tq * Tk);
+  float *out_before = copyf(c.out, no);
+  attn_obj(&c);
+
+  /* forward against the double reference; columns beyond H*dh are untouched */
+  double *pref = calloc((size_t)np, sizeof(double)), *oref = calloc((size_t)no, sizeof(double));
+  attn_ref(&c, pref, oref);
+  float *heads = fzero(B * Tq * H * dh);
+  double *heads_ref = calloc((size_t)B * Tq * H * dh, sizeof(double));
+  int untouched = 1;
+  for (int i = 0; i < B * Tq; i++) {
+    for (int j = 0; j < H * dh; j++) {
+      heads[i * H * dh + j] = c.out[(int64_t)i * c.ldo + j];
+      heads_ref[i * H * dh + j] = oref[(int64_t)i * c.ldo + j];
+    }
+    for (int j = H * dh; j < c.ldo; j++)
+      untouched &= c.out[(int64_t)i * c.ldo + j] == out_before[(int64_t)i * c.ldo + j];
+  }
+  snprintf(what, sizeof what, "attention %s probs", name);
+  expect_close(what, c.probs, pref, np, 1e-4, 2e-6);
+  snprintf(what, sizeof what, "attention %s out", name);
+  expect_close(what, heads, heads_ref, B * Tq * H * dh, 1e-4, 2e-5);
+  TEST_EXPECT(untouched, "attention %s wrote outside the head columns of out", name);
+
+  /* probability rows sum to 1; masked and future keys are exactly 0 */
+  int64_t bad_sum = 0, bad_mask = 0;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < Tq; i++) {
+        const float *pr = c.probs + (((int64_t)b * H + h) * Tq + i) * Tk;
+        double s = 0.0;
+        int any = 0;
+        for (int j = 0; j < Tk; j++) {
+          int masked = (pad && pad[b * Tk + j]) || (causal && j > i + (Tk - Tq));
+          any |= !masked;
+          s += pr[j];
+          if (masked && pr[j] != 0.0f) bad_mask++;
+        }
+        if (any ? fabs(s - 1.0) > 1e-5 : s != 0.0) bad_sum++;
+      }
+  TEST_EXPECT(bad_sum == 0, "attention %s: %lld probability rows do not sum to 1", name,
+              (long long)bad_sum);
+  TEST_EXPECT(bad_mask == 0, "attention %s: %lld masked keys with non-zero probability", name,
+              (long long)bad_mask);
+
+  /* gradients: dout = r; buffers pre-filled (accumulation) and sharing kv like the inputs */
+  float *dq0 = frand(nq, 1.0), *dkv0 = frand(nk, 1.0);
+  float *dq = copyf(dq0, nq), *dkv = copyf(dkv0, nk);
+  ops_attention_backward(dq, dkv, dkv + H * dh, c.r, c.ldo, c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B,
+                         Tq, Tk, H, dh, p, c.key, b0, c.scratch);
+  float *gq = added(dq, dq0, nq), *gkv = added(dkv, dkv0, nk);
+  snprintf(what, sizeof what, "attention %s dq", name);
+  fd_check(what, c.q, nq, gq, attn_obj, &c);
+  snprintf(what, sizeof what, "attention %s dk,dv", name);
+  fd_check(what, kv, nk, gkv, attn_obj, &c);
+
+  free(kv), free(c.q), free(c.out), free(c.probs), free(c.r), free(c.scratch), free(out_before);
+  free(pref), free(oref), free(heads), free(heads_ref), free(dq0), free(dkv0), free(dq), free(dkv);
+  free(gq), free(gkv);
+}
+
+static void test_attention(void) {
+  const int B = 2, H = 2, dh = 4;
+  /* padding: sequence 0 has its last 2 of 7 keys padded, sequence 1 its first */
+  uint8_t pad7[14] = {0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0};
+  uint8_t pad6[12] = {0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1};
+  attn_case("padded cross (Tq 5, Tk 7)", B, 5, 7, H, dh, 0, pad7, 0.0f, 0);
+  attn_case("causal self (T 6) + pad", B, 6, 6, H, dh, 1, pad6, 0.0f, 0);
+  attn_case("causal incremental (Tq 3, Tk 7)", B, 3, 7, H, dh, 1, NULL, 0.0f, 0);
+  attn_case("dropout 0.3 + pad, b0 = 3", B, 5, 7, H, dh, 0, pad7, 0.3f, 3);
+  attn_case("causal + dropout 0.2 (Tq 4, Tk 6)", B, 4, 6, H, dh, 1, NULL, 0.2f, 1);
+  attn_case("Tk 40 (vector path), pad", 1, 3, 40, 1, 8, 0, (const uint8_t[40]){[5] = 1, [39] = 1},
+            0.0f, 0);
+
+  /* a fully masked sequence gives zero probabilities and output, not NaN */
+  uint8_t allpad[8] = {0, 0, 1, 0, 1, 1, 1, 1};
+  int Tq = 2, Tk = 4, ld = H * dh;
+  float *q = frand(B * Tq * ld, 1.0), *kv = frand(B * Tk * ld, 1.0), *out = frand(B * Tq * ld, 1.0);
+  float *probs = fzero(B * H * Tq * Tk), *scr = fzero(2 * Tq * Tk);
+  ops_attention_forward(out, ld, probs, q, ld, kv, kv, ld, allpad, 0, B, Tq, Tk, H, dh, 0.0f, 0, 0,
+                        scr);
+  int zero = 1;
+  for (int i = H * Tq * Tk; i < B * H * Tq * Tk; i++)
+    zero &= probs[i] == 0.0f;
+  for (int i = Tq * ld; i < B * Tq * ld; i++)
+    zero &= out[i] == 0.0f;
+  TEST_EXPECT(zero, "attention: a fully masked row is not all zeros");
+  free(q), free(kv), free(out), free(probs), free(scr);
+}
+
+/* ---- embedding and positions --------------------------------------------------------- */
+
+typedef struct {
+  float *table, *y, *r;
+  const int32_t *tok;
+  int n, d;
+  float scale;
+} emb_ctx;
+static double emb_obj(void *v) {
+  emb_ctx *c = v;
+  ops_embedding_forward(c->y, c->tok, c->table, c->n, c->d, c->scale);
+  return dot_fd(c->y, c->r, (int64_t)c->n * c->d);
+}
+
+static void test_embedding(void) {
+  const int V = 6, d = 5, n = 7, pad = 1;
+  const int32_t tok[7] = {3, 1, 0, 3, 5, 1, 2};
+  emb_ctx c = {frand(V * d, 1.0), fzero(n * d), frand(n * d, 1.0), tok, n, d, 2.5f};
+  emb_obj(&c);
+  double ref[35];
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < d; j++)
+      ref[i * d + j] = 2.5f * c.table[tok[i] * d + j];
+  expect_close("embedding y", c.y, ref, n * d, 0, 0);
+  float *dt0 = frand(V * d, 1.0), *dt = copyf(dt0, V * d);
+  ops_embedding_backward(dt, c.r, tok, n, d, 2.5f, pad);
+  float *g = added(dt, dt0, V * d);
+  int padzero = 1;
+  for (int j = 0; j < d; j++)
+    padzero &= g[pad * d + j] == 0.0f;
+  TEST_EXPECT(padzero, "embedding: the pad row got a gradient");
+  /* the FD gradient of the pad row is not zero (pad tokens are looked up): compare the
+   * others, and the pad row against 0 */
+  for (int j = 0; j < d; j++)
+    g[pad * d + j] = (float)(2.5 * (c.r[1 * d + j] + c.r[5 * d + j]));
+  fd_check("embedding dtable", c.table, V * d, g, emb_obj, &c);
+  free(c.table), free(c.y), free(c.r), free(dt0), free(dt), free(g);
+}
+
+static void test_positions(void) {
+  const int B = 2, T = 5, d = 16, pos0 = 2, half = d / 2;
+  float *y = frand(B * T * d, 1.0), *y0 = copyf(y, B * T * d);
+  ops_positions_add(y, B, T, d, pos0);
+  double *ref = malloc(sizeof(double) * B * T * d);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int i = 0; i < half; i++) {
+        double a = (pos0 + t) * exp(-i * log(10000.0) / (half - 1));
+        ref[(b * T + t) * d + i] = y0[(b * T + t) * d + i] + sin(a);
+        ref[(b * T + t) * d + half + i] = y0[(b * T + t) * d + half + i] + cos(a);
+      }
+  expect_close("positions", y, ref, B * T * d, 0, 3e-6);
+  /* spot values on zeros: PE(0) = [0..0, 1..1]; PE(1)[0] = sin 1; PE(1)[half-1] = sin 1e-4 */
+  float z[3 * 8] = {0};
+  ops_positions_add(z, 1, 3, 8, 0);
+  TEST_EXPECT(z[0] == 0.0f && z[3] == 0.0f && z[4] == 1.0f && z[7] == 1.0f, "PE(0) wrong");
+  TEST_EXPECT(fabs(z[8] - sin(1.0)) < 1e-6 && fabs(z[8 + 4] - cos(1.0)) < 1e-6, "PE(1)[0] wrong");
+  TEST_EXPECT(fabs(z[8 + 3] - sin(1e-4)) < 1e-7 && fabs(z[8 + 7] - cos(1e-4)) < 1e-6,
+              "PE(1)[half-1] wrong");
+  TEST_EXPECT(fabs(z[16 + 1] - sin(2.0 * pow(10000.0, -1.0 / 3))) < 1e-6, "PE(2)[1] wrong");
+  free(y), free(y0), free(ref);
+}
+
+/* ---- cross-entropy ------------------------------------------------------------------- */
+
+typedef struct {
+  float *logits;
+  const int32_t *tgt;
+  int n, V, pad;
+  float eps, gs;
+} xent_ctx;
+static double xent_obj(void *v) {
+  xent_ctx *c = v;
+  double loss = 0.0, nll = 0.0;
+  ops_xent(NULL, c->logits, c->tgt, c->n, c->V, c->pad, c->eps, c->gs, &loss, &nll);
+  return c->gs * loss;
+}
+
+/* Direct double formula: sums of loss and nll over non-pad rows. */
+static int64_t xent_ref(const float *z, const int32_t *tgt, int n, int V, int pad, double eps,
+                        double *loss, double *nll) {
+  int64_t cnt = 0;
+  *loss = *nll = 0.0;
+  for (int i = 0; i < n; i++) {
+    if (tgt[i] == pad) continue;
+    double m = -INFINITY, s = 0.0, slp = 0.0;
+    for (int j = 0; j < V; j++)
+      m = fmax(m, z[i * V + j]);
+    for (int j = 0; j < V; j++)
+      s += exp(z[i * V + j] - m);
+    double lse = m + log(s);
+    for (int j = 0; j < V; j++)
+      slp += z[i * V + j] - lse;
+    double nl = lse - z[i * V + tgt[i]], epsi = eps / (V - 1);
+    *loss += (1 - eps - epsi) * nl + epsi * (-slp);
+    *nll += nl;
+    cnt++;
+  }
+  return cnt;
+}
+
+static void test_xent(void) {
+  const int n = 6, V = 11, pad = 1;
+  const int32_t tgt[6] = {4, 1, 0, 10, 1, 7};
+  xent_ctx c = {frand(n * V, 3.0), tgt, n, V, pad, 0.1f, 0.5f};
+  c.logits[3 * V + 10] += 4.0f;
+  float *dl = frand(n * V, 1.0);
+  double loss = 1.0, nll = 2.0, rl, rn; /* sums are added into */
+  int64_t cnt = ops_xent(dl, c.logits, tgt, n, V, pad, c.eps, c.gs, &loss, &nll);
+  int64_t rc = xent_ref(c.logits, tgt, n, V, pad, c.eps, &rl, &rn);
+  TEST_EXPECT(cnt == 4 && rc == 4, "xent counted %lld rows, want 4", (long long)cnt);
+  TEST_EXPECT(test_close(loss - 1.0, rl, 1e-6, 1e-6), "xent loss %.9g, want %.9g", loss - 1.0, rl);
+  TEST_EXPECT(test_close(nll - 2.0, rn, 1e-6, 1e-6), "xent nll %.9g, want %.9g", nll - 2.0, rn);
+  int padzero = 1;
+  for (int j = 0; j < V; j++)
+    padzero &= dl[1 * V + j] == 0.0f && dl[4 * V + j] == 0.0f;
+  TEST_EXPECT(padzero, "xent: pad rows have a non-zero gradient");
+  fd_check("xent dlogits", c.logits, n * V, dl, xent_obj, &c);
+  /* dlogits aliasing logits gives the same */
+  float *al = copyf(c.logits, n * V);
+  double l2 = 0.0, n2 = 0.0;
+  ops_xent(al, al, tgt, n, V, pad, c.eps, c.gs, &l2, &n2);
+  TEST_EXPECT(memcmp(al, dl, sizeof(float) * n * V) == 0 && l2 == loss - 1.0,
+              "xent in place differs");
+  /* eps = 0 is plain NLL; the loss equals the nll */
+  double l0 = 0.0, n0 = 0.0;
+  ops_xent(NULL, c.logits, tgt, n, V, pad, 0.0f, 1.0f, &l0, &n0);
+  TEST_EXPECT(test_close(l0, rn, 1e-6, 1e-6) && l0 == n0,
+              "xent eps=0: loss %.9g nll %.9g want %.9g", l0, n0, rn);
+  /* a large vocabulary row (vector paths) against the formula */
+  const int V2 = 1000;
+  float *big = frand(3 * V2, 8.0);
+  const int32_t t2[3] = {17, 999, 500};
+  double lb = 0.0, nb = 0.0;
+  float *dbig = fzero(3 * V2);
+  ops_xent(dbig, big, t2, 3, V2, -1, 0.1f, 1.0f, &lb, &nb);
+  xent_ref(big, t2, 3, V2, -1, 0.1f, &rl, &rn);
+  TEST_EXPECT(test_close(lb, rl, 1e-6, 1e-5) && test_close(nb, rn, 1e-6, 1e-5),
+              "xent V=1000: loss %.9g want %.9g", lb, rl);
+  double gsum = 0.0;
+  for (int j = 0; j < 3 * V2; j++)
+    gsum += dbig[j];
+  TEST_EXPECT(fabs(gsum) < 1e-4, "xent V=1000: gradient rows do not sum to 0 (%g)", gsum);
+  free(c.logits), free(dl), free(al), free(big), free(dbig);
+}
+
+/* ---- vector helpers ------------------------------------------------------------------ */
+
+static void test_helpers(void) {
+  float a[37], b[37], y[37];
+  for (int i = 0; i < 37; i++)
+    a[i] = (float)i, b[i] = (float)(2 * i + 1);
+  ops_add(y, a, b, 37);
+  int ok = 1;
+  for (int i = 0; i < 37; i++)
+    ok &= y[i] == 3 * i + 1;
+  ops_acc(y, a, 37);
+  for (int i = 0; i < 37; i++)
+    ok &= y[i] == 4 * i + 1;
+  ops_scale(y, 0.5f, 37);
+  for (int i = 0; i < 37; i++)
+    ok &= y[i] == 2 * i + 0.5f;
+  ops_add(a, a, a, 37);
+  for (int i = 0; i < 37; i++)
+    ok &= a[i] == 2 * i;
+  TEST_EXPECT(ok, "ops_add / ops_acc / ops_scale");
+}
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  test_hash();
+  test_dropout();
+  test_layernorm();
+  test_relu();
+  test_attention();
+  test_embedding();
+  test_positions();
+  test_xent();
+  test_helpers();
+  int rc = test_finish();
+  MPI_Finalize();
+  return rc;
+}
