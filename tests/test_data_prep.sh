@@ -6,7 +6,8 @@
 # attributes, offsets, id ranges, texts and keys equal to the input lines, and the
 # stored SentencePiece model decoding the stored ids back to the text. Also: empty
 # pairs are dropped, the model is deterministic, and missing files or mismatched line
-# counts are refused with exit code 1. Ends with "N passed, N failed".
+# counts are refused with exit code 1; the KJV/WEB pair task (paraphrase.py) on the
+# same books. Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 py=/usr/bin/python3
@@ -133,6 +134,41 @@ cp -r "$d" "$tmp/miss"; rm "$tmp/miss/test.en"
 "$py" data_prep/pack.py "$tmp/miss" --src es --tgt en --vocab-size 200 --out "$tmp/y.h5" >"$tmp/log" 2>&1
 rc=$?
 if [ $rc = 1 ] && grep -q 'test.en' "$tmp/log" && [ ! -e "$tmp/y.h5" ]; then ok "missing file refused (exit 1)"; else bad "missing file refused (exit $rc)"; cat "$tmp/log"; fi
+
+# 7. pair classification (KJV vs WEB) on the same three books
+cat > "$tmp/pairs.py" <<'EOF'
+import sys, h5py, numpy as np
+h5, c = sys.argv[1:3]
+f = h5py.File(h5, "r")
+a = f.attrs
+assert a["task"] == "pair_classification" and a["n_classes"] == 2 and a["format_version"] == 1
+assert a["pad_id"] == 0 and a["eos_id"] == 3 and 100 <= a["vocab_size"] <= 200
+V = int(a["vocab_size"])
+for sp in ("train", "valid", "test"):
+    keys_in = open(f"{c}/{sp}.keys", encoding="utf-8").read().split("\n")[:-1]
+    kjv = dict(zip(keys_in, open(f"{c}/{sp}.kjv", encoding="utf-8").read().split("\n")))
+    web = dict(zip(keys_in, open(f"{c}/{sp}.en", encoding="utf-8").read().split("\n")))
+    lab = f[f"{sp}/label"][:]
+    keys = [k.decode().split("|") for k in f[f"{sp}/keys"][:]]
+    n = len(lab)
+    assert lab.dtype == np.int32 and n == 2 * len(keys_in), (sp, n, len(keys_in))
+    assert lab.sum() * 2 == n, "labels not balanced"
+    for side in ("a", "b"):
+        off, tok = f[f"{sp}/{side}/offsets"][:], f[f"{sp}/{side}/tokens"][:]
+        assert off.dtype == np.int64 and len(off) == n + 1 and off[0] == 0 and off[-1] == len(tok)
+        assert np.all(np.diff(off) > 0) and tok.min() >= 0 and tok.max() < V
+        assert not np.isin(tok, [0, 2, 3]).any()
+    ta = [t.decode() for t in f[f"{sp}/a/text"][:]]
+    tb = [t.decode() for t in f[f"{sp}/b/text"][:]]
+    for (ka, kb), l, x, y in zip(keys, lab, ta, tb):
+        assert (ka == kb) == (l == 1), (ka, kb, l)
+        assert x == kjv[ka] and y == web[kb]
+        ca, cb = ka.rsplit(":", 1)[0], kb.rsplit(":", 1)[0]
+        assert ca == cb and abs(int(ka.rsplit(":")[1]) - int(kb.rsplit(":")[1])) <= 2
+print("pairs ok")
+EOF
+check "paraphrase.py: balanced KJV/WEB pairs, label 1 iff same key, neighbours in chapter" bash -c \
+  "'$py' data_prep/paraphrase.py '$c' --vocab-size 200 --out '$tmp/p.h5' && '$py' '$tmp/pairs.py' '$tmp/p.h5' '$c'"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
