@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* X(name, type, default, min, max, help); type: INT, FLOAT, STR.
  * For STR, min is a '|'-separated list of the allowed values ("" = any). */
@@ -106,6 +107,9 @@ int config_validate(config *c, char *err, size_t err_len);
 /* Parse the common command line shape "CONFIG [key=value ...]": defaults, the file (if
  * argv[0] does not contain '='), overrides, validation. Returns 0 or -1 with err. */
 int config_from_args(config *c, int argc, char **argv, char *err, size_t err_len);
+
+/* Print the key table as a Markdown table (docs/CONFIG.md is this output). */
+void config_print_keys(FILE *f);
 
 /* Write every key as "key = value" lines into buf (malloc'd, caller frees). */
 char *config_dump(const config *c);

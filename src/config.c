@@ -260,3 +260,16 @@ char *config_dump(const config *c) {
   }
   return buf;
 }
+
+void config_print_keys(FILE *f) {
+  fprintf(f, "| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n");
+  for (size_t i = 0; i < n_keys; i++) {
+    const key_info *k = &keys[i];
+    if (k->type == T_STR)
+      fprintf(f, "| `%s` | string | `%s` | %s | %s |\n", k->name, k->def_str,
+              k->choices && k->choices[0] ? k->choices : "any", k->help);
+    else
+      fprintf(f, "| `%s` | %s | `%.10g` | %.10g .. %.10g | %s |\n", k->name,
+              k->type == T_INT ? "int" : "float", k->def_num, k->lo, k->hi, k->help);
+  }
+}

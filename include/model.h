@@ -1,0 +1,97 @@
+/* model.h: the encoder-decoder Transformer (Post-LN and Pre-LN), forward and backward
+ * by hand, its parameter registry with fairseq names, and incremental decoding.
+ *
+ * The exact math is docs/MODEL.md. Parameters and gradients each live in one flat
+ * allocation (llm.c style), carved into one dmat per named tensor; activations live in
+ * an arena sized for the largest batch shape seen (it only grows, so after the first
+ * few steps no step allocates).
+ */
+#ifndef MPIFORMER_MODEL_H
+#define MPIFORMER_MODEL_H
+
+#include "config.h"
+#include "dmat.h"
+
+typedef struct model_param {
+  char name[112];   /* fairseq name */
+  dmat w, g;        /* value and gradient (local blocks in the flat buffers) */
+  int is_vector;    /* PyTorch shape is (cols) */
+  int64_t offset;   /* into the flat local buffers */
+  int init;         /* MODEL_INIT_* */
+  float init_std;
+} model_param;
+
+enum { MODEL_INIT_ZERO, MODEL_INIT_ONE, MODEL_INIT_NORMAL, MODEL_INIT_EMBED };
+
+typedef struct model_attn { model_param *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b; } model_attn;
+typedef struct model_ln { model_param *w, *b; } model_ln;
+typedef struct model_layer {
+  model_attn self, cross;             /* cross: decoder only */
+  model_ln ln_self, ln_cross, ln_ffn; /* self_attn_, encoder_attn_, final_layer_norm */
+  model_param *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} model_layer;
+
+typedef struct model_dims {
+  int n_enc, n_dec, d, ffn, heads, vocab;
+  int pre_ln;        /* 1: Pre-LN, 0: Post-LN */
+  int pad, bos, eos;
+  float dropout, attn_dropout, act_dropout, label_smoothing;
+  int share;         /* 0 none, 1 decoder_io, 2 all */
+} model_dims;
+
+typedef struct model {
+  model_dims dims;
+  const grid *g;
+  int n_params;
+  model_param *params;      /* registry, in checkpoint order */
+  int64_t n_floats;         /* local floats in each flat buffer */
+  float *param_mem, *grad_mem;
+  model_layer *enc, *dec;
+  model_param *enc_embed, *dec_embed, *out_proj; /* may point to the same param */
+  model_ln enc_final, dec_final;                 /* Pre-LN only */
+  struct model_acts *acts;  /* activation arena (model.c) */
+  uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
+  int train;                /* 1: dropout on */
+} model;
+
+/* Fill dims from a validated config and the dataset's vocabulary. Not collective. */
+void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos);
+
+/* Build the registry, allocate parameters and gradients, initialize from seed (layout
+ * independent). Collective on nothing (every rank of a replica builds the same). */
+model *model_create(const model_dims *dims, const grid *g, uint64_t seed);
+void model_free(model *m);
+
+/* Look a parameter up by fairseq name (NULL if absent). */
+model_param *model_find(model *m, const char *name);
+
+/* Dropout masks of the next forward derive from key (a function of seed, step and
+ * micro-batch); train = 0 turns dropout off. */
+void model_set_mode(model *m, int train, uint64_t key);
+
+/* Forward of a batch: src (B,S), tgt_in (B,T), tgt_out (B,T). Returns the number of
+ * non-pad target tokens; adds the label-smoothed loss and nll sums into *loss_sum,
+ * *nll_sum. If backward != 0 the gradients of grad_scale * loss_sum are ACCUMULATED
+ * into m->grad_mem. Not collective (tp = 1). */
+int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
+                               const int32_t *tgt_out, int B, int S, int T, float grad_scale,
+                               int backward, double *loss_sum, double *nll_sum);
+
+/* Zero all gradients. */
+void model_zero_grad(model *m);
+
+/* ---- incremental decoding -------------------------------------------------------- */
+typedef struct model_decoder model_decoder;
+
+/* Encode src (n_seq, S) and prepare n_seq * beam hypotheses (hyp i belongs to sentence
+ * i / beam) for up to max_steps decoder steps. Dropout is off. */
+model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
+                                   int max_steps);
+/* Feed tokens (n_hyp) as the decoder inputs of the next position (the first call gives
+ * bos); writes log-probabilities (n_hyp, vocab). */
+void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, float *logprobs);
+/* Hypothesis i now continues the history of old hypothesis from[i] (n_hyp entries). */
+void model_decoder_reorder(model_decoder *st, const int *from);
+void model_decoder_free(model_decoder *st);
+
+#endif

@@ -1,0 +1,824 @@
+/* model.c: the encoder-decoder Transformer of docs/MODEL.md, forward and backward by
+ * hand on local blocks, plus incremental decoding.
+ *
+ * Structure. A layer is a list of sublayers (attention or FFN), each wrapped the same
+ * way: Pre-LN `s' = s + D(F(LN(s)))`, Post-LN `s' = LN(s + D(F(s)))`. The residual
+ * stream s_k is saved between sublayers; a sublayer saves what its backward needs (LN
+ * statistics, q/k/v, attention probabilities, FFN hidden). Linear layers go through
+ * dmat_gemm (one cblas_sgemm on the 1x1 grid). Dropout masks are regenerated in
+ * backward from counter-based keys, so nothing stores a mask.
+ *
+ * Not here: the optimizer (optim.c), batching (data.c), beam search (decode.c).
+ */
+#include "model.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+#define LN_EPS 1e-5f
+
+/* ---- activation arena ------------------------------------------------------------ */
+
+typedef struct sub_acts {
+  float *ln_out;       /* pre: LN(s_in) (n,d) */
+  float *resid;        /* post: s_in + D(F(s_in)) (n,d) */
+  float *mean, *rstd;  /* LN statistics (n) */
+  float *q, *k, *v;    /* attention: (n,d), (nk,d), (nk,d) */
+  float *probs;        /* attention: (B,H,Tq,Tk) */
+  float *o;            /* attention: heads concatenated (n,d) */
+  float *h, *hd;       /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
+  float *core;         /* F's output (n,d) */
+} sub_acts;
+
+typedef struct model_acts {
+  size_t cap;          /* floats allocated */
+  float *mem;
+  int B, S, T;
+  float **enc_s, **dec_s;   /* residual streams: 2*n_enc+1, 3*n_dec+1 entries */
+  sub_acts *enc_sub, *dec_sub;
+  float *enc_out, *enc_mean, *enc_rstd; /* Pre-LN final LN (else enc_out = last stream) */
+  float *dec_out, *dec_mean, *dec_rstd;
+  float *logits;       /* (B*T, V), overwritten by dlogits */
+  /* backward scratch */
+  float *gs_a, *gs_b;  /* stream gradients (max(nS,nT), d) */
+  float *g_core, *g_ln, *g_resid, *g_o, *g_q, *g_k, *g_v; /* (n, d) each (g_k, g_v: nk) */
+  float *g_h;          /* (n, F) */
+  float *g_enc;        /* (B*S, d) */
+  float *scratch;      /* attention scratch: 2 * Tmax * Tmax */
+  uint8_t *src_pad;    /* (B, S) */
+  size_t src_pad_cap;
+} model_acts;
+
+static float *take(float *base, size_t *cursor, size_t n) {
+  float *p = base ? base + *cursor : NULL;
+  *cursor += (n + 15) & ~(size_t)15;
+  return p;
+}
+
+/* Lay the arena out for a (B, S, T) batch; returns the floats needed (base NULL: size only). */
+static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *base) {
+  const model_dims *D = &m->dims;
+  size_t c = 0, d = (size_t)D->d, F = (size_t)D->ffn, H = (size_t)D->heads;
+  size_t nS = (size_t)B * S, nT = (size_t)B * T, nmax = nS > nT ? nS : nT;
+  size_t Tmax = S > T ? S : T;
+  for (int i = 0; i <= 2 * D->n_enc; i++) a->enc_s[i] = take(base, &c, nS * d);
+  for (int i = 0; i <= 3 * D->n_dec; i++) a->dec_s[i] = take(base, &c, nT * d);
+  for (int l = 0; l < D->n_enc; l++)
+    for (int j = 0; j < 2; j++) {
+      sub_acts *s = &a->enc_sub[2 * l + j];
+      memset(s, 0, sizeof *s);
+      s->ln_out = D->pre_ln ? take(base, &c, nS * d) : NULL;
+      s->resid = D->pre_ln ? NULL : take(base, &c, nS * d);
+      s->mean = take(base, &c, nS);
+      s->rstd = take(base, &c, nS);
+      s->core = take(base, &c, nS * d);
+      if (j == 0) {
+        s->q = take(base, &c, nS * d);
+        s->k = take(base, &c, nS * d);
+        s->v = take(base, &c, nS * d);
+        s->o = take(base, &c, nS * d);
+        s->probs = take(base, &c, (size_t)B * H * S * S);
+      } else {
+        s->h = take(base, &c, nS * F);
+        s->hd = D->act_dropout > 0 ? take(base, &c, nS * F) : s->h;
+      }
+    }
+  for (int l = 0; l < D->n_dec; l++)
+    for (int j = 0; j < 3; j++) {
+      sub_acts *s = &a->dec_sub[3 * l + j];
+      memset(s, 0, sizeof *s);
+      s->ln_out = D->pre_ln ? take(base, &c, nT * d) : NULL;
+      s->resid = D->pre_ln ? NULL : take(base, &c, nT * d);
+      s->mean = take(base, &c, nT);
+      s->rstd = take(base, &c, nT);
+      s->core = take(base, &c, nT * d);
+      if (j < 2) {
+        size_t nk = j == 0 ? nT : nS, Tk = j == 0 ? (size_t)T : (size_t)S;
+        s->q = take(base, &c, nT * d);
+        s->k = take(base, &c, nk * d);
+        s->v = take(base, &c, nk * d);
+        s->o = take(base, &c, nT * d);
+        s->probs = take(base, &c, (size_t)B * H * T * Tk);
+      } else {
+        s->h = take(base, &c, nT * F);
+        s->hd = D->act_dropout > 0 ? take(base, &c, nT * F) : s->h;
+      }
+    }
+  a->enc_out = D->pre_ln ? take(base, &c, nS * d) : a->enc_s[2 * D->n_enc];
+  a->enc_mean = take(base, &c, nS);
+  a->enc_rstd = take(base, &c, nS);
+  a->dec_out = D->pre_ln ? take(base, &c, nT * d) : a->dec_s[3 * D->n_dec];
+  a->dec_mean = take(base, &c, nT);
+  a->dec_rstd = take(base, &c, nT);
+  a->logits = take(base, &c, nT * (size_t)D->vocab);
+  a->gs_a = take(base, &c, nmax * d);
+  a->gs_b = take(base, &c, nmax * d);
+  a->g_core = take(base, &c, nmax * d);
+  a->g_ln = take(base, &c, nmax * d);
+  a->g_resid = take(base, &c, nmax * d);
+  a->g_o = take(base, &c, nmax * d);
+  a->g_q = take(base, &c, nmax * d);
+  a->g_k = take(base, &c, nmax * d);
+  a->g_v = take(base, &c, nmax * d);
+  a->g_h = take(base, &c, nmax * F);
+  a->g_enc = take(base, &c, nS * d);
+  a->scratch = take(base, &c, 2 * Tmax * Tmax);
+  return c;
+}
+
+/* Make the arena fit a (B, S, T) batch; grows only, so steady-state steps do not allocate. */
+static void acts_prepare(model *m, int B, int S, int T) {
+  model_acts *a = m->acts;
+  size_t need = acts_layout(m, a, B, S, T, NULL);
+  if (need > a->cap) {
+    free(a->mem);
+    size_t cap = need + need / 4;
+    a->mem = common_malloc(cap * sizeof(float));
+    a->cap = cap;
+  }
+  acts_layout(m, a, B, S, T, a->mem);
+  a->B = B, a->S = S, a->T = T;
+  if ((size_t)B * S > a->src_pad_cap) {
+    free(a->src_pad);
+    a->src_pad_cap = (size_t)B * S * 2;
+    a->src_pad = common_malloc(a->src_pad_cap);
+  }
+}
+
+/* ---- registry and initialization ------------------------------------------------- */
+
+void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos) {
+  memset(d, 0, sizeof *d);
+  d->n_enc = (int)c->enc_layers;
+  d->n_dec = (int)c->dec_layers;
+  d->d = (int)c->d_model;
+  d->ffn = (int)c->ffn_dim;
+  d->heads = (int)c->heads;
+  d->vocab = vocab;
+  d->pre_ln = strcmp(c->norm, "pre") == 0;
+  d->pad = pad, d->bos = bos, d->eos = eos;
+  d->dropout = (float)c->dropout;
+  d->attn_dropout = (float)c->attn_dropout;
+  d->act_dropout = (float)c->act_dropout;
+  d->label_smoothing = (float)c->label_smoothing;
+  d->share = !strcmp(c->share_embeddings, "all") ? 2 : !strcmp(c->share_embeddings, "decoder_io") ? 1 : 0;
+}
+
+typedef struct reg_builder {
+  model *m;
+  int cap;
+} reg_builder;
+
+static model_param *reg_add(reg_builder *rb, const char *name, int64_t rows, int64_t cols,
+                            int is_vector, int init, float std) {
+  model *m = rb->m;
+  CHECK(m->n_params < rb->cap, "parameter registry overflow");
+  model_param *p = &m->params[m->n_params++];
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "%s", name);
+  dmat_init(&p->w, m->g, rows, cols, NULL);
+  dmat_init(&p->g, m->g, rows, cols, NULL);
+  p->is_vector = is_vector;
+  p->init = init;
+  p->init_std = std;
+  p->offset = m->n_floats;
+  m->n_floats += (dmat_local_size(&p->w) + 15) & ~(int64_t)15;
+  return p;
+}
+
+/* dst = a + b, checked (parameter names are short; this keeps the compiler's
+ * truncation analysis quiet without snprintf). */
+static void join(char *dst, size_t cap, const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  CHECK(la + lb < cap, "parameter name too long: %s%s", a, b);
+  memcpy(dst, a, la);
+  memcpy(dst + la, b, lb + 1);
+}
+
+static model_param *reg_linear(reg_builder *rb, const char *prefix, int64_t out, int64_t in,
+                               model_param **bias) {
+  char name[112];
+  join(name, sizeof name, prefix, ".weight");
+  model_param *w = reg_add(rb, name, out, in, 0, MODEL_INIT_NORMAL, sqrtf(2.0f / (float)(in + out)));
+  join(name, sizeof name, prefix, ".bias");
+  *bias = reg_add(rb, name, 1, out, 1, MODEL_INIT_ZERO, 0);
+  return w;
+}
+
+static model_ln reg_ln(reg_builder *rb, const char *prefix, int64_t d) {
+  char name[112];
+  model_ln ln;
+  join(name, sizeof name, prefix, ".weight");
+  ln.w = reg_add(rb, name, 1, d, 1, MODEL_INIT_ONE, 0);
+  join(name, sizeof name, prefix, ".bias");
+  ln.b = reg_add(rb, name, 1, d, 1, MODEL_INIT_ZERO, 0);
+  return ln;
+}
+
+static model_attn reg_attn(reg_builder *rb, const char *prefix, int64_t d) {
+  char name[112];
+  model_attn a;
+  join(name, sizeof name, prefix, ".q_proj");
+  a.q_w = reg_linear(rb, name, d, d, &a.q_b);
+  join(name, sizeof name, prefix, ".k_proj");
+  a.k_w = reg_linear(rb, name, d, d, &a.k_b);
+  join(name, sizeof name, prefix, ".v_proj");
+  a.v_w = reg_linear(rb, name, d, d, &a.v_b);
+  join(name, sizeof name, prefix, ".out_proj");
+  a.o_w = reg_linear(rb, name, d, d, &a.o_b);
+  return a;
+}
+
+static void reg_layer(reg_builder *rb, model_layer *L, const char *side, int i, int decoder,
+                      int64_t d, int64_t F) {
+  char pre[96], name[112];
+  snprintf(pre, sizeof pre, "%s.layers.%d", side, i);
+  join(name, sizeof name, pre, ".self_attn");
+  L->self = reg_attn(rb, name, d);
+  join(name, sizeof name, pre, ".self_attn_layer_norm");
+  L->ln_self = reg_ln(rb, name, d);
+  if (decoder) {
+    join(name, sizeof name, pre, ".encoder_attn");
+    L->cross = reg_attn(rb, name, d);
+    join(name, sizeof name, pre, ".encoder_attn_layer_norm");
+    L->ln_cross = reg_ln(rb, name, d);
+  }
+  join(name, sizeof name, pre, ".fc1");
+  L->fc1_w = reg_linear(rb, name, F, d, &L->fc1_b);
+  join(name, sizeof name, pre, ".fc2");
+  L->fc2_w = reg_linear(rb, name, d, F, &L->fc2_b);
+  join(name, sizeof name, pre, ".final_layer_norm");
+  L->ln_ffn = reg_ln(rb, name, d);
+}
+
+static void param_init(model *m, model_param *p, int index, uint64_t seed) {
+  float *w = p->w.data;
+  uint64_t key = ops_hash_key(seed, 0x494e4954u /* "INIT" */, (uint64_t)index, 0);
+  for (int i = 0; i < p->w.rows_local; i++)
+    for (int j = 0; j < p->w.cols_local; j++) {
+      int64_t gi = p->w.row0 + i, gj = p->w.col0 + j;
+      float v = 0.0f;
+      if (p->init == MODEL_INIT_ONE) v = 1.0f;
+      else if (p->init == MODEL_INIT_NORMAL || p->init == MODEL_INIT_EMBED)
+        v = p->init_std * ops_hash_normal(key, (uint64_t)(gi * p->w.cols + gj));
+      if (p->init == MODEL_INIT_EMBED && gi == m->dims.pad) v = 0.0f;
+      w[(size_t)i * p->w.ld + j] = v;
+    }
+}
+
+model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
+  model *m = common_calloc(1, sizeof *m);
+  m->dims = *dims;
+  m->g = g;
+  const model_dims *D = &m->dims;
+  int64_t d = D->d, F = D->ffn, V = D->vocab;
+  int cap = 8 + D->n_enc * 20 + D->n_dec * 32;
+  m->params = common_calloc((size_t)cap, sizeof *m->params);
+  m->enc = common_calloc((size_t)D->n_enc, sizeof *m->enc);
+  m->dec = common_calloc((size_t)D->n_dec, sizeof *m->dec);
+  reg_builder rb = {m, cap};
+  float estd = 1.0f / sqrtf((float)d);
+  m->enc_embed = reg_add(&rb, "encoder.embed_tokens.weight", V, d, 0, MODEL_INIT_EMBED, estd);
+  for (int i = 0; i < D->n_enc; i++) reg_layer(&rb, &m->enc[i], "encoder", i, 0, d, F);
+  if (D->pre_ln) m->enc_final = reg_ln(&rb, "encoder.layer_norm", d);
+  m->dec_embed = D->share == 2 ? m->enc_embed
+                               : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
+                                         MODEL_INIT_EMBED, estd);
+  for (int i = 0; i < D->n_dec; i++) reg_layer(&rb, &m->dec[i], "decoder", i, 1, d, F);
+  if (D->pre_ln) m->dec_final = reg_ln(&rb, "decoder.layer_norm", d);
+  m->out_proj = D->share ? m->dec_embed
+                         : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
+                                   MODEL_INIT_EMBED, estd);
+  m->param_mem = common_calloc((size_t)m->n_floats, sizeof(float));
+  m->grad_mem = common_calloc((size_t)m->n_floats, sizeof(float));
+  for (int i = 0; i < m->n_params; i++) {
+    model_param *p = &m->params[i];
+    p->w.data = m->param_mem + p->offset;
+    p->g.data = m->grad_mem + p->offset;
+    param_init(m, p, i, seed);
+  }
+  m->acts = common_calloc(1, sizeof(model_acts));
+  m->acts->enc_s = common_calloc((size_t)(2 * D->n_enc + 1), sizeof(float *));
+  m->acts->dec_s = common_calloc((size_t)(3 * D->n_dec + 1), sizeof(float *));
+  m->acts->enc_sub = common_calloc((size_t)(2 * D->n_enc), sizeof(sub_acts));
+  m->acts->dec_sub = common_calloc((size_t)(3 * D->n_dec), sizeof(sub_acts));
+  return m;
+}
+
+void model_free(model *m) {
+  if (!m) return;
+  model_acts *a = m->acts;
+  free(a->mem);
+  free(a->src_pad);
+  free(a->enc_s);
+  free(a->dec_s);
+  free(a->enc_sub);
+  free(a->dec_sub);
+  free(a);
+  free(m->param_mem);
+  free(m->grad_mem);
+  free(m->params);
+  free(m->enc);
+  free(m->dec);
+  free(m);
+}
+
+model_param *model_find(model *m, const char *name) {
+  for (int i = 0; i < m->n_params; i++)
+    if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+  return NULL;
+}
+
+void model_set_mode(model *m, int train, uint64_t key) {
+  m->train = train;
+  m->dropout_key = key;
+}
+
+void model_zero_grad(model *m) { memset(m->grad_mem, 0, (size_t)m->n_floats * sizeof(float)); }
+
+/* ---- building blocks ------------------------------------------------------------- */
+
+/* y(n,out) = x(n,in) W^T + b through dmat_gemm (cblas on the 1x1 grid). */
+static void linear_fwd(model *m, float *y, const float *x, const model_param *w,
+                       const model_param *b, int n) {
+  int64_t out = w->w.rows, in = w->w.cols;
+  dmat X, Y;
+  dmat_init(&X, m->g, n, in, (float *)x);
+  dmat_init(&Y, m->g, n, out, y);
+  if (b) {
+    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * out, b->w.data, (size_t)out * sizeof(float));
+  }
+  dmat_gemm('N', 'T', 1.0f, &X, &w->w, b ? 1.0f : 0.0f, &Y);
+}
+
+/* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy. */
+static void linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
+                       const model_param *b, int n) {
+  int64_t out = w->w.rows, in = w->w.cols;
+  dmat DY, X;
+  dmat_init(&DY, m->g, n, out, (float *)dy);
+  dmat_init(&X, m->g, n, in, (float *)x);
+  if (dx) {
+    dmat DX;
+    dmat_init(&DX, m->g, n, in, dx);
+    dmat_gemm('N', 'N', 1.0f, &DY, &w->w, 1.0f, &DX);
+  }
+  dmat_gemm('T', 'N', 1.0f, &DY, &X, 1.0f, (dmat *)&w->g);
+  if (b) {
+    float *db = b->g.data;
+    for (int i = 0; i < n; i++) {
+      const float *row = dy + (size_t)i * out;
+      for (int64_t j = 0; j < out; j++) db[j] += row[j];
+    }
+  }
+}
+
+/* Dropout site keys: one per (layer stream, slot), mixed with the step key. */
+static uint64_t site_key(const model *m, int site) {
+  return ops_hash_key(m->dropout_key, 0x44524f50u /* "DROP" */, (uint64_t)site, 0);
+}
+static float p_if_train(const model *m, float p) { return m->train ? p : 0.0f; }
+
+/* Which core function a sublayer runs. */
+enum { CORE_SELF, CORE_SELF_CAUSAL, CORE_CROSS, CORE_FFN };
+
+typedef struct sublayer {
+  int kind;
+  const model_attn *attn;
+  const model_layer *L;
+  const model_ln *ln;
+  int site; /* dropout site base */
+} sublayer;
+
+/* F(x): x (n,d) -> s->core (n,d). kv = encoder output for cross-attention. */
+static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
+                     int B, int Tq, int Tk, const uint8_t *key_pad) {
+  const model_dims *D = &m->dims;
+  int n = B * Tq, d = D->d;
+  if (sl->kind == CORE_FFN) {
+    linear_fwd(m, s->h, x, sl->L->fc1_w, sl->L->fc1_b, n);
+    ops_relu_forward(s->h, s->h, (int64_t)n * D->ffn);
+    float p = p_if_train(m, D->act_dropout);
+    if (s->hd != s->h) ops_dropout(s->hd, s->h, n, D->ffn, 0, 0, D->ffn, p, site_key(m, sl->site + 1));
+    linear_fwd(m, s->core, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
+    return;
+  }
+  const model_attn *A = sl->attn;
+  const float *src_kv = sl->kind == CORE_CROSS ? kv : x;
+  int nk = B * Tk;
+  linear_fwd(m, s->q, x, A->q_w, A->q_b, n);
+  linear_fwd(m, s->k, src_kv, A->k_w, A->k_b, nk);
+  linear_fwd(m, s->v, src_kv, A->v_w, A->v_b, nk);
+  ops_attention_forward(s->o, d, s->probs, s->q, d, s->k, s->v, d,
+                        sl->kind == CORE_SELF_CAUSAL ? NULL : key_pad,
+                        sl->kind == CORE_SELF_CAUSAL, B, Tq, Tk, D->heads, d / D->heads,
+                        p_if_train(m, D->attn_dropout), site_key(m, sl->site + 1), 0,
+                        m->acts->scratch);
+  linear_fwd(m, s->core, s->o, A->o_w, A->o_b, n);
+}
+
+/* Backward of F: dcore (n,d) -> dx (n,d) += ; dkv (nk,d) += for cross-attention. */
+static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
+                     float *dcore, float *dx, float *dkv, int B, int Tq, int Tk) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  int n = B * Tq, d = D->d;
+  if (sl->kind == CORE_FFN) {
+    size_t nf = (size_t)n * D->ffn;
+    memset(a->g_h, 0, nf * sizeof(float));
+    linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
+    if (s->hd != s->h)
+      ops_dropout(a->g_h, a->g_h, n, D->ffn, 0, 0, D->ffn, p_if_train(m, D->act_dropout),
+                  site_key(m, sl->site + 1));
+    /* relu backward in place: g_h *= (h > 0) */
+    for (size_t i = 0; i < nf; i++)
+      if (!(s->h[i] > 0.0f)) a->g_h[i] = 0.0f;
+    linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, sl->L->fc1_b, n);
+    return;
+  }
+  const model_attn *A = sl->attn;
+  int cross = sl->kind == CORE_CROSS;
+  const float *src_kv = cross ? kv : x;
+  float *dsrc = cross ? dkv : dx;
+  int nk = B * Tk;
+  memset(a->g_o, 0, (size_t)n * d * sizeof(float));
+  linear_bwd(m, a->g_o, dcore, s->o, A->o_w, A->o_b, n);
+  memset(a->g_q, 0, (size_t)n * d * sizeof(float));
+  memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
+  memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
+  ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B,
+                         Tq, Tk, D->heads, d / D->heads, p_if_train(m, D->attn_dropout),
+                         site_key(m, sl->site + 1), 0, a->scratch);
+  linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
+  linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
+  linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, A->v_b, nk);
+}
+
+/* One sublayer forward: s_in -> s_out (n,d). */
+static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
+                         float *s_out, const float *kv, int B, int Tq, int Tk,
+                         const uint8_t *key_pad) {
+  const model_dims *D = &m->dims;
+  int n = B * Tq, d = D->d;
+  float p = p_if_train(m, D->dropout);
+  if (D->pre_ln) {
+    ops_layernorm_forward(s->ln_out, s->mean, s->rstd, s_in, sl->ln->w->w.data, sl->ln->b->w.data,
+                          n, d, LN_EPS);
+    core_fwd(m, sl, s, s->ln_out, kv, B, Tq, Tk, key_pad);
+    ops_dropout(s->core, s->core, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_add(s_out, s_in, s->core, (int64_t)n * d);
+  } else {
+    core_fwd(m, sl, s, s_in, kv, B, Tq, Tk, key_pad);
+    ops_dropout(s->core, s->core, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_add(s->resid, s_in, s->core, (int64_t)n * d);
+    ops_layernorm_forward(s_out, s->mean, s->rstd, s->resid, sl->ln->w->w.data, sl->ln->b->w.data,
+                          n, d, LN_EPS);
+  }
+}
+
+/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) +=, dkv +=. */
+static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
+                         const float *ds_out, float *ds_in, const float *kv, float *dkv, int B,
+                         int Tq, int Tk) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  int n = B * Tq, d = D->d;
+  size_t nd = (size_t)n * d;
+  float p = p_if_train(m, D->dropout);
+  if (D->pre_ln) {
+    ops_acc(ds_in, ds_out, (int64_t)nd);
+    ops_dropout(a->g_core, ds_out, n, d, 0, 0, d, p, site_key(m, sl->site));
+    memset(a->g_ln, 0, nd * sizeof(float));
+    core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
+    ops_layernorm_backward(ds_in, sl->ln->w->g.data, sl->ln->b->g.data, a->g_ln, s_in, s->mean,
+                           s->rstd, sl->ln->w->w.data, n, d);
+  } else {
+    memset(a->g_resid, 0, nd * sizeof(float));
+    ops_layernorm_backward(a->g_resid, sl->ln->w->g.data, sl->ln->b->g.data, ds_out, s->resid,
+                           s->mean, s->rstd, sl->ln->w->w.data, n, d);
+    ops_acc(ds_in, a->g_resid, (int64_t)nd);
+    ops_dropout(a->g_core, a->g_resid, n, d, 0, 0, d, p, site_key(m, sl->site));
+    core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
+  }
+}
+
+static sublayer enc_sublayer(const model *m, int l, int j) {
+  const model_layer *L = &m->enc[l];
+  sublayer sl = {j == 0 ? CORE_SELF : CORE_FFN, &L->self, L, j == 0 ? &L->ln_self : &L->ln_ffn,
+                 (l * 3 + j) * 4};
+  return sl;
+}
+
+static sublayer dec_sublayer(const model *m, int l, int j) {
+  const model_layer *L = &m->dec[l];
+  static const int kinds[3] = {CORE_SELF_CAUSAL, CORE_CROSS, CORE_FFN};
+  sublayer sl = {kinds[j], j == 0 ? &L->self : &L->cross, L,
+                 j == 0 ? &L->ln_self : j == 1 ? &L->ln_cross : &L->ln_ffn,
+                 (1 << 20) + (l * 3 + j) * 4};
+  return sl;
+}
+
+/* Embedding + positions + dropout: s0 (B*T, d). */
+static void embed_fwd(model *m, float *s0, const model_param *E, const int32_t *tok, int B, int T,
+                      int site) {
+  const model_dims *D = &m->dims;
+  int n = B * T;
+  ops_embedding_forward(s0, tok, E->w.data, n, D->d, sqrtf((float)D->d));
+  ops_positions_add(s0, B, T, D->d, 0);
+  ops_dropout(s0, s0, n, D->d, 0, 0, D->d, p_if_train(m, D->dropout), site_key(m, site));
+}
+
+static void embed_bwd(model *m, float *ds0, const model_param *E, const int32_t *tok, int B, int T,
+                      int site) {
+  const model_dims *D = &m->dims;
+  int n = B * T;
+  ops_dropout(ds0, ds0, n, D->d, 0, 0, D->d, p_if_train(m, D->dropout), site_key(m, site));
+  ops_embedding_backward(E->g.data, ds0, tok, n, D->d, sqrtf((float)D->d), D->pad);
+}
+
+#define SITE_ENC_EMBED (1 << 24)
+#define SITE_DEC_EMBED ((1 << 24) + 1)
+
+/* Encoder forward over the arena's current (B, S); output in a->enc_out. */
+static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = src[i] == D->pad;
+  embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
+  for (int l = 0; l < D->n_enc; l++)
+    for (int j = 0; j < 2; j++) {
+      sublayer sl = enc_sublayer(m, l, j);
+      sublayer_fwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], a->enc_s[2 * l + j + 1],
+                   NULL, B, S, S, a->src_pad);
+    }
+  if (D->pre_ln)
+    ops_layernorm_forward(a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc],
+                          m->enc_final.w->w.data, m->enc_final.b->w.data, B * S, D->d, LN_EPS);
+}
+
+int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
+                               const int32_t *tgt_out, int B, int S, int T, float grad_scale,
+                               int backward, double *loss_sum, double *nll_sum) {
+  const model_dims *D = &m->dims;
+  acts_prepare(m, B, S, T);
+  model_acts *a = m->acts;
+  int nS = B * S, nT = B * T, d = D->d;
+  /* ---- forward ---- */
+  encoder_fwd(m, src, B, S);
+  embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
+  for (int l = 0; l < D->n_dec; l++)
+    for (int j = 0; j < 3; j++) {
+      sublayer sl = dec_sublayer(m, l, j);
+      sublayer_fwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], a->dec_s[3 * l + j + 1],
+                   a->enc_out, B, T, j == 1 ? S : T, a->src_pad);
+    }
+  if (D->pre_ln)
+    ops_layernorm_forward(a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec],
+                          m->dec_final.w->w.data, m->dec_final.b->w.data, nT, d, LN_EPS);
+  /* logits (nT, V) = dec_out W_out^T */
+  linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
+  int64_t ntok = ops_xent(backward ? a->logits : NULL, a->logits, tgt_out, nT, D->vocab, D->pad,
+                          D->label_smoothing, grad_scale, loss_sum, nll_sum);
+  if (!backward) return ntok;
+
+  /* ---- backward ---- */
+  float *gs_out = a->gs_a, *gs_in = a->gs_b;
+  memset(gs_out, 0, (size_t)nT * d * sizeof(float));
+  linear_bwd(m, gs_out, a->logits, a->dec_out, m->out_proj, NULL, nT);
+  if (D->pre_ln) {
+    memset(gs_in, 0, (size_t)nT * d * sizeof(float));
+    ops_layernorm_backward(gs_in, m->dec_final.w->g.data, m->dec_final.b->g.data, gs_out,
+                           a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd,
+                           m->dec_final.w->w.data, nT, d);
+    float *t = gs_out; gs_out = gs_in; gs_in = t;
+  }
+  memset(a->g_enc, 0, (size_t)nS * d * sizeof(float));
+  for (int l = D->n_dec - 1; l >= 0; l--)
+    for (int j = 2; j >= 0; j--) {
+      sublayer sl = dec_sublayer(m, l, j);
+      memset(gs_in, 0, (size_t)nT * d * sizeof(float));
+      sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
+                   a->g_enc, B, T, j == 1 ? S : T);
+      float *t = gs_out; gs_out = gs_in; gs_in = t;
+    }
+  embed_bwd(m, gs_out, m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
+  /* encoder: g_enc is the gradient of enc_out */
+  if (D->pre_ln) {
+    memset(gs_out, 0, (size_t)nS * d * sizeof(float));
+    ops_layernorm_backward(gs_out, m->enc_final.w->g.data, m->enc_final.b->g.data, a->g_enc,
+                           a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd,
+                           m->enc_final.w->w.data, nS, d);
+  } else {
+    memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
+  }
+  for (int l = D->n_enc - 1; l >= 0; l--)
+    for (int j = 1; j >= 0; j--) {
+      sublayer sl = enc_sublayer(m, l, j);
+      memset(gs_in, 0, (size_t)nS * d * sizeof(float));
+      sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
+                   B, S, S);
+      float *t = gs_out; gs_out = gs_in; gs_in = t;
+    }
+  embed_bwd(m, gs_out, m->enc_embed, src, B, S, SITE_ENC_EMBED);
+  return ntok;
+}
+
+/* ---- incremental decoding ---------------------------------------------------------- */
+
+struct model_decoder {
+  int n_hyp, beam, S, max_steps, t;
+  int n_layers, d;
+  float **self_k, **self_v;   /* per decoder layer: (n_hyp, max_steps, d) caches */
+  float **cross_k, **cross_v; /* per decoder layer: (n_hyp * S, d) */
+  uint8_t *src_pad;           /* (n_hyp, S) */
+  float *x, *y, *ln, *q, *o, *core, *h, *mean, *rstd; /* (n_hyp, d|F) and (n_hyp) */
+  float *kt, *vt;             /* this step's self-attention keys/values (n_hyp, d) */
+  float *probs, *scratch;
+  float *perm;                /* reorder scratch: (n_hyp, max(max_steps*d, S*d)) */
+  int *from_sent;
+};
+
+model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
+                                   int max_steps) {
+  const model_dims *D = &m->dims;
+  int d = D->d, n_hyp = n_seq * beam;
+  model_decoder *st = common_calloc(1, sizeof *st);
+  st->n_hyp = n_hyp, st->beam = beam, st->S = S, st->max_steps = max_steps;
+  st->n_layers = D->n_dec, st->d = d;
+  int L = D->n_dec;
+  st->self_k = common_calloc((size_t)L, sizeof(float *));
+  st->self_v = common_calloc((size_t)L, sizeof(float *));
+  st->cross_k = common_calloc((size_t)L, sizeof(float *));
+  st->cross_v = common_calloc((size_t)L, sizeof(float *));
+  size_t hd = (size_t)n_hyp * d;
+  for (int l = 0; l < L; l++) {
+    st->self_k[l] = common_malloc((size_t)max_steps * hd * sizeof(float));
+    st->self_v[l] = common_malloc((size_t)max_steps * hd * sizeof(float));
+    st->cross_k[l] = common_malloc((size_t)S * hd * sizeof(float));
+    st->cross_v[l] = common_malloc((size_t)S * hd * sizeof(float));
+  }
+  st->src_pad = common_malloc((size_t)n_hyp * S);
+  float **bufs[] = {&st->x, &st->y, &st->ln, &st->q, &st->o, &st->core, &st->kt, &st->vt};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) *bufs[i] = common_malloc(hd * sizeof(float));
+  st->h = common_malloc((size_t)n_hyp * D->ffn * sizeof(float));
+  st->mean = common_malloc((size_t)n_hyp * sizeof(float));
+  st->rstd = common_malloc((size_t)n_hyp * sizeof(float));
+  int Tk = S > max_steps ? S : max_steps;
+  st->probs = common_malloc((size_t)n_hyp * D->heads * Tk * sizeof(float));
+  st->scratch = common_malloc((size_t)2 * Tk * sizeof(float));
+  size_t per = (size_t)(max_steps > S ? max_steps : S) * d;
+  st->perm = common_malloc((size_t)n_hyp * per * sizeof(float));
+  st->from_sent = common_malloc((size_t)n_hyp * sizeof(int));
+
+  /* encoder once per sentence, then keys/values of each cross-attention, copied per beam */
+  int saved_train = m->train;
+  m->train = 0;
+  acts_prepare(m, n_seq, S, 1);
+  encoder_fwd(m, src, n_seq, S);
+  model_acts *a = m->acts;
+  float *tmp = a->g_enc; /* (n_seq * S, d) scratch */
+  for (int l = 0; l < L; l++) {
+    const model_attn *A = &m->dec[l].cross;
+    for (int which = 0; which < 2; which++) {
+      linear_fwd(m, tmp, a->enc_out, which ? A->v_w : A->k_w, which ? A->v_b : A->k_b, n_seq * S);
+      float *dst = which ? st->cross_v[l] : st->cross_k[l];
+      for (int i = 0; i < n_hyp; i++)
+        memcpy(dst + (size_t)i * S * d, tmp + (size_t)(i / beam) * S * d,
+               (size_t)S * d * sizeof(float));
+    }
+  }
+  for (int i = 0; i < n_hyp; i++)
+    for (int s = 0; s < S; s++) st->src_pad[(size_t)i * S + s] = src[(size_t)(i / beam) * S + s] == D->pad;
+  m->train = saved_train;
+  return st;
+}
+
+/* Pre-LN: core input = LN(x); Post-LN: x. Then x = x + core (pre) or LN(x + core) (post). */
+static const float *dec_sub_in(model *m, model_decoder *st, const model_ln *ln, int n) {
+  if (!m->dims.pre_ln) return st->x;
+  ops_layernorm_forward(st->ln, st->mean, st->rstd, st->x, ln->w->w.data, ln->b->w.data, n,
+                        m->dims.d, LN_EPS);
+  return st->ln;
+}
+
+static void dec_sub_out(model *m, model_decoder *st, const model_ln *ln, int n) {
+  int64_t nd = (int64_t)n * m->dims.d;
+  if (m->dims.pre_ln) {
+    ops_acc(st->x, st->core, nd);
+  } else {
+    ops_add(st->y, st->x, st->core, nd);
+    ops_layernorm_forward(st->x, st->mean, st->rstd, st->y, ln->w->w.data, ln->b->w.data, n,
+                          m->dims.d, LN_EPS);
+  }
+}
+
+void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, float *logprobs) {
+  const model_dims *D = &m->dims;
+  int n = st->n_hyp, d = D->d, H = D->heads, dh = d / H, t = st->t;
+  CHECK(t < st->max_steps, "model_decoder_step: more than %d steps", st->max_steps);
+  int saved_train = m->train;
+  m->train = 0;
+  ops_embedding_forward(st->x, tokens, m->dec_embed->w.data, n, d, sqrtf((float)d));
+  ops_positions_add(st->x, n, 1, d, t);
+  for (int l = 0; l < D->n_dec; l++) {
+    const model_layer *L = &m->dec[l];
+    /* self-attention over the cache of positions 0..t */
+    const float *in = dec_sub_in(m, st, &L->ln_self, n);
+    linear_fwd(m, st->q, in, L->self.q_w, L->self.q_b, n);
+    linear_fwd(m, st->kt, in, L->self.k_w, L->self.k_b, n);
+    linear_fwd(m, st->vt, in, L->self.v_w, L->self.v_b, n);
+    size_t stride = (size_t)st->max_steps * d;
+    for (int i = 0; i < n; i++) {
+      memcpy(st->self_k[l] + i * stride + (size_t)t * d, st->kt + (size_t)i * d, d * sizeof(float));
+      memcpy(st->self_v[l] + i * stride + (size_t)t * d, st->vt + (size_t)i * d, d * sizeof(float));
+      ops_attention_forward(st->o + (size_t)i * d, d, st->probs, st->q + (size_t)i * d, d,
+                            st->self_k[l] + i * stride, st->self_v[l] + i * stride, d, NULL, 0, 1,
+                            1, t + 1, H, dh, 0.0f, 0, 0, st->scratch);
+    }
+    linear_fwd(m, st->core, st->o, L->self.o_w, L->self.o_b, n);
+    dec_sub_out(m, st, &L->ln_self, n);
+    /* cross-attention over the cached encoder keys/values */
+    in = dec_sub_in(m, st, &L->ln_cross, n);
+    linear_fwd(m, st->q, in, L->cross.q_w, L->cross.q_b, n);
+    ops_attention_forward(st->o, d, st->probs, st->q, d, st->cross_k[l], st->cross_v[l], d,
+                          st->src_pad, 0, n, 1, st->S, H, dh, 0.0f, 0, 0, st->scratch);
+    linear_fwd(m, st->core, st->o, L->cross.o_w, L->cross.o_b, n);
+    dec_sub_out(m, st, &L->ln_cross, n);
+    /* feed-forward */
+    in = dec_sub_in(m, st, &L->ln_ffn, n);
+    linear_fwd(m, st->h, in, L->fc1_w, L->fc1_b, n);
+    ops_relu_forward(st->h, st->h, (int64_t)n * D->ffn);
+    linear_fwd(m, st->core, st->h, L->fc2_w, L->fc2_b, n);
+    dec_sub_out(m, st, &L->ln_ffn, n);
+  }
+  const float *out = st->x;
+  if (D->pre_ln) {
+    ops_layernorm_forward(st->ln, st->mean, st->rstd, st->x, m->dec_final.w->w.data,
+                          m->dec_final.b->w.data, n, d, LN_EPS);
+    out = st->ln;
+  }
+  linear_fwd(m, logprobs, out, m->out_proj, NULL, n);
+  int V = D->vocab;
+  for (int i = 0; i < n; i++) { /* log_softmax in place */
+    float *row = logprobs + (size_t)i * V, mx = row[0];
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    double sum = 0;
+    for (int j = 0; j < V; j++) sum += exp((double)(row[j] - mx));
+    float lse = mx + (float)log(sum);
+    for (int j = 0; j < V; j++) row[j] -= lse;
+  }
+  st->t++;
+  m->train = saved_train;
+}
+
+/* Gather rows: buf[i] = old[from[i]] for n items of `len` floats each. */
+static void permute_rows(float *data, float *tmp, const int *from, int n, size_t len) {
+  for (int i = 0; i < n; i++) memcpy(tmp + (size_t)i * len, data + (size_t)from[i] * len, len * sizeof(float));
+  memcpy(data, tmp, (size_t)n * len * sizeof(float));
+}
+
+void model_decoder_reorder(model_decoder *st, const int *from) {
+  int n = st->n_hyp, cross = 0;
+  for (int i = 0; i < n; i++) {
+    CHECK(from[i] >= 0 && from[i] < n, "model_decoder_reorder: bad index %d", from[i]);
+    if (from[i] / st->beam != i / st->beam) cross = 1;
+  }
+  /* self caches move with their hypothesis (only positions 0..t-1 matter) */
+  for (int l = 0; l < st->n_layers; l++) {
+    permute_rows(st->self_k[l], st->perm, from, n, (size_t)st->max_steps * st->d);
+    permute_rows(st->self_v[l], st->perm, from, n, (size_t)st->max_steps * st->d);
+  }
+  /* cross caches and padding depend on the sentence only: move them only when a
+   * hypothesis changes sentence (a caller compacting finished sentences) */
+  if (!cross) return;
+  for (int l = 0; l < st->n_layers; l++) {
+    permute_rows(st->cross_k[l], st->perm, from, n, (size_t)st->S * st->d);
+    permute_rows(st->cross_v[l], st->perm, from, n, (size_t)st->S * st->d);
+  }
+  uint8_t *pad = common_malloc((size_t)n * st->S);
+  for (int i = 0; i < n; i++) memcpy(pad + (size_t)i * st->S, st->src_pad + (size_t)from[i] * st->S, (size_t)st->S);
+  memcpy(st->src_pad, pad, (size_t)n * st->S);
+  free(pad);
+}
+
+void model_decoder_free(model_decoder *st) {
+  if (!st) return;
+  for (int l = 0; l < st->n_layers; l++) {
+    free(st->self_k[l]);
+    free(st->self_v[l]);
+    free(st->cross_k[l]);
+    free(st->cross_v[l]);
+  }
+  free(st->self_k);
+  free(st->self_v);
+  free(st->cross_k);
+  free(st->cross_v);
+  float *bufs[] = {st->x, st->y, st->ln, st->q, st->o, st->core, st->kt, st->vt, st->h,
+                   st->mean, st->rstd, st->probs, st->scratch, st->perm};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+  free(st->src_pad);
+  free(st->from_sent);
+  free(st);
+}

@@ -1,0 +1,184 @@
+/* session.c: common set-up of the subcommands (see session.h). */
+#include "session.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cblas.h>
+
+static int rank0(void) { return common_rank() == 0; }
+
+void session_say(const session *s, const char *fmt, ...) {
+  (void)s;
+  if (!rank0()) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  fflush(stderr);
+}
+
+static void say_error(const char *msg) {
+  if (rank0()) {
+    fprintf(stderr, "mpiformer: error: %s\n", msg);
+    fflush(stderr);
+  }
+}
+
+static int mkdir_p(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+      *p = '/';
+    }
+  return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
+static void build_tensors(session *s) {
+  model *m = s->model;
+  s->n_tensors = m->n_params;
+  s->tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
+  for (int i = 0; i < m->n_params; i++) {
+    model_param *p = &m->params[i];
+    ckpt_tensor *t = &s->tensors[i];
+    t->name = p->name;
+    t->param = &p->w;
+    t->is_vector = p->is_vector;
+    t->write_param = s->g.dp_rank == 0;
+    if (s->with_optim) {
+      /* intersect the param's local range [offset, offset + size) with the optimizer slice */
+      int64_t a = p->offset, b = p->offset + dmat_local_size(&p->w);
+      int64_t lo = a > s->opt.lo ? a : s->opt.lo, hi = b < s->opt.hi ? b : s->opt.hi;
+      int owns = s->opt.zero ? 1 : s->g.dp_rank == 0;
+      if (hi > lo && owns) {
+        t->opt_lo = lo - a;
+        t->opt_hi = hi - a;
+        t->exp_avg = s->opt.exp_avg + (lo - s->opt.lo);
+        t->exp_avg_sq = s->opt.exp_avg_sq + (lo - s->opt.lo);
+      } else {
+        /* an empty range still says "this run has optimizer state" */
+        t->opt_lo = t->opt_hi = 0;
+        t->exp_avg = s->opt.exp_avg;
+        t->exp_avg_sq = s->opt.exp_avg_sq;
+      }
+    }
+  }
+}
+
+int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {
+  int n_rest = 0;
+  for (int i = 0; i < argc; i++) {
+    int taken = 0;
+    for (int e = 0; e < n_extras; e++) {
+      size_t len = strlen(extras[e].name);
+      if (!strncmp(argv[i], extras[e].name, len) && argv[i][len] == '=') {
+        snprintf(extras[e].value, sizeof extras[e].value, "%s", argv[i] + len + 1);
+        extras[e].given = 1;
+        taken = 1;
+      }
+    }
+    if (!taken && rest) rest[n_rest++] = argv[i];
+  }
+  return n_rest;
+}
+
+int session_open(session *s, int argc, char **argv, session_extra *extras, int n_extras,
+                 int with_optim, const char *ckpt_spec) {
+  memset(s, 0, sizeof *s);
+  char err[2048];
+  char **args = common_calloc((size_t)argc + 1, sizeof(char *));
+  int n_args = session_take_extras(argc, argv, extras, n_extras, args);
+  int rc = config_from_args(&s->cfg, n_args, args, err, sizeof err);
+  free(args);
+  if (rc != 0) {
+    say_error(err);
+    return C_ERR;
+  }
+  config *c = &s->cfg;
+  if (c->threads > 0) openblas_set_num_threads((int)c->threads);
+  if (grid_create(&s->g, (int)c->tp, c->tp_pr, c->tp_pc, (int)c->pp, err, sizeof err) != C_OK) {
+    say_error(err);
+    return C_ERR;
+  }
+  s->data = data_open(c->data, s->g.world, err, sizeof err);
+  if (!s->data) {
+    say_error(err);
+    grid_destroy(&s->g);
+    return C_ERR;
+  }
+  model_dims dims;
+  model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
+                         data_bos_id(s->data), data_eos_id(s->data));
+  s->model = model_create(&dims, &s->g, (uint64_t)c->seed);
+  s->with_optim = with_optim;
+  if (with_optim) optim_init(&s->opt, c, s->model->n_floats, s->g.dp_comm);
+  build_tensors(s);
+
+  /* checkpoint */
+  if (!ckpt_spec) ckpt_spec = c->resume;
+  if (strcmp(ckpt_spec, "none") != 0 && ckpt_spec[0]) {
+    char dir[1100], path[1100];
+    snprintf(dir, sizeof dir, "%s/ckpt", c->out);
+    int none_found = 0;
+    int is_auto = strcmp(ckpt_spec, "auto") == 0;
+    if (ckpt_resolve(ckpt_spec, dir, path, sizeof path, &none_found, s->g.world,
+                     err, sizeof err) != C_OK) {
+      if (!(is_auto && none_found)) {
+        say_error(err);
+        session_close(s);
+        return C_ERR;
+      }
+    } else {
+      int has_optim = 0;
+      if (ckpt_load(path, s->tensors, s->n_tensors, &s->meta, &has_optim, s->g.world, err,
+                    sizeof err) != C_OK) {
+        say_error(err);
+        session_close(s);
+        return C_ERR;
+      }
+      if (with_optim && !has_optim)
+        session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
+      if (with_optim) s->opt.step = s->meta.step;
+      s->resumed = 1;
+      snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
+    }
+  }
+  if (rank0()) mkdir_p(c->out); /* a failure is reported below, on every rank */
+  MPI_CHECK(MPI_Barrier(s->g.world));
+  struct stat st;
+  int bad = stat(c->out, &st) != 0 || !S_ISDIR(st.st_mode);
+  if (common_any(s->g.world, bad)) {
+    snprintf(err, sizeof err, "cannot create the run directory out=%s", c->out);
+    say_error(err);
+    session_close(s);
+    return C_ERR;
+  }
+  return C_OK;
+}
+
+int session_save(session *s, const ckpt_meta *meta) {
+  char dir[1100], err[2048];
+  snprintf(dir, sizeof dir, "%s/ckpt", s->cfg.out);
+  if (ckpt_save(dir, s->tensors, s->n_tensors, meta, (int)s->cfg.keep_last, s->g.world, err,
+                sizeof err) != C_OK) {
+    say_error(err);
+    return C_ERR;
+  }
+  return C_OK;
+}
+
+void session_close(session *s) {
+  free(s->tensors);
+  free(s->meta.config_text);
+  if (s->with_optim) optim_free(&s->opt);
+  model_free(s->model);
+  if (s->data) data_close(s->data);
+  grid_destroy(&s->g);
+  memset(s, 0, sizeof *s);
+}

@@ -1,0 +1,295 @@
+/* train.c: the training loop (train.h).
+ *
+ * One update = update_freq micro-batches on each of the dp ranks: step s consumes the
+ * dp * update_freq consecutive batches of the epoch's plan starting at the cursor, rank
+ * r taking cursor + r * update_freq + j. So dp=2 update_freq=1 and dp=1 update_freq=2
+ * see the same batches and give the same losses. Gradients are of the summed loss,
+ * summed over ranks, then divided by the global number of target tokens.
+ *
+ * Stops on max_steps / max_epochs / max_time, on SIGUSR1/SIGTERM (all ranks agree at a
+ * step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
+ * (nan_policy: stop = "diverged at step N", a result, exit 0; skip = drop the update).
+ */
+#include "train.h"
+
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+
+#include "evaluate.h"
+#include "metrics.h"
+#include "ops.h"
+#include "session.h"
+
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
+typedef struct train_state {
+  int64_t step, epoch, cursor, tokens_seen, skipped;
+  double wall;           /* training seconds, accumulated across restarts */
+  double best_bleu;
+} train_state;
+
+static void write_config(const session *s) {
+  if (s->g.world_rank != 0) return;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/config.conf", s->cfg.out);
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  char *text = config_dump(&s->cfg);
+  fprintf(f, "# resolved configuration of this run (mpiformer train)\n%s", text);
+  free(text);
+  fclose(f);
+}
+
+static void fill_meta(const session *s, const train_state *t, double lr, ckpt_meta *meta) {
+  memset(meta, 0, sizeof *meta);
+  meta->step = t->step;
+  meta->epoch = t->epoch;
+  meta->batch_in_epoch = t->cursor;
+  meta->seed = (uint64_t)s->cfg.seed;
+  meta->lr = lr;
+  meta->wall_seconds = t->wall;
+  meta->tokens_seen = t->tokens_seen;
+  char layout[100];
+  grid_describe(&s->g, layout, sizeof layout);
+  snprintf(meta->layout, sizeof meta->layout, "%s zero=%d", layout, (int)s->cfg.zero);
+  meta->config_text = config_dump(&s->cfg);
+}
+
+static int save(session *s, const train_state *t, double lr) {
+  ckpt_meta meta;
+  fill_meta(s, t, lr, &meta);
+  int rc = session_save(s, &meta);
+  free(meta.config_text);
+  return rc;
+}
+
+static void run_eval(session *s, metrics *mt, const train_state *t, const decode_opts *dopt,
+                     int64_t *last_eval_step) {
+  eval_result r;
+  *last_eval_step = t->step;
+  if (evaluate_split(s, "valid", (int)s->cfg.eval_bleu, s->cfg.eval_max_sentences, dopt, &r, NULL,
+                     NULL) != C_OK)
+    return;
+  char json[1024];
+  evaluate_json(&r, "valid", json, sizeof json);
+  metrics_write(mt, "\"type\":\"valid\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f,%s,\"eval_seconds\":%.2f",
+                (long long)t->step, (long long)t->epoch, t->wall, json, r.seconds);
+  if (s->g.world_rank == 0) {
+    printf("valid | step %lld | loss %.3f | nll %.3f | ppl %.2f", (long long)t->step, r.loss, r.nll,
+           r.ppl);
+    if (r.has_bleu) printf(" | bleu %.2f (%lld sentences)", r.bleu, (long long)r.n_decoded);
+    printf(" | %.1fs\n", r.seconds);
+    fflush(stdout);
+  }
+}
+
+int train_main(int argc, char **argv) {
+  session s;
+  if (session_open(&s, argc, argv, NULL, 0, 1, NULL) != C_OK) return 1;
+  config *c = &s.cfg;
+  grid *g = &s.g;
+  int rank0 = g->world_rank == 0;
+  char err[1024];
+  data_split *train = data_split_open(s.data, "train", err, sizeof err);
+  if (!train) {
+    if (rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    session_close(&s);
+    return 1;
+  }
+  write_config(&s);
+  metrics mt;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
+  if (common_any(g->world, metrics_open(&mt, path, rank0) != 0)) {
+    if (rank0) fprintf(stderr, "mpiformer: error: cannot write %s\n", path);
+    session_close(&s);
+    return 1;
+  }
+  decode_opts dopt;
+  decode_opts_from_config(&dopt, c);
+
+  train_state t = {0};
+  t.epoch = 1;
+  if (s.resumed) {
+    t.step = s.meta.step;
+    t.epoch = s.meta.epoch > 0 ? s.meta.epoch : 1;
+    t.cursor = s.meta.batch_in_epoch;
+    t.wall = s.meta.wall_seconds;
+    t.tokens_seen = s.meta.tokens_seen;
+  }
+  if (rank0) {
+    char layout[100];
+    grid_describe(g, layout, sizeof layout);
+    int64_t n_params = 0;
+    for (int i = 0; i < s.model->n_params; i++)
+      n_params += s.model->params[i].w.rows * s.model->params[i].w.cols;
+    printf("mpiformer train | %s | %s-LN %lld+%lld layers d=%lld ffn=%lld heads=%lld | %.2fM "
+           "parameters | vocab %d\n",
+           layout, c->norm, (long long)c->enc_layers, (long long)c->dec_layers,
+           (long long)c->d_model, (long long)c->ffn_dim, (long long)c->heads, n_params / 1e6,
+           data_vocab_size(s.data));
+    double full = 2.0 * s.model->n_floats * sizeof(float) / 1048576.0;
+    printf("adam state per rank: %.1f MiB (zero=%d; %.1f MiB without sharding, %.1f MiB saved)\n",
+           optim_state_bytes(&s.opt) / 1048576.0, (int)c->zero, full,
+           full - optim_state_bytes(&s.opt) / 1048576.0);
+    if (s.resumed)
+      printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", s.ckpt_path,
+             (long long)t.step, (long long)t.epoch, (long long)t.cursor);
+    fflush(stdout);
+  }
+  metrics_write(&mt, "\"type\":\"start\",\"step\":%lld,\"resumed\":%d,\"world\":%d,\"dp\":%d",
+                (long long)t.step, s.resumed, g->world_size, g->dp);
+
+  signal(SIGUSR1, on_signal);
+  signal(SIGTERM, on_signal);
+
+  data_plan plan = {0};
+  int64_t plan_epoch = -1, n_dropped = 0;
+  data_batch batch;
+  memset(&batch, 0, sizeof batch);
+  int per_step = g->dp * (int)c->update_freq;
+  double lr = 0, interval_loss = 0, interval_nll = 0, interval_tok = 0, interval_t0 = common_now();
+  double run_t0 = common_now(), wall_at_start = t.wall, last_gnorm = 0;
+  int exit_code = 0, done = 0, stopped_by_signal = 0;
+  int64_t start_step = t.step, last_eval_step = -1;
+
+  while (!done) {
+    if (plan_epoch != t.epoch) {
+      data_plan_free(&plan);
+      data_plan_make(&plan, train, c->max_tokens, (int)c->max_src_len, (int)c->max_tgt_len, 1,
+                     (uint64_t)c->seed, t.epoch, &n_dropped);
+      if (rank0 && plan_epoch < 0 && n_dropped > 0)
+        printf("dropped %lld training pairs longer than max_src_len/max_tgt_len\n",
+               (long long)n_dropped);
+      plan_epoch = t.epoch;
+    }
+    if (t.cursor >= plan.n_batches) { /* epoch end */
+      if (c->eval_interval == 0) {
+        run_eval(&s, &mt, &t, &dopt, &last_eval_step);
+        if (c->save_interval == 0 && save(&s, &t, lr) != C_OK) { exit_code = 1; break; }
+      }
+      if (c->max_epochs > 0 && t.epoch >= c->max_epochs) break;
+      t.epoch++;
+      t.cursor = 0;
+      continue;
+    }
+    double step_t0 = common_now();
+    model_zero_grad(s.model);
+    double sums[3] = {0, 0, 0}; /* loss, nll, tokens */
+    for (int j = 0; j < c->update_freq; j++) {
+      int64_t b = t.cursor + (int64_t)g->dp_rank * c->update_freq + j;
+      if (b >= plan.n_batches) continue;
+      data_batch_load(train, &plan, b, &batch);
+      model_set_mode(s.model, 1, ops_hash_key((uint64_t)c->seed, (uint64_t)t.step + 1,
+                                              (uint64_t)t.epoch, (uint64_t)b));
+      sums[2] += (double)model_forward_backward(s.model, batch.src, batch.tgt_in, batch.tgt_out,
+                                                batch.n_seq, batch.src_len, batch.tgt_len, 1.0f,
+                                                1, &sums[0], &sums[1]);
+    }
+    t.cursor += per_step;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, g->dp_comm));
+    float scale = sums[2] > 0 ? (float)(1.0 / sums[2]) : 0.0f;
+    double gnorm = optim_sync_grads(&s.opt, s.model->grad_mem, scale);
+    int finite = isfinite(sums[0]) && isfinite(gnorm);
+    if (!finite) {
+      t.skipped++;
+      metrics_write(&mt, "\"type\":\"nonfinite\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f,\"skipped\":%lld",
+                    (long long)t.step + 1, (long long)t.epoch, t.wall, (long long)t.skipped);
+      if (!strcmp(c->nan_policy, "stop") || t.skipped > c->max_skips) {
+        metrics_write(&mt, "\"type\":\"diverged\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",
+                      (long long)t.step + 1, (long long)t.epoch, t.wall);
+        if (rank0) {
+          printf("diverged at step %lld: the loss or the gradient is not finite (nan_policy=%s)\n",
+                 (long long)t.step + 1, c->nan_policy);
+          fflush(stdout);
+        }
+        break;
+      }
+      if (rank0) printf("step %lld: non-finite loss or gradient, update skipped\n", (long long)t.step + 1);
+      t.wall += common_now() - step_t0;
+      continue;
+    }
+    float clip = 1.0f;
+    if (c->clip_norm > 0 && gnorm > c->clip_norm) clip = (float)(c->clip_norm / (gnorm + 1e-6));
+    lr = optim_lr(c, t.step + 1, t.epoch);
+    optim_update(&s.opt, s.model->param_mem, s.model->grad_mem, lr, clip);
+    t.step++;
+    t.tokens_seen += (int64_t)sums[2];
+    t.wall += common_now() - step_t0;
+    last_gnorm = gnorm;
+    interval_loss += sums[0];
+    interval_nll += sums[1];
+    interval_tok += sums[2];
+
+    if (t.step % c->log_interval == 0) {
+      double now = common_now(), tps = interval_tok / (now - interval_t0);
+      double loss = interval_loss / interval_tok, nll = interval_nll / interval_tok;
+      metrics_write(&mt,
+                    "\"type\":\"train\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f,\"loss\":%.6f,"
+                    "\"nll\":%.6f,\"ppl\":%.4f,\"lr\":%.6e,\"gnorm\":%.6f,\"tokens_per_s\":%.1f,"
+                    "\"tokens\":%lld",
+                    (long long)t.step, (long long)t.epoch, t.wall, loss, nll, exp(nll), lr, gnorm,
+                    tps, (long long)t.tokens_seen);
+      if (rank0) {
+        double per_step_s = (t.wall - wall_at_start) / (double)(t.step - start_step);
+        double left = -1;
+        if (c->max_time > 0) left = c->max_time - t.wall;
+        if (c->max_steps > 0) {
+          double l2 = per_step_s * (double)(c->max_steps - t.step);
+          left = left < 0 || l2 < left ? l2 : left;
+        }
+        if (left < 0 && c->max_epochs > 0)
+          left = per_step_s * ((double)(plan.n_batches - t.cursor) / per_step +
+                               (double)(c->max_epochs - t.epoch) * plan.n_batches / per_step);
+        char el[32], lf[32];
+        metrics_format_duration(t.wall, el, sizeof el);
+        metrics_format_duration(left, lf, sizeof lf);
+        printf("step %6lld | epoch %3lld | loss %.3f | nll %.3f | lr %.2e | gnorm %.3f | %7.0f tok/s "
+               "| %s elapsed | %s left\n",
+               (long long)t.step, (long long)t.epoch, loss, nll, lr, gnorm, tps, el,
+               left < 0 ? "?" : lf);
+        fflush(stdout);
+      }
+      interval_loss = interval_nll = interval_tok = 0;
+      interval_t0 = common_now();
+    }
+    if (c->eval_interval > 0 && t.step % c->eval_interval == 0) {
+      run_eval(&s, &mt, &t, &dopt, &last_eval_step);
+      if (c->save_interval == 0 && save(&s, &t, lr) != C_OK) { exit_code = 1; break; }
+    }
+    if (c->save_interval > 0 && t.step % c->save_interval == 0 && save(&s, &t, lr) != C_OK) {
+      exit_code = 1;
+      break;
+    }
+    int want_stop = stop_signal != 0;
+    if (common_any(g->world, want_stop)) {
+      stopped_by_signal = 1;
+      break;
+    }
+    if (c->max_steps > 0 && t.step >= c->max_steps) done = 1;
+    if (c->max_time > 0 && t.wall >= c->max_time) done = 1;
+  }
+  (void)last_gnorm;
+  (void)run_t0;
+  if (exit_code == 0) {
+    if (stopped_by_signal) {
+      if (rank0) printf("stop requested by a signal: saving a checkpoint at step %lld\n", (long long)t.step);
+      if (save(&s, &t, lr) != C_OK) exit_code = 1;
+      else exit_code = TRAIN_EXIT_REQUEUE;
+      metrics_write(&mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f", (long long)t.step, t.wall);
+    } else if (done || t.step > start_step) {
+      if (done && last_eval_step != t.step) run_eval(&s, &mt, &t, &dopt, &last_eval_step);
+      if (save(&s, &t, lr) != C_OK) exit_code = 1;
+      metrics_write(&mt, "\"type\":\"end\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",
+                    (long long)t.step, (long long)t.epoch, t.wall);
+    }
+  }
+  data_batch_free(&batch);
+  data_plan_free(&plan);
+  data_split_close(train);
+  metrics_close(&mt);
+  session_close(&s);
+  return exit_code;
+}
