@@ -88,6 +88,104 @@ static float ops_rowmax_(const float *restrict x, int n) {
   return m;
 }
 
+/* Row reductions in 16 fixed lanes: gcc vectorizes these (a plain `s += x[j]` loop
+ * becomes an in-order, latency-bound reduction without -ffast-math), and the summation
+ * order is fixed, so results are still reproducible run to run. */
+#define OPS_LANES 16
+static float ops_lanes_total_(const float *acc) {
+  float s = 0.0f;
+  for (int l = 0; l < OPS_LANES; l++)
+    s += acc[l];
+  return s;
+}
+
+/* sum_j x[j] */
+static float ops_sum_(const float *restrict x, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += x[j + l];
+  for (; j < n; j++)
+    acc[0] += x[j];
+  return ops_lanes_total_(acc);
+}
+
+/* sum_j (x[j] - mu)^2 */
+static float ops_sumsq_centered_(const float *restrict x, float mu, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += (x[j + l] - mu) * (x[j + l] - mu);
+  for (; j < n; j++)
+    acc[0] += (x[j] - mu) * (x[j] - mu);
+  return ops_lanes_total_(acc);
+}
+
+/* sum_j a[j] * b[j] */
+static float ops_dot_(const float *restrict a, const float *restrict b, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += a[j + l] * b[j + l];
+  for (; j < n; j++)
+    acc[0] += a[j] * b[j];
+  return ops_lanes_total_(acc);
+}
+
+/* sum_j a[j] * b[j] * (c[j] - mu) */
+static float ops_dot3_centered_(const float *restrict a, const float *restrict b,
+                                const float *restrict c, float mu, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += a[j + l] * b[j + l] * (c[j + l] - mu);
+  for (; j < n; j++)
+    acc[0] += a[j] * b[j] * (c[j] - mu);
+  return ops_lanes_total_(acc);
+}
+
+/* s[j] = exp(s[j] - m) in place (s[j] <= m); returns sum_j s[j]. */
+static float ops_exp_inplace_sum_(float *restrict s, float m, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float e = ops_expf_(s[j + l] - m);
+      s[j + l] = e;
+      acc[l] += e;
+    }
+  for (; j < n; j++) {
+    s[j] = ops_expf_(s[j] - m);
+    acc[0] += s[j];
+  }
+  return ops_lanes_total_(acc);
+}
+
+/* sum_j exp(z[j] - m) in float (z[j] <= m) and sum_j z[j] in double. */
+static float ops_sum_exp_(const float *restrict z, float m, int n, double *sum_z) {
+  float acc[OPS_LANES] = {0};
+  double accd[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      acc[l] += ops_expf_(z[j + l] - m);
+      accd[l] += (double)z[j + l];
+    }
+  for (; j < n; j++) {
+    acc[0] += ops_expf_(z[j] - m);
+    accd[0] += (double)z[j];
+  }
+  double sz = 0.0;
+  for (int l = 0; l < OPS_LANES; l++)
+    sz += accd[l];
+  *sum_z = sz;
+  return ops_lanes_total_(acc);
+}
+
 static inline uint64_t ops_mix_(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -132,15 +230,8 @@ void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
     const float *restrict xr = x + (int64_t)i * d;
     float *restrict yr = y + (int64_t)i * d;
     const float *restrict gg = g, *restrict bb = b;
-    float s = 0.0f;
-    for (int j = 0; j < d; j++)
-      s += xr[j];
-    float mu = s / (float)d;
-    float v = 0.0f;
-    for (int j = 0; j < d; j++) {
-      float c = xr[j] - mu;
-      v += c * c;
-    }
+    float mu = ops_sum_(xr, d) / (float)d;
+    float v = ops_sumsq_centered_(xr, mu, d);
     float rs = 1.0f / sqrtf(v / (float)d + eps);
     for (int j = 0; j < d; j++)
       yr[j] = (xr[j] - mu) * rs * gg[j] + bb[j];
@@ -158,24 +249,24 @@ void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
     const float *restrict dyr = dy + (int64_t)i * d;
     const float *restrict gg = g;
     float mu = mean[i], rs = rstd[i];
-    if (dg) {
+    if (dg && db) { /* one pass for both */
+      float *restrict dgg = dg, *restrict dbb = db;
+      for (int j = 0; j < d; j++) {
+        dgg[j] += dyr[j] * (xr[j] - mu) * rs;
+        dbb[j] += dyr[j];
+      }
+    } else if (dg) {
       float *restrict dgg = dg;
       for (int j = 0; j < d; j++)
         dgg[j] += dyr[j] * (xr[j] - mu) * rs;
-    }
-    if (db) {
+    } else if (db) {
       float *restrict dbb = db;
       for (int j = 0; j < d; j++)
         dbb[j] += dyr[j];
     }
     if (dx) {
       float *restrict dxr = dx + (int64_t)i * d;
-      float s1 = 0.0f, s2 = 0.0f;
-      for (int j = 0; j < d; j++) {
-        float dxh = dyr[j] * gg[j];
-        s1 += dxh;
-        s2 += dxh * (xr[j] - mu) * rs;
-      }
+      float s1 = ops_dot_(dyr, gg, d), s2 = ops_dot3_centered_(dyr, gg, xr, mu, d) * rs;
       float m1 = s1 / (float)d, m2 = s2 / (float)d;
       for (int j = 0; j < d; j++)
         dxr[j] += rs * (dyr[j] * gg[j] - m1 - (xr[j] - mu) * rs * m2);
@@ -268,12 +359,7 @@ static void ops_softmax_row_(float *restrict s, int Tk, int jlim, const uint8_t 
       s[j] = 0.0f;
     return;
   }
-  float sum = 0.0f;
-  for (int j = 0; j < jlim; j++) {
-    float e = ops_expf_(s[j] - m); /* masked: exp(-inf) = exactly 0 */
-    s[j] = e;
-    sum += e;
-  }
+  float sum = ops_exp_inplace_sum_(s, m, jlim); /* masked: exp(-inf) = exactly 0 */
   float inv = 1.0f / sum;
   for (int j = 0; j < jlim; j++)
     s[j] *= inv;
@@ -319,9 +405,7 @@ static void ops_softmax_backward_(float *restrict dP, const float *restrict P, i
   for (int i = 0; i < Tq; i++) {
     float *restrict d = dP + (int64_t)i * Tk;
     const float *restrict pr = P + (int64_t)i * Tk;
-    float s = 0.0f;
-    for (int j = 0; j < Tk; j++)
-      s += pr[j] * d[j];
+    float s = ops_dot_(pr, d, Tk);
     for (int j = 0; j < Tk; j++)
       d[j] = pr[j] * (d[j] - s);
   }
@@ -444,12 +528,8 @@ int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, in
     }
     CHECK(t >= 0 && t < V, "ops_xent: target %d outside [0, %d)", t, V);
     float m = ops_rowmax_(z, V);
-    float se = 0.0f;
-    double sz = 0.0;
-    for (int j = 0; j < V; j++) {
-      se += ops_expf_(z[j] - m);
-      sz += (double)z[j];
-    }
+    double sz;
+    float se = ops_sum_exp_(z, m, V, &sz);
     double lse = (double)m + log((double)se);
     double nll = lse - (double)z[t];
     double smooth = (double)V * lse - sz; /* -sum_j lp_j */
