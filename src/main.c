@@ -5,6 +5,8 @@
  *   mpiformer translate CONFIG ckpt=PATH [beam=5 ...] < src.txt > hyp.txt
  *   mpiformer bleu      HYP REF [REF ...] [--tokenize 13a|none] ...
  *   mpiformer dump      CONFIG ckpt=PATH dump=OUT.h5 [split=valid] [batch=0]
+ *   mpiformer gradnorm  CONFIG [seeds=10] [batches=4]
+ *   mpiformer keys
  *
  * Each subcommand lives in its module; this file only dispatches and owns MPI_Init.
  */
@@ -16,6 +18,7 @@
 #include "common.h"
 #include "decode.h"
 #include "evaluate.h"
+#include "gradnorm.h"
 #include "session.h"
 #include "train.h"
 
@@ -27,6 +30,7 @@ static void usage(FILE *f) {
           "  translate CONFIG ckpt=PATH [beam=5]       raw source lines on stdin -> stdout\n"
           "  bleu      HYP REF [REF ...]               sacreBLEU's score line\n"
           "  dump      CONFIG ckpt=PATH dump=OUT.h5    one batch's loss and gradients (tests)\n"
+          "  gradnorm  CONFIG [seeds=10] [batches=4]   per-layer FFN gradient norms at init\n"
           "  keys                                      every config key, default and range\n"
           "CONFIG is a key = value file (see jobs/ and docs/CONFIG.md); key=value overrides it.\n");
 }
@@ -171,6 +175,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 2, argv + 2);
   else if (!strcmp(cmd, "translate")) rc = cmd_translate(argc - 2, argv + 2);
   else if (!strcmp(cmd, "dump")) rc = cmd_dump(argc - 2, argv + 2);
+  else if (!strcmp(cmd, "gradnorm")) rc = gradnorm_main(argc - 2, argv + 2);
   else {
     if (common_rank() == 0) {
       fprintf(stderr, "mpiformer: unknown command '%s'\n", cmd);

@@ -1,0 +1,105 @@
+/* gradnorm.c: gradient norms at initialization (gradnorm.h).
+ *
+ * Xiong et al. (2020), Figure 3: the expected gradient of W^{2,l} (each layer's second
+ * FFN weight) at initialization grows with l for Post-LN and stays flat for Pre-LN; the
+ * last layer's shrinks with depth L for Pre-LN only. We measure ||dL/dW2||_F with the
+ * model of docs/MODEL.md, Xavier initialization, no dropout, on real training batches:
+ * the gradient of each batch's mean loss, averaged over batches and seeds.
+ */
+#include "gradnorm.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "data.h"
+#include "session.h"
+
+int gradnorm_main(int argc, char **argv) {
+  session_extra ex[2] = {{"seeds", "10", 0}, {"batches", "4", 0}};
+  char **rest = common_calloc((size_t)argc + 1, sizeof(char *));
+  int n_rest = session_take_extras(argc, argv, ex, 2, rest);
+  int seeds = atoi(ex[0].value), batches = atoi(ex[1].value);
+  if (seeds < 1 || batches < 1) {
+    if (common_rank() == 0) fprintf(stderr, "mpiformer: error: seeds and batches must be >= 1\n");
+    free(rest);
+    return 1;
+  }
+  session s;
+  if (session_open(&s, n_rest, rest, NULL, 0, 0, "none") != C_OK) {
+    free(rest);
+    return 1;
+  }
+  free(rest);
+  char err[1024];
+  data_split *train = data_split_open(s.data, "train", err, sizeof err);
+  if (!train) {
+    session_say(&s, "mpiformer: error: %s", err);
+    session_close(&s);
+    return 1;
+  }
+  config *c = &s.cfg;
+  int L_enc = (int)c->enc_layers, L_dec = (int)c->dec_layers, L = L_enc + L_dec;
+  double *sum = common_calloc((size_t)L, sizeof(double));
+  model_param **w2 = common_calloc((size_t)L, sizeof(model_param *));
+  data_batch batch;
+  memset(&batch, 0, sizeof batch);
+  int rank = s.g.world_rank, size = s.g.world_size;
+  for (int seed = 0; seed < seeds; seed++) {
+    /* a fresh initialization per seed; batches come from the seed's own shuffle */
+    model_dims dims = s.model->dims;
+    model_free(s.model);
+    s.model = model_create(&dims, &s.g, (uint64_t)(c->seed + seed));
+    for (int l = 0; l < L; l++) {
+      char name[96];
+      snprintf(name, sizeof name, "%s.layers.%d.fc2.weight", l < L_enc ? "encoder" : "decoder",
+               l < L_enc ? l : l - L_enc);
+      w2[l] = model_find(s.model, name);
+      CHECK(w2[l], "gradnorm: no parameter %s", name);
+    }
+    data_plan plan;
+    data_plan_make(&plan, train, c->max_tokens, (int)c->max_src_len, (int)c->max_tgt_len, 1,
+                   (uint64_t)(c->seed + seed), 1, NULL);
+    model_set_mode(s.model, 0, 0);
+    for (int b = rank; b < batches && b < plan.n_batches; b += size) {
+      data_batch_load(train, &plan, b, &batch);
+      model_zero_grad(s.model);
+      double loss = 0, nll = 0;
+      int64_t n = model_forward_backward(s.model, batch.src, batch.tgt_in, batch.tgt_out,
+                                         batch.n_seq, batch.src_len, batch.tgt_len, 1.0f, 1,
+                                         &loss, &nll);
+      for (int l = 0; l < L; l++) {
+        double sq = 0;
+        int64_t cnt = dmat_local_size(&w2[l]->g);
+        for (int64_t i = 0; i < cnt; i++) sq += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
+        sum[l] += sqrt(sq) / (double)n; /* gradient of the mean loss */
+      }
+    }
+    data_plan_free(&plan);
+  }
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sum, L, MPI_DOUBLE, MPI_SUM, s.g.world));
+  int used = batches;
+  if (rank == 0) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/gradnorm.jsonl", c->out);
+    FILE *f = fopen(path, "a");
+    for (int l = 0; l < L; l++) {
+      char line[512];
+      snprintf(line, sizeof line,
+               "{\"type\":\"gradnorm\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_layers\":%d,"
+               "\"d_model\":%lld,\"side\":\"%s\",\"layer\":%d,\"grad_norm_fc2\":%.6e,\"seeds\":%d,"
+               "\"batches\":%d}",
+               c->norm, L_enc, L_dec, (long long)c->d_model, l < L_enc ? "encoder" : "decoder",
+               (l < L_enc ? l : l - L_enc) + 1, sum[l] / (seeds * used), seeds, used);
+      puts(line);
+      if (f) fprintf(f, "%s\n", line);
+    }
+    if (f) fclose(f);
+    fflush(stdout);
+  }
+  free(sum);
+  free(w2);
+  data_batch_free(&batch);
+  data_split_close(train);
+  session_close(&s);
+  return 0;
+}
