@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# test_train.sh: end-to-end training runs of bin/mpiformer on a tiny random dataset.
+#  - the loss of a short real training falls;
+#  - 2 data-parallel ranks give the same per-step losses as 1 rank accumulating the same
+#    global batch (update_freq=2), dropout on (its masks do not depend on the layout);
+#  - zero=1 (sharded Adam) gives the same losses as zero=0;
+#  - a run stopped at step 6 and resumed gives the same losses, bit for bit, as one that
+#    never stopped; and a DP=2 zero=1 checkpoint resumes with DP=1;
+#  - eval prints one JSON object with loss, ppl and BLEU;
+#  - bad input (unknown key, bad value, missing dataset, impossible layout, missing
+#    checkpoint) exits non-zero with a message naming the problem, without hanging.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${MPIFORMER_BIN:-bin/mpiformer}
+PY=/usr/bin/python3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+tmp=$(mktemp -d /tmp/mpiformer_test_train.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+passed=0; failed=0
+ok()   { passed=$((passed + 1)); echo "  ok: $*"; }
+bad()  { failed=$((failed + 1)); echo "  FAIL: $*"; }
+run()  { local np=$1; shift; timeout 300 mpirun --oversubscribe -np "$np" "$BIN" "$@"; }
+# "step loss" of the train lines of a metrics file, full precision
+losses() {
+  $PY -c '
+import json, sys
+for l in open(sys.argv[1]):
+    o = json.loads(l)
+    if o["type"] == "train": print(o["step"], repr(o["loss"]))' "$1"
+}
+# compare two loss lists: same steps, max relative difference <= tol
+same() {
+  $PY -c '
+import sys
+a = [l.split() for l in open(sys.argv[1])]; b = [l.split() for l in open(sys.argv[2])]
+tol = float(sys.argv[3])
+if len(a) != len(b) or not a:
+    print(f"    {len(a)} vs {len(b)} steps"); sys.exit(1)
+worst = max(abs(float(x[1]) - float(y[1])) / abs(float(y[1])) for x, y in zip(a, b))
+steps_equal = all(x[0] == y[0] for x, y in zip(a, b))
+print(f"    {len(a)} steps, max relative difference {worst:.3g} (tolerance {tol:g})")
+sys.exit(0 if steps_equal and worst <= tol else 1)' "$1" "$2" "$3"
+}
+
+$PY tests/make_tiny_dataset.py "$tmp/tiny.h5" --vocab 40 --train 400 --valid 24 --test 24 --seed 3 >/dev/null ||
+  { echo "cannot build the tiny dataset"; echo "0 passed, 1 failed"; exit 1; }
+printf '%s\n' "data = $tmp/tiny.h5" "enc_layers = 2" "dec_layers = 2" "d_model = 32" \
+  "ffn_dim = 64" "heads = 4" "norm = pre" "dropout = 0.1" "attn_dropout = 0.1" \
+  "act_dropout = 0.1" "lr = 3e-3" "warmup_steps = 0" "lr_scheduler = constant" \
+  "max_tokens = 160" "log_interval = 1" "eval_interval = 1000" "eval_bleu = 0" "beam = 2" \
+  > "$tmp/tiny.conf"
+
+echo "loss falls in a short training (1 rank, 200 steps, dropout off)"
+run 1 train "$tmp/tiny.conf" out="$tmp/fall" max_steps=200 dropout=0 attn_dropout=0 act_dropout=0 \
+  >"$tmp/fall.log" 2>&1
+losses "$tmp/fall/metrics.jsonl" > "$tmp/fall.loss"
+first=$(head -5 "$tmp/fall.loss" | awk '{s+=$2} END {print s/NR}')
+last=$(tail -5 "$tmp/fall.loss" | awk '{s+=$2} END {print s/NR}')
+echo "    mean loss of the first 5 steps $first, of the last 5 $last"
+if awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.75 * a)}'; then ok "loss fell by more than 25%"
+else bad "loss did not fall"; tail -5 "$tmp/fall.log"; fi
+
+echo "2 ranks = 1 rank with the same global batch"
+run 1 train "$tmp/tiny.conf" out="$tmp/dp1" max_steps=12 update_freq=2 >"$tmp/dp1.log" 2>&1
+run 2 train "$tmp/tiny.conf" out="$tmp/dp2" max_steps=12 update_freq=1 >"$tmp/dp2.log" 2>&1
+losses "$tmp/dp1/metrics.jsonl" > "$tmp/dp1.loss"
+losses "$tmp/dp2/metrics.jsonl" > "$tmp/dp2.loss"
+if same "$tmp/dp2.loss" "$tmp/dp1.loss" 2e-5; then ok "dp=2 equals dp=1 x update_freq=2"
+else bad "dp=2 differs from dp=1"; fi
+
+echo "zero=1 = zero=0 on 2 ranks"
+run 2 train "$tmp/tiny.conf" out="$tmp/z1" max_steps=12 zero=1 >"$tmp/z1.log" 2>&1
+grep "adam state" "$tmp/z1.log" | sed 's/^/    /'
+losses "$tmp/z1/metrics.jsonl" > "$tmp/z1.loss"
+if same "$tmp/z1.loss" "$tmp/dp2.loss" 2e-5; then ok "zero=1 equals zero=0"; else bad "zero=1 differs"; fi
+
+echo "exact restart: stopped at step 6 and resumed = uninterrupted (same layout, bit for bit)"
+run 1 train "$tmp/tiny.conf" out="$tmp/full" max_steps=12 >"$tmp/full.log" 2>&1
+run 1 train "$tmp/tiny.conf" out="$tmp/half" max_steps=6 >"$tmp/half1.log" 2>&1
+run 1 train "$tmp/tiny.conf" out="$tmp/half" max_steps=12 >"$tmp/half2.log" 2>&1
+if grep -q "resumed from" "$tmp/half2.log"; then ok "second run resumed"; else bad "second run did not resume"; fi
+losses "$tmp/full/metrics.jsonl" > "$tmp/full.loss"
+losses "$tmp/half/metrics.jsonl" > "$tmp/half.loss"
+if same "$tmp/half.loss" "$tmp/full.loss" 0; then ok "resumed losses identical"; else bad "resumed losses differ"; fi
+
+echo "restart with another layout: dp=2 zero=1 checkpoint resumed with dp=1"
+run 2 train "$tmp/tiny.conf" out="$tmp/lay" max_steps=6 zero=1 >"$tmp/lay1.log" 2>&1
+run 1 train "$tmp/tiny.conf" out="$tmp/lay" max_steps=12 update_freq=2 >"$tmp/lay2.log" 2>&1
+losses "$tmp/lay/metrics.jsonl" > "$tmp/lay.loss"
+if same "$tmp/lay.loss" "$tmp/z1.loss" 2e-5; then ok "dp=2 -> dp=1 continues the dp=2 run"
+else bad "layout change diverged"; fi
+
+echo "eval prints one JSON object"
+run 1 eval "$tmp/tiny.conf" out="$tmp/full" ckpt="$tmp/full/ckpt" split=test >"$tmp/eval.out" 2>"$tmp/eval.err"
+if $PY -c '
+import json, sys
+o = json.loads(open(sys.argv[1]).read())
+assert o["split"] == "test" and o["loss"] > 0 and o["ppl"] > 1 and 0 <= o["bleu"] <= 100, o
+print("    ", {k: o[k] for k in ("loss", "ppl", "bleu")})' "$tmp/eval.out"; then ok "eval JSON"
+else bad "eval JSON"; cat "$tmp/eval.out" "$tmp/eval.err"; fi
+
+echo "bad input: clear message, non-zero exit, no hang"
+expect_fail() { # np, expected message, args...
+  local np=$1 msg=$2
+  shift 2
+  local out rc
+  out=$(run "$np" "$@" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -qF -- "$msg" <<<"$out"; then ok "refused: $msg"
+  else bad "expected failure with '$msg' (exit $rc): $(head -3 <<<"$out")"; fi
+}
+expect_fail 2 "unknown key 'lerning_rate'" train "$tmp/tiny.conf" out="$tmp/bad" lerning_rate=1
+expect_fail 2 "'dropout' = 2 is out of range" train "$tmp/tiny.conf" out="$tmp/bad" dropout=2
+expect_fail 2 "missing.h5" train "$tmp/tiny.conf" out="$tmp/bad" data="$tmp/missing.h5"
+expect_fail 2 "cannot be split" train "$tmp/tiny.conf" out="$tmp/bad" tp=3
+expect_fail 2 "not yet supported" train "$tmp/tiny.conf" out="$tmp/bad" pp=2
+expect_fail 2 "missing.h5" eval "$tmp/tiny.conf" out="$tmp/bad" ckpt="$tmp/missing.h5"
+expect_fail 1 "needs ckpt=PATH" eval "$tmp/tiny.conf"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
