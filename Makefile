@@ -5,6 +5,8 @@
 #   make test       deps + build + every test in tests/ (WERROR=1 in CI)
 #   make demo       deps + build + Bible data + a short 2-rank training + BLEU + plot
 #   make bench      figures, not pass/fail
+#   make study      the small-scale warm-up study (gradnorm, translation, classification)
+#   make report     runs/ -> runs/report.md and PNG plots
 #
 # Switches: V=1 (echo commands), WERROR=1, DEBUG=1, SANITIZER=address|undefined,
 # BUILD=dir (objects go there; default build/).
@@ -85,6 +87,13 @@ demo: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bench/run_bench.sh
+
+study: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/study.sh
+
+report:
+	@scripts/report.sh
 
 clean:
 	rm -rf $(BUILD) $(BIN)
