@@ -1,0 +1,114 @@
+/* bench_model.c: training throughput of the model on a fixed batch, and the single-core
+ * sgemm rate measured in the same run.
+ *
+ * Usage: mpirun -np N bench_model SHAPE [B T STEPS]
+ *   SHAPE: small (d 256, ffn 1024, 4 heads, 3+3 layers, vocab 8000) or
+ *          base  (d 512, ffn 1024, 4 heads, 6+6 layers, vocab 8000: the paper's IWSLT shape)
+ *   B x T: sentences x tokens per rank (default 64 x 32, source and target alike)
+ * Each step is what `mpiformer train` does: forward, backward, gradient all-reduce over
+ * the ranks (data parallel), Adam. Prints one JSON line: target tokens/s over all ranks,
+ * matmul GFLOP/s achieved per rank, and the sgemm rate of one core (2048x2048x512).
+ * Figures, not pass/fail.
+ */
+#include <cblas.h>
+#include <string.h>
+
+#include "config.h"
+#include "model.h"
+#include "ops.h"
+#include "optim.h"
+
+static double sgemm_rate(void) {
+  int m = 2048, n = 2048, k = 512;
+  float *a = common_calloc((size_t)m * k, 4), *b = common_calloc((size_t)k * n, 4),
+        *c = common_calloc((size_t)m * n, 4);
+  for (int i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
+  for (int i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
+  int reps = 0;
+  double t0 = common_now();
+  while (common_now() - t0 < 1.0 || reps < 3) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
+    reps++;
+  }
+  double t = common_now() - t0;
+  free(a), free(b), free(c);
+  return 2.0 * m * n * k * reps / t / 1e9;
+}
+
+/* Matmul FLOPs of one training step (forward + backward = 3x forward) for B x T. */
+static double step_flops(const model_dims *D, int B, int T) {
+  double n = (double)B * T, d = D->d, F = D->ffn, H = D->heads, V = D->vocab;
+  double lin = 2 * n * d * d;                         /* one d x d projection */
+  double attn = 2 * 2 * B * H * (double)T * T * (d / H); /* QK^T and PV */
+  double ffn = 2 * 2 * n * d * F;
+  double enc = D->n_enc * (4 * lin + attn + ffn);
+  double dec = D->n_dec * (8 * lin + 2 * attn + ffn);
+  double out = 2 * n * d * V;
+  return 3 * (enc + dec + out);
+}
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const char *shape = argc > 1 ? argv[1] : "small";
+  int B = argc > 2 ? atoi(argv[2]) : 64, T = argc > 3 ? atoi(argv[3]) : 32;
+  int steps = argc > 4 ? atoi(argv[4]) : 5;
+  config c;
+  config_defaults(&c);
+  int small = strcmp(shape, "small") == 0;
+  c.d_model = small ? 256 : 512, c.ffn_dim = 1024, c.heads = 4;
+  c.enc_layers = c.dec_layers = small ? 3 : 6;
+  c.dropout = 0.1;
+  grid g;
+  char err[256];
+  CHECK(grid_create(&g, 1, 1, 1, 1, err, sizeof err) == C_OK, "%s", err);
+  model_dims dims;
+  model_dims_from_config(&dims, &c, 8000, 0, 2, 3);
+  model *m = model_create(&dims, &g, 1);
+  optim o;
+  optim_init(&o, &c, m->n_floats, g.dp_comm);
+  int32_t *src = common_malloc((size_t)B * T * 4), *tin = common_malloc((size_t)B * T * 4),
+          *tout = common_malloc((size_t)B * T * 4);
+  for (int i = 0; i < B * T; i++) {
+    src[i] = 4 + (int)(ops_hash_uniform(rank + 11, (uint64_t)i) * 7990);
+    tout[i] = 4 + (int)(ops_hash_uniform(rank + 23, (uint64_t)i) * 7990);
+    tin[i] = i % T == 0 ? 2 : tout[i - 1];
+  }
+  double sgemm = 0;
+  if (rank == 0) sgemm = sgemm_rate(); /* alone, before the ranks compete for cores */
+  MPI_Barrier(MPI_COMM_WORLD);
+  double t_step = 0, t_comm = 0;
+  for (int s = -1; s < steps; s++) { /* step -1 warms up (arena, BLAS buffers) */
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = common_now(), loss = 0, nll = 0;
+    model_zero_grad(m);
+    model_set_mode(m, 1, (uint64_t)s + 100);
+    int64_t ntok = model_forward_backward(m, src, tin, tout, B, T, T, 1.0f, 1, &loss, &nll);
+    double tc = common_now();
+    double total = (double)ntok;
+    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    optim_sync_grads(&o, m->grad_mem, (float)(1.0 / total));
+    tc = common_now() - tc;
+    optim_update(&o, m->param_mem, m->grad_mem, 1e-4, 1.0f);
+    double dt = common_now() - t0;
+    if (s >= 0) t_step += dt, t_comm += tc;
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &t_step, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0) {
+    double tok_s = (double)B * T * size * steps / t_step;
+    double gflops = step_flops(&dims, B, T) * steps / t_step / 1e9;
+    printf("{\"shape\":\"%s\",\"ranks\":%d,\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
+           "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
+           "\"comm_fraction\":%.3f,\"step_s\":%.3f}\n",
+           shape, size, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
+           t_step / steps);
+  }
+  optim_free(&o);
+  model_free(m);
+  grid_destroy(&g);
+  MPI_Finalize();
+  return 0;
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# make bench: figures, not pass/fail. Prints a table of
+#  - training tokens/s of mpiformer for `small` and `base` on 1 and 2 ranks (one BLAS
+#    thread each), next to PyTorch 1.13 training the same shape on the same batch with
+#    the same number of threads, and the ratio;
+#  - the matmul GFLOP/s achieved per rank and its fraction of the single-core sgemm rate
+#    measured in the same run;
+#  - checkpoint write/read MB/s of a base-sized model with Adam state on 2 ranks, next to
+#    a plain sequential write of the same bytes (bench_ckpt).
+# Usage: bench/run_bench.sh [STEPS]   (BUILD=build by default). Absolute numbers are noisy
+# on a shared machine: compare the ratios, which come from back-to-back runs.
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+STEPS=${1:-3}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+PY=/usr/bin/python3
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "batch 64 sentences x 32 tokens per rank (source and target), $STEPS timed steps after one warm-up"
+echo
+for shape in small base; do
+  for np in 1 2; do
+    mpirun --oversubscribe -np $np "$BUILD/bench/bench_model" $shape 64 32 "$STEPS" > "$out/ours_${shape}_$np.json"
+    OMP_NUM_THREADS=$np $PY bench/bench_torch.py $shape $np 64 32 "$STEPS" > "$out/torch_${shape}_$np.json"
+  done
+done
+$PY - "$out" <<'PY'
+import json, sys, glob
+d = sys.argv[1]
+print(f"{'shape':6} {'cores':>5} {'mpiformer tok/s':>16} {'PyTorch tok/s':>14} {'ratio':>6} "
+      f"{'GFLOP/s/rank':>12} {'sgemm 1 core':>12} {'fraction':>8} {'comm':>6}")
+for shape in ("small", "base"):
+    for np in (1, 2):
+        o = json.load(open(f"{d}/ours_{shape}_{np}.json"))
+        t = json.load(open(f"{d}/torch_{shape}_{np}.json"))
+        print(f"{shape:6} {np:5d} {o['tokens_per_s']:16.1f} {t['tokens_per_s']:14.1f} "
+              f"{o['tokens_per_s'] / t['tokens_per_s']:6.2f} {o['matmul_gflops_per_rank']:12.1f} "
+              f"{o['sgemm_1core_gflops']:12.1f} {o['fraction_of_sgemm']:8.2f} {o['comm_fraction']:6.3f}")
+PY
+echo
+echo "checkpoint I/O, 2 ranks, about the size of base with Adam state (3 x 35.6M floats = 427 MB):"
+mpirun --oversubscribe -np 2 "$BUILD/bench/bench_ckpt" 427 "$out" 1
