@@ -100,6 +100,31 @@ assert o["split"] == "test" and o["loss"] > 0 and o["ppl"] > 1 and 0 <= o["bleu"
 print("    ", {k: o[k] for k in ("loss", "ppl", "bleu")})' "$tmp/eval.out"; then ok "eval JSON"
 else bad "eval JSON"; cat "$tmp/eval.out" "$tmp/eval.err"; fi
 
+echo "raw text end to end: pack text with SentencePiece, train, translate on 2 ranks, bleu"
+mkdir -p "$tmp/txt"
+$PY -c '
+import h5py, sys
+f = h5py.File(sys.argv[1], "r")
+for split in ("train", "valid", "test"):
+    for side, lang in (("src", "xx"), ("tgt", "yy")):
+        lines = [s.decode() if isinstance(s, bytes) else s for s in f[split][side]["text"][:]]
+        open(f"{sys.argv[2]}/{split}.{lang}", "w").write("\n".join(lines) + "\n")' "$tmp/tiny.h5" "$tmp/txt"
+$PY data_prep/pack.py "$tmp/txt" --src xx --tgt yy --vocab-size 60 --out "$tmp/text.h5" >"$tmp/pack.log" 2>&1 ||
+  bad "pack.py failed: $(tail -2 "$tmp/pack.log")"
+run 1 train "$tmp/tiny.conf" data="$tmp/text.h5" out="$tmp/text" max_steps=30 >"$tmp/text.log" 2>&1 ||
+  bad "training on the packed text failed: $(tail -2 "$tmp/text.log")"
+run 2 translate "$tmp/tiny.conf" data="$tmp/text.h5" out="$tmp/text" ckpt="$tmp/text/ckpt" beam=2 \
+  <"$tmp/txt/test.xx" >"$tmp/test.hyp" 2>"$tmp/tr.err"
+rc=$?
+if [ $rc -eq 0 ] && [ "$(wc -l <"$tmp/test.hyp")" -eq "$(wc -l <"$tmp/txt/test.xx")" ] &&
+  grep -q "w" "$tmp/test.hyp"; then
+  ok "translate wrote one line of text per input line"
+else bad "translate (exit $rc): $(head -3 "$tmp/tr.err")"; fi
+line=$("$BIN" bleu "$tmp/test.hyp" "$tmp/txt/test.yy")
+if [[ "$line" =~ ^BLEU\ =\ [0-9]+\.[0-9]{2}\ .*hyp_len\ =\ [0-9]+\ ref_len\ =\ [0-9]+\)$ ]]; then
+  ok "bleu: $line"
+else bad "bleu line: $line"; fi
+
 echo "bad input: clear message, non-zero exit, no hang"
 expect_fail() { # np, expected message, args...
   local np=$1 msg=$2
