@@ -22,7 +22,8 @@
   X(seed, INT, 1, 0, 2147483647, "seed of init, dropout and shuffling")                           \
   X(threads, INT, 0, 0, 256, "BLAS threads per rank (0: leave OPENBLAS_NUM_THREADS)")             \
   /* model */                                                                                      \
-  X(arch, STR, "transformer", "transformer", 0, "encoder-decoder translation model")              \
+  X(arch, STR, "transformer", "transformer|encoder_classifier|encoder_mlm", 0,                    \
+    "translation model, or encoder-only pair classifier / masked-LM (docs/MODEL.md)")           \
   X(enc_layers, INT, 6, 1, 256, "encoder layers")                                                 \
   X(dec_layers, INT, 6, 1, 256, "decoder layers")                                                 \
   X(d_model, INT, 512, 2, 65536, "model width")                                                   \
@@ -64,6 +65,8 @@
   X(save_interval, INT, 0, 0, 1 << 30, "steps between checkpoints (0: at each validation)")       \
   X(keep_last, INT, 3, 0, 1 << 20, "checkpoints kept (0: all)")                                   \
   X(resume, STR, "auto", "", 0, "auto (newest good in out/ckpt), none, or a checkpoint path")     \
+  X(init_from, STR, "", "", 0, "fresh run: load the encoder tensors of this checkpoint (e.g. MLM)")\
+  X(mlm_prob, FLOAT, 0.15, 0.01, 0.9, "encoder_mlm: fraction of the word tokens selected")       \
   X(nan_policy, STR, "stop", "stop|skip", 0, "on a NaN/inf loss or gradient")                     \
   X(max_skips, INT, 10, 0, 1 << 30, "skip: stop after this many skipped steps")                   \
   /* decoding */                                                                                   \

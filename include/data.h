@@ -6,9 +6,12 @@
  *   /vocab/pieces (vlen str), /vocab/spm_model (uint8)
  *   /<split>/<side>/tokens (int32), /<split>/<side>/offsets (int64, n+1), /<split>/<side>/text
  * for split in train|valid|test, side in src|tgt. Stored sentences carry no bos/eos.
+ * A sentence-pair classification file (data_prep/paraphrase.py) has the root attributes
+ * task = "pair_classification" and n_classes, sides a|b in place of src|tgt, and
+ * /<split>/label (int32, n, each in [0, n_classes)); here side 0 is a and side 1 is b.
  *
  * A rank opens the file, reads the offsets of a split (8 bytes a sentence: that is
- * the only per-sentence data every rank holds), plans the batches of an epoch from
+ * with a pair file's 4-byte labels, the only per-sentence data every rank holds), plans the batches of an epoch from
  * the lengths alone, and then reads only the token hyperslabs of the batches it is
  * given. No rank reads a whole split's tokens.
  */
@@ -33,6 +36,10 @@ int data_pad_id(const data_file *f);
 int data_bos_id(const data_file *f);
 int data_eos_id(const data_file *f);
 int data_unk_id(const data_file *f);
+/* The root attribute "task" ("" when absent: a translation file). */
+const char *data_task(const data_file *f);
+/* n_classes of a pair_classification file (>= 2), 0 for other files. */
+int data_n_classes(const data_file *f);
 /* The SentencePiece piece of token id (e.g. "▁the"); "" when out of range. */
 const char *data_piece(const data_file *f, int id);
 
@@ -48,6 +55,8 @@ void data_split_close(data_split *s);
 int64_t data_split_size(const data_split *s);
 /* Stored length (tokens, without bos/eos) of sentence i on side 0 (src) or 1 (tgt). */
 int data_split_len(const data_split *s, int side, int64_t i);
+/* Label of pair i of a pair_classification split; -1 for other files. Not collective. */
+int data_split_label(const data_split *s, int64_t i);
 /* The raw text of sentence i on side 0/1, read from /<split>/<side>/text into buf
  * (truncated to len; "" when the split has no text). Not collective (independent read). */
 void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len);
@@ -72,9 +81,16 @@ typedef struct data_plan {
 void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
                     int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch,
                     int64_t *n_dropped);
+/* The plan of a pair-classification epoch whose rows are `bos a eos b eos`: like
+ * data_plan_make, but nothing is dropped, sentences are ordered by a + b length (ties by
+ * a length, then the shuffle) and a row is min(a + b + 3, max_len) tokens wide (max_len
+ * 0: no cap; the caller truncates to it). Not collective. */
+void data_plan_make_pairs(data_plan *p, const data_split *s, int64_t max_tokens, int max_len,
+                          int shuffle, uint64_t seed, int64_t epoch);
 void data_plan_free(data_plan *p);
 
-/* One batch, padded. src gets eos appended; tgt_in = bos + tgt, tgt_out = tgt + eos. */
+/* One batch, padded. src gets eos appended; tgt_in = bos + tgt, tgt_out = tgt + eos.
+ * (For a pair file src is a + eos and tgt_out is b + eos.) */
 typedef struct data_batch {
   int n_seq;         /* sentences */
   int src_len;       /* padded source length (longest + 1 for eos) */
@@ -83,6 +99,7 @@ typedef struct data_batch {
   int32_t *tgt_in;   /* (n_seq, tgt_len) */
   int32_t *tgt_out;  /* (n_seq, tgt_len) */
   int64_t *ids;      /* (n_seq) sentence indices in the split */
+  int32_t *labels;   /* (n_seq) labels of a pair_classification split, else -1 */
   int64_t n_src_tokens, n_tgt_tokens; /* non-pad counts (with eos) */
   size_t cap_seq, cap_tok;            /* allocated capacity, grown as needed */
 } data_batch;

@@ -8,6 +8,9 @@
 typedef struct eval_result {
   double loss, nll, ppl;  /* per target token (natural log) */
   int64_t n_tokens, n_sentences;
+  int has_accuracy;       /* classifier: per sentence; masked-LM: per masked token */
+  double accuracy;        /* n_correct / n_tokens (which then counts sentences or masked */
+  int64_t n_correct;      /* positions) */
   int has_bleu;
   double bleu;            /* sacreBLEU, 13a, exp smoothing */
   char bleu_line[256];
@@ -15,7 +18,7 @@ typedef struct eval_result {
   double seconds;
 } eval_result;
 
-/* Loss over the whole split (batches spread over all ranks) and, when with_bleu, BLEU of
+/* Loss (and accuracy for the encoder-only archs, which never decode) over the whole split (batches spread over all ranks) and, when with_bleu, BLEU of
  * decoding the first max_sentences sentences (0: all) with options o against the split's
  * raw target text. If hyps is not NULL, rank 0 gets the detokenized hypotheses (caller
  * frees with decode_free_strings). Returns C_ERR (every rank) if the split is missing.

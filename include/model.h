@@ -1,5 +1,8 @@
 /* model.h: the encoder-decoder Transformer (Post-LN and Pre-LN), forward and backward
- * by hand, its parameter registry with fairseq names, and incremental decoding.
+ * by hand, its parameter registry with fairseq names, and incremental decoding; and the
+ * encoder-only variants (docs/MODEL.md, "Encoder-only models"): a sentence-pair
+ * classifier with fairseq's RoBERTa classification head, and a masked-LM whose output
+ * projection is the encoder embedding.
  *
  * The exact math is docs/MODEL.md. Parameters and gradients each live in one flat
  * allocation (llm.c style), carved into one dmat per named tensor; activations live in
@@ -31,7 +34,11 @@ typedef struct model_layer {
   model_param *fc1_w, *fc1_b, *fc2_w, *fc2_b;
 } model_layer;
 
+enum { MODEL_ARCH_TRANSLATION, MODEL_ARCH_CLASSIFIER, MODEL_ARCH_MLM };
+
 typedef struct model_dims {
+  int arch;          /* MODEL_ARCH_*; the encoder-only ones force n_dec = 0 */
+  int n_classes;     /* MODEL_ARCH_CLASSIFIER: output classes */
   int n_enc, n_dec, d, ffn, heads, vocab;
   int pre_ln;        /* 1: Pre-LN, 0: Post-LN */
   int pad, bos, eos;
@@ -49,12 +56,15 @@ typedef struct model {
   model_layer *enc, *dec;
   model_param *enc_embed, *dec_embed, *out_proj; /* may point to the same param */
   model_ln enc_final, dec_final;                 /* Pre-LN only */
+  /* classification head (MODEL_ARCH_CLASSIFIER): dense (d,d)+(d), out_proj (C,d)+(C) */
+  model_param *cls_dense_w, *cls_dense_b, *cls_out_w, *cls_out_b;
   struct model_acts *acts;  /* activation arena (model.c) */
   uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
   int train;                /* 1: dropout on */
 } model;
 
-/* Fill dims from a validated config and the dataset's vocabulary. Not collective. */
+/* Fill dims from a validated config and the dataset's vocabulary (arch from c->arch;
+ * n_classes is left 0: the caller sets it from the dataset). Not collective. */
 void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos);
 
 /* Build the registry, allocate parameters and gradients, initialize from seed (layout
@@ -76,6 +86,23 @@ void model_set_mode(model *m, int train, uint64_t key);
 int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
                                const int32_t *tgt_out, int B, int S, int T, float grad_scale,
                                int backward, double *loss_sum, double *nll_sum);
+
+/* Classifier forward of tokens (B,S) (rows `bos a eos b eos`, right-padded with pad;
+ * column 0 is the pooled position) and labels (B) in [0, n_classes): adds the summed
+ * cross-entropy into *loss_sum and the number of rows whose argmax is the label into
+ * *n_correct; writes the argmax into pred (B) if not NULL. Returns B. If backward != 0 the
+ * gradients of grad_scale * loss_sum are ACCUMULATED into m->grad_mem. Not collective. */
+int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, int B, int S,
+                       float grad_scale, int backward, double *loss_sum, int64_t *n_correct,
+                       int32_t *pred);
+
+/* Masked-LM forward of tokens (B,S) (already masked) with targets (B,S): the original id
+ * at each selected position, -1 elsewhere. logits = enc_out W_emb^T on the selected rows
+ * only; adds the summed cross-entropy into *loss_sum and the number of selected rows
+ * whose argmax is the target into *n_correct. Returns the number of selected positions.
+ * Backward as model_classify. Not collective. */
+int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct);
 
 /* Zero all gradients. */
 void model_zero_grad(model *m);

@@ -41,6 +41,9 @@ struct data_file {
   char *path;
   int format_version, pad_id, unk_id, bos_id, eos_id, vocab_size;
   char src_lang[32], tgt_lang[32];
+  char task[64];   /* root attribute "task" ("" for translation files) */
+  int n_classes;   /* root attribute "n_classes" of a pair_classification file, else 0 */
+  const char *sides[2]; /* group names of the two sides: src/tgt, or a/b for pair files */
   char **pieces;   /* vocab_size pointers into piece_buf */
   char *piece_buf; /* all pieces, NUL-terminated, back to back */
 };
@@ -56,6 +59,7 @@ struct data_split {
   char name[64];
   int64_t n;       /* sentences */
   int64_t *off[2]; /* (n + 1) offsets per side */
+  int32_t *labels; /* (n) /<split>/label of a pair_classification file, else NULL */
   hid_t tokens[2]; /* /<split>/<side>/tokens */
   hid_t tspace[2]; /* its file dataspace; the selection is rebuilt per load */
   hid_t text[2];   /* /<split>/<side>/text, or -1 when the file has none */
@@ -71,8 +75,8 @@ struct data_split {
 /* ---------------------------------------------------------------------------------- */
 /* Helpers                                                                            */
 
-static const char *side_name(int side) {
-  return side ? "tgt" : "src";
+static const char *side_name_of(const data_file *f, int side) {
+  return f->sides[side ? 1 : 0];
 }
 
 /* Grow *buf to hold at least `need` elements of `elem` bytes (contents not kept). */
@@ -319,6 +323,17 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
   if (!bad) {
     read_str_attr(f->file, "src_lang", f->src_lang, sizeof f->src_lang);
     read_str_attr(f->file, "tgt_lang", f->tgt_lang, sizeof f->tgt_lang);
+    read_str_attr(f->file, "task", f->task, sizeof f->task);
+    f->sides[0] = "src", f->sides[1] = "tgt";
+    if (!strcmp(f->task, "pair_classification")) {
+      f->sides[0] = "a", f->sides[1] = "b";
+      if (read_int_attr(f->file, path, "n_classes", &f->n_classes, err, err_len)) {
+        bad = 1;
+      } else if (f->n_classes < 2) {
+        snprintf(err, err_len, "%s: n_classes %d must be at least 2", path, f->n_classes);
+        bad = 1;
+      }
+    }
   }
   if (agree_fail(comm, bad, err, err_len)) goto fail;
 
@@ -379,6 +394,12 @@ int data_eos_id(const data_file *f) {
 int data_unk_id(const data_file *f) {
   return f->unk_id;
 }
+const char *data_task(const data_file *f) {
+  return f->task;
+}
+int data_n_classes(const data_file *f) {
+  return f->n_classes;
+}
 
 const char *data_piece(const data_file *f, int id) {
   return (id >= 0 && id < f->vocab_size) ? f->pieces[id] : "";
@@ -394,6 +415,7 @@ static void split_free(data_split *s) {
     if (s->tokens[k] >= 0) H5Dclose(s->tokens[k]);
     free(s->off[k]);
   }
+  free(s->labels);
   free(s->raw);
   free(s->slots);
   free(s->pos);
@@ -405,7 +427,7 @@ static void split_free(data_split *s) {
 static int side_open(data_split *s, int k, char *err, size_t err_len) {
   data_file *f = s->f;
   char p[256];
-  const char *sd = side_name(k);
+  const char *sd = side_name_of(f, k);
   snprintf(p, sizeof p, "/%s/%s/tokens", s->name, sd);
   if (!link_exists(f->file, p)) {
     snprintf(err, err_len, "%s: dataset %s is missing", f->path, p);
@@ -513,7 +535,7 @@ static int side_scan(data_split *s, int k, char *err, size_t err_len) {
     if (ms < 0 || e < 0 ||
         H5Dread(s->tokens[k], H5T_NATIVE_INT32, ms, s->tspace[k], H5P_DEFAULT, s->raw) < 0) {
       snprintf(err, err_len, "%s: cannot read /%s/%s/tokens[%lld..%lld)", f->path, s->name,
-               side_name(k), (long long)a, (long long)(a + (int64_t)count));
+               side_name_of(s->f, k), (long long)a, (long long)(a + (int64_t)count));
       rc = C_ERR;
     }
     for (hsize_t i = 0; i < count && rc == C_OK; i++) {
@@ -523,13 +545,47 @@ static int side_scan(data_split *s, int k, char *err, size_t err_len) {
                  "%s: /%s/%s/tokens[%lld] = %d is outside [0, vocab_size=%d) (checked when "
                  "the split is opened); the file is corrupt or was packed with another "
                  "vocabulary",
-                 f->path, s->name, side_name(k), (long long)(a + (int64_t)i), (int)v,
+                 f->path, s->name, side_name_of(s->f, k), (long long)(a + (int64_t)i), (int)v,
                  f->vocab_size);
         rc = C_ERR;
       }
     }
     if (ms >= 0) H5Sclose(ms);
   }
+  return rc;
+}
+
+/* Read /<split>/label (n int32, each in [0, n_classes)) of a pair_classification file. */
+static int labels_read(data_split *s, char *err, size_t err_len) {
+  data_file *f = s->f;
+  char p[128];
+  snprintf(p, sizeof p, "/%s/label", s->name);
+  if (!link_exists(f->file, p)) {
+    snprintf(err, err_len, "%s: dataset %s is missing (task=pair_classification)", f->path, p);
+    return C_ERR;
+  }
+  int rc = C_ERR;
+  hid_t d = H5Dopen2(f->file, p, H5P_DEFAULT);
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  s->labels = common_malloc((size_t)(s->n > 0 ? s->n : 1) * sizeof(int32_t));
+  if (d < 0 || sp < 0 || H5Sget_simple_extent_ndims(sp) != 1 ||
+      (int64_t)H5Sget_simple_extent_npoints(sp) != s->n) {
+    snprintf(err, err_len, "%s: %s should be a 1-D dataset of %lld labels", f->path, p,
+             (long long)s->n);
+  } else if (s->n > 0 &&
+             H5Dread(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->labels) < 0) {
+    snprintf(err, err_len, "%s: cannot read %s as int32", f->path, p);
+  } else {
+    rc = C_OK;
+    for (int64_t i = 0; i < s->n && rc == C_OK; i++)
+      if (s->labels[i] < 0 || s->labels[i] >= f->n_classes) {
+        snprintf(err, err_len, "%s: %s[%lld] = %d is outside [0, n_classes=%d)", f->path, p,
+                 (long long)i, (int)s->labels[i], f->n_classes);
+        rc = C_ERR;
+      }
+  }
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
   return rc;
 }
 
@@ -566,6 +622,9 @@ data_split *data_split_open(data_file *f, const char *split, char *err, size_t e
     bad = side_scan(s, k, err, err_len) != C_OK;
   if (agree_fail(f->comm, bad, err, err_len)) goto fail;
 
+  if (f->n_classes > 0) bad = labels_read(s, err, err_len) != C_OK;
+  if (agree_fail(f->comm, bad, err, err_len)) goto fail;
+
   H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
   return s;
 
@@ -581,6 +640,12 @@ void data_split_close(data_split *s) {
 
 int64_t data_split_size(const data_split *s) {
   return s->n;
+}
+
+int data_split_label(const data_split *s, int64_t i) {
+  CHECK(i >= 0 && i < s->n, "sentence %lld outside split %s of %lld", (long long)i, s->name,
+        (long long)s->n);
+  return s->labels ? s->labels[i] : -1;
 }
 
 int data_split_len(const data_split *s, int side, int64_t i) {
@@ -600,7 +665,7 @@ void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len) 
   if (d < 0) return;
   hid_t ft = H5Dget_type(d), fs = H5Dget_space(d);
   CHECK(ft >= 0 && fs >= 0, "%s: /%s/%s/text: cannot get type", s->f->path, s->name,
-        side_name(side));
+        side_name_of(s->f, side));
   hsize_t start = (hsize_t)i, one = 1;
   hid_t ms = H5Screate_simple(1, &one, NULL);
   CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &one, NULL) >= 0,
@@ -611,7 +676,7 @@ void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len) 
     H5Tset_size(mt, H5T_VARIABLE);
     char *str = NULL;
     CHECK(H5Dread(d, mt, ms, fs, H5P_DEFAULT, &str) >= 0, "%s: cannot read /%s/%s/text[%lld]",
-          s->f->path, s->name, side_name(side), (long long)i);
+          s->f->path, s->name, side_name_of(s->f, side), (long long)i);
     snprintf(buf, len, "%s", str ? str : "");
     DATA_VLEN_RECLAIM(mt, ms, &str);
   } else {
@@ -620,7 +685,7 @@ void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len) 
     H5Tset_size(mt, n + 1);
     H5Tset_strpad(mt, H5T_STR_NULLTERM);
     CHECK(H5Dread(d, mt, ms, fs, H5P_DEFAULT, tmp) >= 0, "%s: cannot read /%s/%s/text[%lld]",
-          s->f->path, s->name, side_name(side), (long long)i);
+          s->f->path, s->name, side_name_of(s->f, side), (long long)i);
     snprintf(buf, len, "%s", tmp);
     free(tmp);
   }
@@ -665,34 +730,50 @@ static void shuffle_i64(int64_t *a, int64_t n, uint64_t *rng) {
   }
 }
 
-/* Stable counting sort of ids[0..n) by side `k` length into out. */
+/* Length of sentence id by key k: side 0, side 1, or (k = 2) both sides together. */
+static int64_t key_len(const data_split *s, int k, int64_t id) {
+  if (k == 2) return key_len(s, 0, id) + key_len(s, 1, id);
+  return s->off[k][id + 1] - s->off[k][id];
+}
+
+/* Stable counting sort of ids[0..n) by key_len(k) into out. */
 static void sort_by_len(const data_split *s, int k, const int64_t *ids, int64_t n, int64_t *out) {
-  const int64_t *o = s->off[k];
   int64_t maxlen = 0;
   for (int64_t i = 0; i < n; i++) {
-    int64_t l = o[ids[i] + 1] - o[ids[i]];
+    int64_t l = key_len(s, k, ids[i]);
     if (l > maxlen) maxlen = l;
   }
   int64_t *cnt = common_calloc((size_t)maxlen + 2, sizeof *cnt);
   for (int64_t i = 0; i < n; i++)
-    cnt[o[ids[i] + 1] - o[ids[i]] + 1]++;
+    cnt[key_len(s, k, ids[i]) + 1]++;
   for (int64_t l = 1; l <= maxlen + 1; l++)
     cnt[l] += cnt[l - 1];
   for (int64_t i = 0; i < n; i++)
-    out[cnt[o[ids[i] + 1] - o[ids[i]]]++] = ids[i];
+    out[cnt[key_len(s, k, ids[i])]++] = ids[i];
   free(cnt);
 }
 
-void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
-                    int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch,
-                    int64_t *n_dropped) {
+/* Width (padded tokens per row) of sentence id in a batch: max(src+1, tgt+1), or for a
+ * concatenated pair min(a + b + 3, max_len) (max_len 0: no cap). */
+static int64_t row_width(const data_split *s, int64_t id, int concat, int max_len) {
+  int64_t ls = key_len(s, 0, id), lt = key_len(s, 1, id);
+  if (!concat) return (ls > lt ? ls : lt) + 1;
+  int64_t w = ls + lt + 3;
+  return max_len > 0 && w > max_len ? max_len : w;
+}
+
+static void plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
+                      int max_tgt_len, int concat, int shuffle, uint64_t seed, int64_t epoch,
+                      int64_t *n_dropped) {
   CHECK(max_tokens > 0, "max_tokens %lld must be positive", (long long)max_tokens);
   int64_t n = s->n, kept = 0;
-  int64_t *ids = common_malloc((size_t)n * sizeof *ids);
-  int64_t *tmp = common_malloc((size_t)n * sizeof *tmp);
+  int64_t *ids = common_malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
+  int64_t *tmp = common_malloc((size_t)(n > 0 ? n : 1) * sizeof *tmp);
   for (int64_t i = 0; i < n; i++) {
     int64_t ls = s->off[0][i + 1] - s->off[0][i], lt = s->off[1][i + 1] - s->off[1][i];
-    if ((max_src_len > 0 && ls > max_src_len) || (max_tgt_len > 0 && lt > max_tgt_len)) continue;
+    if (!concat &&
+        ((max_src_len > 0 && ls > max_src_len) || (max_tgt_len > 0 && lt > max_tgt_len)))
+      continue;
     ids[kept++] = i;
   }
   if (n_dropped) *n_dropped = n - kept;
@@ -704,15 +785,13 @@ void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int m
     shuffle_i64(ids, kept, &rng);
   }
   sort_by_len(s, 0, ids, kept, tmp);
-  sort_by_len(s, 1, tmp, kept, ids);
+  sort_by_len(s, concat ? 2 : 1, tmp, kept, ids);
 
   /* Greedy cut: add sentences while n_seq * max(src+1, tgt+1) <= max_tokens. */
   int64_t *starts = common_malloc((size_t)(kept + 1) * sizeof *starts);
   int64_t nb = 0, cur_n = 0, cur_w = 0;
   for (int64_t i = 0; i < kept; i++) {
-    int64_t id = ids[i];
-    int64_t ls = s->off[0][id + 1] - s->off[0][id], lt = s->off[1][id + 1] - s->off[1][id];
-    int64_t w = (ls > lt ? ls : lt) + 1;
+    int64_t w = row_width(s, ids[i], concat, max_src_len);
     int64_t nw = w > cur_w ? w : cur_w;
     if (cur_n > 0 && (cur_n + 1) * nw > max_tokens) {
       cur_n = 0;
@@ -747,6 +826,17 @@ void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int m
   p->n_batches = nb;
   p->starts = starts;
   p->ids = ids;
+}
+
+void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
+                    int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch,
+                    int64_t *n_dropped) {
+  plan_make(p, s, max_tokens, max_src_len, max_tgt_len, 0, shuffle, seed, epoch, n_dropped);
+}
+
+void data_plan_make_pairs(data_plan *p, const data_split *s, int64_t max_tokens, int max_len,
+                          int shuffle, uint64_t seed, int64_t epoch) {
+  plan_make(p, s, max_tokens, max_len, 0, 1, shuffle, seed, epoch, NULL);
 }
 
 void data_plan_free(data_plan *p) {
@@ -825,14 +915,14 @@ static void side_read(data_split *s, int k, int n) {
   CHECK(ms >= 0, "H5Screate_simple failed");
   CHECK(H5Dread(s->tokens[k], H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, s->raw) >= 0,
         "%s: reading /%s/%s/tokens for a batch of %d sentences failed", s->f->path, s->name,
-        side_name(k), n);
+        side_name_of(s->f, k), n);
   H5Sclose(ms);
   H5Sclose(fs);
   const int32_t v = s->f->vocab_size;
   for (int64_t i = 0; i < total; i++)
     CHECK(s->raw[i] >= 0 && s->raw[i] < v,
           "%s: /%s/%s/tokens holds id %d outside [0, %d): the file changed since it was opened",
-          s->f->path, s->name, side_name(k), (int)s->raw[i], (int)v);
+          s->f->path, s->name, side_name_of(s->f, k), (int)s->raw[i], (int)v);
 }
 
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out) {
@@ -883,10 +973,14 @@ void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *o
     while (c < (size_t)n)
       c *= 2;
     free(out->ids);
+    free(out->labels);
     out->ids = common_malloc(c * sizeof(int64_t));
+    out->labels = common_malloc(c * sizeof(int32_t));
     out->cap_seq = c;
   }
   memcpy(out->ids, ids, (size_t)n * sizeof *ids);
+  for (int j = 0; j < n; j++)
+    out->labels[j] = s->labels ? s->labels[ids[j]] : -1;
   const int32_t pad = f->pad_id, bos = f->bos_id, eos = f->eos_id;
 
   /* Source: tokens + eos, pad. */
@@ -934,5 +1028,6 @@ void data_batch_free(data_batch *b) {
   free(b->tgt_in);
   free(b->tgt_out);
   free(b->ids);
+  free(b->labels);
   memset(b, 0, sizeof *b);
 }

@@ -1,4 +1,5 @@
-/* evaluate.c: loss/perplexity over a split and BLEU from decoding it (evaluate.h). */
+/* evaluate.c: loss/perplexity over a split and BLEU from decoding it (evaluate.h); for
+ * the encoder-only tasks loss and accuracy (the batches go through task.c). */
 #include "evaluate.h"
 
 #include <math.h>
@@ -6,6 +7,8 @@
 
 #include "bleu.h"
 #include "metrics.h"
+#include "ops.h"
+#include "task.h"
 
 int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sentences,
                    const decode_opts *o, eval_result *r, char ***hyps, int64_t *n_hyps) {
@@ -18,26 +21,28 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
     return C_ERR;
   }
   model *m = s->model;
-  model_set_mode(m, 0, 0);
+  task tk;
+  CHECK(task_init(&tk, &s->cfg, s->data, err, sizeof err) == C_OK, "%s", err);
+  if (tk.kind != TASK_TRANSLATION) with_bleu = 0;
   data_plan plan;
-  data_plan_make(&plan, sp, s->cfg.max_tokens, 0, 0, 0, 0, 0, NULL);
-  data_batch batch;
-  memset(&batch, 0, sizeof batch);
-  double sums[3] = {0, 0, 0}; /* loss, nll, tokens */
+  task_plan(&tk, &plan, sp, 0, 0, 0, NULL);
+  double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
   int size = s->g.world_size, rank = s->g.world_rank;
-  for (int64_t b = rank; b < plan.n_batches; b += size) {
-    data_batch_load(sp, &plan, b, &batch);
-    sums[2] += (double)model_forward_backward(m, batch.src, batch.tgt_in, batch.tgt_out, batch.n_seq,
-                                              batch.src_len, batch.tgt_len, 1.0f, 0, &sums[0],
-                                              &sums[1]);
-  }
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, s->g.world));
+  /* the masked-LM masks of batch b are the same at every evaluation (fixed key) */
+  for (int64_t b = rank; b < plan.n_batches; b += size)
+    task_run_batch(&tk, m, sp, &plan, b, 0,
+                   ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
+                   sums);
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.world));
+  r->has_accuracy = task_has_accuracy(&tk);
+  r->accuracy = sums[2] > 0 ? sums[TASK_CORRECT] / sums[2] : 0;
+  r->n_correct = (int64_t)sums[TASK_CORRECT];
+  task_free(&tk);
   r->n_tokens = (int64_t)sums[2];
   r->n_sentences = data_split_size(sp);
   r->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
   r->nll = sums[2] > 0 ? sums[1] / sums[2] : 0;
   r->ppl = exp(r->nll);
-  data_batch_free(&batch);
   data_plan_free(&plan);
 
   if (with_bleu) {
@@ -88,6 +93,9 @@ void evaluate_json(const eval_result *r, const char *split, char *buf, size_t le
                    "\"sentences\":%lld",
                    split, r->loss, r->nll, r->ppl, (long long)r->n_tokens,
                    (long long)r->n_sentences);
+  if (r->has_accuracy && n > 0 && (size_t)n < len)
+    n += snprintf(buf + n, len - (size_t)n, ",\"accuracy\":%.6f,\"correct\":%lld", r->accuracy,
+                  (long long)r->n_correct);
   if (r->has_bleu && n > 0 && (size_t)n < len) {
     char esc[300];
     metrics_json_escape(r->bleu_line, esc, sizeof esc);

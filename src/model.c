@@ -1,5 +1,6 @@
 /* model.c: the encoder-decoder Transformer of docs/MODEL.md, forward and backward by
- * hand on local blocks, plus incremental decoding.
+ * hand on local blocks, plus incremental decoding, and the encoder-only classifier and
+ * masked-LM heads (the same encoder; a head on its output instead of a decoder).
  *
  * Structure. A layer is a list of sublayers (attention or FFN), each wrapped the same
  * way: Pre-LN `s' = s + D(F(LN(s)))`, Post-LN `s' = LN(s + D(F(s)))`. The residual
@@ -49,6 +50,10 @@ typedef struct model_acts {
   float *scratch;      /* attention scratch: 2 * Tmax * Tmax */
   uint8_t *src_pad;    /* (B, S) */
   size_t src_pad_cap;
+  float *head;         /* encoder-only heads' scratch (head_prepare), grown only */
+  size_t head_cap;
+  int32_t *head_idx;   /* (rows) selected positions / targets of the MLM head */
+  size_t head_idx_cap;
 } model_acts;
 
 static float *take(float *base, size_t *cursor, size_t n) {
@@ -151,8 +156,11 @@ static void acts_prepare(model *m, int B, int S, int T) {
 
 void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos) {
   memset(d, 0, sizeof *d);
+  d->arch = !strcmp(c->arch, "encoder_classifier") ? MODEL_ARCH_CLASSIFIER
+            : !strcmp(c->arch, "encoder_mlm")      ? MODEL_ARCH_MLM
+                                                   : MODEL_ARCH_TRANSLATION;
   d->n_enc = (int)c->enc_layers;
-  d->n_dec = (int)c->dec_layers;
+  d->n_dec = d->arch == MODEL_ARCH_TRANSLATION ? (int)c->dec_layers : 0;
   d->d = (int)c->d_model;
   d->ffn = (int)c->ffn_dim;
   d->heads = (int)c->heads;
@@ -272,6 +280,9 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   model *m = common_calloc(1, sizeof *m);
   m->dims = *dims;
   m->g = g;
+  if (m->dims.arch != MODEL_ARCH_TRANSLATION) m->dims.n_dec = 0;
+  CHECK(m->dims.arch != MODEL_ARCH_CLASSIFIER || m->dims.n_classes >= 2,
+        "model_create: a classifier needs n_classes >= 2 (got %d)", m->dims.n_classes);
   const model_dims *D = &m->dims;
   int64_t d = D->d, F = D->ffn, V = D->vocab;
   int cap = 8 + D->n_enc * 20 + D->n_dec * 32;
@@ -283,14 +294,23 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   m->enc_embed = reg_add(&rb, "encoder.embed_tokens.weight", V, d, 0, MODEL_INIT_EMBED, estd);
   for (int i = 0; i < D->n_enc; i++) reg_layer(&rb, &m->enc[i], "encoder", i, 0, d, F);
   if (D->pre_ln) m->enc_final = reg_ln(&rb, "encoder.layer_norm", d);
-  m->dec_embed = D->share == 2 ? m->enc_embed
-                               : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
-                                         MODEL_INIT_EMBED, estd);
-  for (int i = 0; i < D->n_dec; i++) reg_layer(&rb, &m->dec[i], "decoder", i, 1, d, F);
-  if (D->pre_ln) m->dec_final = reg_ln(&rb, "decoder.layer_norm", d);
-  m->out_proj = D->share ? m->dec_embed
-                         : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
-                                   MODEL_INIT_EMBED, estd);
+  if (D->arch == MODEL_ARCH_TRANSLATION) {
+    m->dec_embed = D->share == 2 ? m->enc_embed
+                                 : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
+                                           MODEL_INIT_EMBED, estd);
+    for (int i = 0; i < D->n_dec; i++) reg_layer(&rb, &m->dec[i], "decoder", i, 1, d, F);
+    if (D->pre_ln) m->dec_final = reg_ln(&rb, "decoder.layer_norm", d);
+    m->out_proj = D->share ? m->dec_embed
+                           : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
+                                     MODEL_INIT_EMBED, estd);
+  } else if (D->arch == MODEL_ARCH_CLASSIFIER) {
+    m->cls_dense_w = reg_linear(&rb, "classification_heads.sentence_classification_head.dense",
+                                d, d, &m->cls_dense_b);
+    m->cls_out_w = reg_linear(&rb, "classification_heads.sentence_classification_head.out_proj",
+                              D->n_classes, d, &m->cls_out_b);
+  } else {
+    m->out_proj = m->enc_embed; /* masked-LM output tied to the embedding, no bias */
+  }
   m->param_mem = common_calloc((size_t)m->n_floats, sizeof(float));
   m->grad_mem = common_calloc((size_t)m->n_floats, sizeof(float));
   for (int i = 0; i < m->n_params; i++) {
@@ -312,6 +332,8 @@ void model_free(model *m) {
   model_acts *a = m->acts;
   free(a->mem);
   free(a->src_pad);
+  free(a->head);
+  free(a->head_idx);
   free(a->enc_s);
   free(a->dec_s);
   free(a->enc_sub);
@@ -558,10 +580,37 @@ static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
                           m->enc_final.w->w.data, m->enc_final.b->w.data, B * S, D->d, LN_EPS);
 }
 
+/* Encoder backward: a->g_enc (B*S, d) is the gradient of enc_out; accumulates the
+ * encoder's parameter gradients. Uses gs_a/gs_b as scratch. */
+static void encoder_bwd(model *m, const int32_t *src, int B, int S) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  int nS = B * S, d = D->d;
+  float *gs_out = a->gs_a, *gs_in = a->gs_b;
+  if (D->pre_ln) {
+    memset(gs_out, 0, (size_t)nS * d * sizeof(float));
+    ops_layernorm_backward(gs_out, m->enc_final.w->g.data, m->enc_final.b->g.data, a->g_enc,
+                           a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd,
+                           m->enc_final.w->w.data, nS, d);
+  } else {
+    memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
+  }
+  for (int l = D->n_enc - 1; l >= 0; l--)
+    for (int j = 1; j >= 0; j--) {
+      sublayer sl = enc_sublayer(m, l, j);
+      memset(gs_in, 0, (size_t)nS * d * sizeof(float));
+      sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
+                   B, S, S);
+      float *t = gs_out; gs_out = gs_in; gs_in = t;
+    }
+  embed_bwd(m, gs_out, m->enc_embed, src, B, S, SITE_ENC_EMBED);
+}
+
 int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
                                const int32_t *tgt_out, int B, int S, int T, float grad_scale,
                                int backward, double *loss_sum, double *nll_sum) {
   const model_dims *D = &m->dims;
+  CHECK(D->arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
   acts_prepare(m, B, S, T);
   model_acts *a = m->acts;
   int nS = B * S, nT = B * T, d = D->d;
@@ -604,25 +653,112 @@ int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_
       float *t = gs_out; gs_out = gs_in; gs_in = t;
     }
   embed_bwd(m, gs_out, m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
-  /* encoder: g_enc is the gradient of enc_out */
-  if (D->pre_ln) {
-    memset(gs_out, 0, (size_t)nS * d * sizeof(float));
-    ops_layernorm_backward(gs_out, m->enc_final.w->g.data, m->enc_final.b->g.data, a->g_enc,
-                           a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd,
-                           m->enc_final.w->w.data, nS, d);
-  } else {
-    memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
-  }
-  for (int l = D->n_enc - 1; l >= 0; l--)
-    for (int j = 1; j >= 0; j--) {
-      sublayer sl = enc_sublayer(m, l, j);
-      memset(gs_in, 0, (size_t)nS * d * sizeof(float));
-      sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
-                   B, S, S);
-      float *t = gs_out; gs_out = gs_in; gs_in = t;
-    }
-  embed_bwd(m, gs_out, m->enc_embed, src, B, S, SITE_ENC_EMBED);
+  encoder_bwd(m, src, B, S);
   return ntok;
+}
+
+/* ---- encoder-only heads ------------------------------------------------------------ */
+
+/* At least n floats of head scratch (grown only). */
+static float *head_prepare(model *m, size_t n) {
+  model_acts *a = m->acts;
+  if (n > a->head_cap) {
+    free(a->head);
+    a->head_cap = n + n / 4;
+    a->head = common_malloc(a->head_cap * sizeof(float));
+  }
+  return a->head;
+}
+
+/* Index of the largest of row[0..n) (the first on ties). */
+static int argmax_row(const float *row, int n) {
+  int best = 0;
+  for (int j = 1; j < n; j++)
+    if (row[j] > row[best]) best = j;
+  return best;
+}
+
+int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, int B, int S,
+                       float grad_scale, int backward, double *loss_sum, int64_t *n_correct,
+                       int32_t *pred) {
+  const model_dims *D = &m->dims;
+  CHECK(D->arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
+  int d = D->d, C = D->n_classes;
+  for (int b = 0; b < B; b++)
+    CHECK(labels[b] >= 0 && labels[b] < C, "model_classify: label %d outside [0, %d)", labels[b], C);
+  acts_prepare(m, B, S, 0);
+  model_acts *a = m->acts;
+  encoder_fwd(m, tokens, B, S);
+  /* scratch: x (B,d) pooled rows, h (B,d) = tanh(dense(x)), logits (B,C), g (B,d) */
+  size_t Bd = (size_t)B * d;
+  float *x = head_prepare(m, 3 * Bd + (size_t)B * C + 64);
+  float *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * C;
+  for (int b = 0; b < B; b++) memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
+  linear_fwd(m, h, x, m->cls_dense_w, m->cls_dense_b, B);
+  for (size_t i = 0; i < Bd; i++) h[i] = tanhf(h[i]);
+  linear_fwd(m, logits, h, m->cls_out_w, m->cls_out_b, B); /* (B,C) */
+  int64_t correct = 0;
+  for (int b = 0; b < B; b++) {
+    int k = argmax_row(logits + (size_t)b * C, C);
+    correct += k == labels[b];
+    if (pred) pred[b] = k;
+  }
+  if (n_correct) *n_correct += correct;
+  /* no row's label is -1: every row counts */
+  ops_xent(backward ? logits : NULL, logits, labels, B, C, -1, 0.0f, grad_scale, loss_sum, NULL);
+  if (!backward) return B;
+  memset(g, 0, Bd * sizeof(float));
+  linear_bwd(m, g, logits, h, m->cls_out_w, m->cls_out_b, B); /* g = dL/dh */
+  for (size_t i = 0; i < Bd; i++) g[i] *= 1.0f - h[i] * h[i];  /* through tanh */
+  memset(a->g_enc, 0, (size_t)B * S * d * sizeof(float));
+  for (int b = 0; b < B; b++) /* dL/dx lands on row (b, 0) of enc_out */
+    memset(h + (size_t)b * d, 0, d * sizeof(float));
+  linear_bwd(m, h, g, x, m->cls_dense_w, m->cls_dense_b, B);
+  for (int b = 0; b < B; b++) memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
+  encoder_bwd(m, tokens, B, S);
+  return B;
+}
+
+int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
+  const model_dims *D = &m->dims;
+  CHECK(D->arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
+  int d = D->d, V = D->vocab;
+  acts_prepare(m, B, S, 0);
+  model_acts *a = m->acts;
+  size_t nS = (size_t)B * S;
+  if (2 * nS > a->head_idx_cap) {
+    free(a->head_idx);
+    a->head_idx_cap = 2 * nS;
+    a->head_idx = common_malloc(a->head_idx_cap * sizeof(int32_t));
+  }
+  int32_t *rows = a->head_idx, *tgt = a->head_idx + nS;
+  int n = 0;
+  for (size_t i = 0; i < nS; i++)
+    if (targets[i] >= 0) {
+      CHECK(targets[i] < V, "model_mlm: target %d outside the vocabulary", targets[i]);
+      rows[n] = (int32_t)i;
+      tgt[n++] = targets[i];
+    }
+  encoder_fwd(m, tokens, B, S);
+  if (n == 0) return 0;
+  /* scratch: x (n,d) selected rows of enc_out, logits (n,V), g (n,d) */
+  size_t nd = (size_t)n * d;
+  float *x = head_prepare(m, 2 * nd + (size_t)n * V + 64);
+  float *logits = x + nd, *g = logits + (size_t)n * V;
+  for (int i = 0; i < n; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
+  linear_fwd(m, logits, x, m->out_proj, NULL, n); /* (n,V) = x W_emb^T */
+  int64_t correct = 0;
+  for (int i = 0; i < n; i++) correct += argmax_row(logits + (size_t)i * V, V) == tgt[i];
+  if (n_correct) *n_correct += correct;
+  ops_xent(backward ? logits : NULL, logits, tgt, n, V, -1, 0.0f, grad_scale, loss_sum, NULL);
+  if (!backward) return n;
+  memset(g, 0, nd * sizeof(float));
+  linear_bwd(m, g, logits, x, m->out_proj, NULL, n); /* also dW_emb += dlogits^T x */
+  memset(a->g_enc, 0, nS * d * sizeof(float));
+  for (int i = 0; i < n; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
+  encoder_bwd(m, tokens, B, S);
+  return n;
 }
 
 /* ---- incremental decoding ---------------------------------------------------------- */

@@ -8,6 +8,8 @@
 
 #include <cblas.h>
 
+#include "task.h"
+
 static int rank0(void) { return common_rank() == 0; }
 
 void session_say(const session *s, const char *fmt, ...) {
@@ -112,9 +114,18 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     grid_destroy(&s->g);
     return C_ERR;
   }
+  task tk; /* does the dataset fit the arch? (a classifier needs a pair file) */
+  if (task_init(&tk, c, s->data, err, sizeof err) != C_OK) {
+    say_error(err);
+    data_close(s->data);
+    grid_destroy(&s->g);
+    return C_ERR;
+  }
+  task_free(&tk);
   model_dims dims;
   model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
                          data_bos_id(s->data), data_eos_id(s->data));
+  dims.n_classes = data_n_classes(s->data);
   s->model = model_create(&dims, &s->g, (uint64_t)c->seed);
   s->with_optim = with_optim;
   if (with_optim) optim_init(&s->opt, c, s->model->n_floats, s->g.dp_comm);
@@ -148,6 +159,17 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
       s->resumed = 1;
       snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
     }
+  }
+  /* a fresh run may start its encoder from another run's checkpoint (e.g. masked-LM) */
+  if (!s->resumed && c->init_from[0]) {
+    int n_loaded = 0;
+    if (task_init_from(c->init_from, s->tensors, s->n_tensors, &n_loaded, s->g.world, err,
+                       sizeof err) != C_OK) {
+      say_error(err);
+      session_close(s);
+      return C_ERR;
+    }
+    session_say(s, "init_from %s: loaded %d encoder tensors", c->init_from, n_loaded);
   }
   if (rank0()) mkdir_p(c->out); /* a failure is reported below, on every rank */
   MPI_CHECK(MPI_Barrier(s->g.world));

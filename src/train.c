@@ -4,7 +4,9 @@
  * dp * update_freq consecutive batches of the epoch's plan starting at the cursor, rank
  * r taking cursor + r * update_freq + j. So dp=2 update_freq=1 and dp=1 update_freq=2
  * see the same batches and give the same losses. Gradients are of the summed loss,
- * summed over ranks, then divided by the global number of target tokens.
+ * summed over ranks, then divided by the global number of target tokens (sentences for
+ * the classifier, masked positions for the masked-LM). What differs between tasks (the
+ * plan, the model inputs, the forward call) is task.c's; this loop is the same for all.
  *
  * Stops on max_steps / max_epochs / max_time, on SIGUSR1/SIGTERM (all ranks agree at a
  * step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
@@ -20,6 +22,7 @@
 #include "metrics.h"
 #include "ops.h"
 #include "session.h"
+#include "task.h"
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
@@ -79,6 +82,7 @@ static void run_eval(session *s, metrics *mt, const train_state *t, const decode
   if (s->g.world_rank == 0) {
     printf("valid | step %lld | loss %.3f | nll %.3f | ppl %.2f", (long long)t->step, r.loss, r.nll,
            r.ppl);
+    if (r.has_accuracy) printf(" | accuracy %.4f", r.accuracy);
     if (r.has_bleu) printf(" | bleu %.2f (%lld sentences)", r.bleu, (long long)r.n_decoded);
     printf(" | %.1fs\n", r.seconds);
     fflush(stdout);
@@ -95,6 +99,12 @@ int train_main(int argc, char **argv) {
   data_split *train = data_split_open(s.data, "train", err, sizeof err);
   if (!train) {
     if (rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    session_close(&s);
+    return 1;
+  }
+  task tk;
+  if (task_init(&tk, c, s.data, err, sizeof err) != C_OK) { /* session_open checked it */
+    data_split_close(train);
     session_close(&s);
     return 1;
   }
@@ -127,7 +137,7 @@ int train_main(int argc, char **argv) {
       n_params += s.model->params[i].w.rows * s.model->params[i].w.cols;
     printf("mpiformer train | %s | %s-LN %lld+%lld layers d=%lld ffn=%lld heads=%lld | %.2fM "
            "parameters | vocab %d\n",
-           layout, c->norm, (long long)c->enc_layers, (long long)c->dec_layers,
+           layout, c->norm, (long long)c->enc_layers, (long long)s.model->dims.n_dec,
            (long long)c->d_model, (long long)c->ffn_dim, (long long)c->heads, n_params / 1e6,
            data_vocab_size(s.data));
     double full = 2.0 * s.model->n_floats * sizeof(float) / 1048576.0;
@@ -147,10 +157,9 @@ int train_main(int argc, char **argv) {
 
   data_plan plan = {0};
   int64_t plan_epoch = -1, n_dropped = 0;
-  data_batch batch;
-  memset(&batch, 0, sizeof batch);
   int per_step = g->dp * (int)c->update_freq;
   double lr = 0, interval_loss = 0, interval_nll = 0, interval_tok = 0, interval_t0 = common_now();
+  double interval_correct = 0;
   double run_t0 = common_now(), wall_at_start = t.wall, last_gnorm = 0;
   int exit_code = 0, done = 0, stopped_by_signal = 0;
   int64_t start_step = t.step, last_eval_step = -1;
@@ -158,8 +167,7 @@ int train_main(int argc, char **argv) {
   while (!done) {
     if (plan_epoch != t.epoch) {
       data_plan_free(&plan);
-      data_plan_make(&plan, train, c->max_tokens, (int)c->max_src_len, (int)c->max_tgt_len, 1,
-                     (uint64_t)c->seed, t.epoch, &n_dropped);
+      task_plan(&tk, &plan, train, 1, (uint64_t)c->seed, t.epoch, &n_dropped);
       if (rank0 && plan_epoch < 0 && n_dropped > 0)
         printf("dropped %lld training pairs longer than max_src_len/max_tgt_len\n",
                (long long)n_dropped);
@@ -177,19 +185,17 @@ int train_main(int argc, char **argv) {
     }
     double step_t0 = common_now();
     model_zero_grad(s.model);
-    double sums[3] = {0, 0, 0}; /* loss, nll, tokens */
+    double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
     for (int j = 0; j < c->update_freq; j++) {
       int64_t b = t.cursor + (int64_t)g->dp_rank * c->update_freq + j;
       if (b >= plan.n_batches) continue;
-      data_batch_load(train, &plan, b, &batch);
-      model_set_mode(s.model, 1, ops_hash_key((uint64_t)c->seed, (uint64_t)t.step + 1,
-                                              (uint64_t)t.epoch, (uint64_t)b));
-      sums[2] += (double)model_forward_backward(s.model, batch.src, batch.tgt_in, batch.tgt_out,
-                                                batch.n_seq, batch.src_len, batch.tgt_len, 1.0f,
-                                                1, &sums[0], &sums[1]);
+      task_run_batch(&tk, s.model, train, &plan, b, 1,
+                     ops_hash_key((uint64_t)c->seed, (uint64_t)t.step + 1, (uint64_t)t.epoch,
+                                  (uint64_t)b),
+                     sums);
     }
     t.cursor += per_step;
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, g->dp_comm));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
     float scale = sums[2] > 0 ? (float)(1.0 / sums[2]) : 0.0f;
     double gnorm = optim_sync_grads(&s.opt, s.model->grad_mem, scale);
     int finite = isfinite(sums[0]) && isfinite(gnorm);
@@ -222,16 +228,21 @@ int train_main(int argc, char **argv) {
     interval_loss += sums[0];
     interval_nll += sums[1];
     interval_tok += sums[2];
+    interval_correct += sums[TASK_CORRECT];
 
     if (t.step % c->log_interval == 0) {
       double now = common_now(), tps = interval_tok / (now - interval_t0);
       double loss = interval_loss / interval_tok, nll = interval_nll / interval_tok;
+      char acc[64] = "";
+      if (task_has_accuracy(&tk))
+        snprintf(acc, sizeof acc, ",\"accuracy\":%.6f",
+                 interval_tok > 0 ? interval_correct / interval_tok : 0.0);
       metrics_write(&mt,
                     "\"type\":\"train\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f,\"loss\":%.6f,"
                     "\"nll\":%.6f,\"ppl\":%.4f,\"lr\":%.6e,\"gnorm\":%.6f,\"tokens_per_s\":%.1f,"
-                    "\"tokens\":%lld",
+                    "\"tokens\":%lld%s",
                     (long long)t.step, (long long)t.epoch, t.wall, loss, nll, exp(nll), lr, gnorm,
-                    tps, (long long)t.tokens_seen);
+                    tps, (long long)t.tokens_seen, acc);
       if (rank0) {
         double per_step_s = (t.wall - wall_at_start) / (double)(t.step - start_step);
         double left = -1;
@@ -252,7 +263,7 @@ int train_main(int argc, char **argv) {
                left < 0 ? "?" : lf);
         fflush(stdout);
       }
-      interval_loss = interval_nll = interval_tok = 0;
+      interval_loss = interval_nll = interval_tok = interval_correct = 0;
       interval_t0 = common_now();
     }
     if (c->eval_interval > 0 && t.step % c->eval_interval == 0) {
@@ -286,7 +297,7 @@ int train_main(int argc, char **argv) {
                     (long long)t.step, (long long)t.epoch, t.wall);
     }
   }
-  data_batch_free(&batch);
+  task_free(&tk);
   data_plan_free(&plan);
   data_split_close(train);
   metrics_close(&mt);

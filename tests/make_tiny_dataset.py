@@ -2,7 +2,7 @@
 """make_tiny_dataset.py: write a small random dataset in the schema of include/data.h.
 
 Usage: tests/make_tiny_dataset.py OUT.h5 [--vocab 40] [--train 200] [--valid 20]
-           [--test 20] [--seed 1] [--max-len 12] [--skew]
+           [--test 20] [--seed 1] [--max-len 12] [--skew] [--pairs] [--runs]
 
 Ids 0..3 are <pad>, <unk>, <s>, </s>; word ids are in [4, vocab) with pieces "▁w4",
 "▁w5", ... The target is a learnable function of the source: the source reversed, each
@@ -11,6 +11,13 @@ lengths are uniform in [1, max-len] on each split, independently per sentence, s
 batch that mixes lengths has real padding; with --skew, 1 sentence in 8 has max-len
 tokens and the others 1..3, so a batch of a whole split is mostly padding.
 Deterministic for a given seed.
+
+With --pairs it writes a sentence-pair classification file instead (the schema of
+data_prep/paraphrase.py: task="pair_classification", n_classes=2, sides a/b,
+/<split>/label): b is a copy of a (label 1) or, with probability 1/2, a random sentence
+of the same length (label 0); so the label is learnable by comparing the two sides.
+With --runs every source sentence is a run of consecutive word ids (wrapping around)
+from a random start, so a masked word is predictable from its neighbours (masked-LM).
 
 Needs numpy and h5py (on Debian: /usr/bin/python3 with python3-h5py). This is a test
 fixture only: it does not use SentencePiece; /vocab/spm_model holds a few dummy bytes.
@@ -55,6 +62,8 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-len", type=int, default=12)
     ap.add_argument("--skew", action="store_true", help="few long sentences, many short ones")
+    ap.add_argument("--pairs", action="store_true", help="pair classification: is b a copy of a")
+    ap.add_argument("--runs", action="store_true", help="sentences of consecutive word ids")
     a = ap.parse_args(argv)
     if a.vocab < FIRST_WORD + 1:
         ap.error("--vocab must be at least %d" % (FIRST_WORD + 1))
@@ -64,8 +73,12 @@ def main(argv):
     pieces = ["<pad>", "<unk>", "<s>", "</s>"] + ["\u2581w%d" % i for i in range(FIRST_WORD, a.vocab)]
     with h5py.File(a.out, "w") as f:
         f.attrs.create("format_version", 1, dtype=np.int32)
-        f.attrs["src_lang"] = "xx"
-        f.attrs["tgt_lang"] = "yy"
+        if a.pairs:
+            f.attrs["task"] = "pair_classification"
+            f.attrs.create("n_classes", 2, dtype=np.int32)
+        else:
+            f.attrs["src_lang"] = "xx"
+            f.attrs["tgt_lang"] = "yy"
         for name, v in (("pad_id", PAD), ("unk_id", UNK), ("bos_id", BOS), ("eos_id", EOS),
                         ("vocab_size", a.vocab)):
             f.attrs.create(name, v, dtype=np.int32)
@@ -79,6 +92,18 @@ def main(argv):
             else:
                 lens = [int(rng.integers(1, a.max_len + 1)) for _ in range(n)]
             src = [rng.integers(FIRST_WORD, a.vocab, size=k).tolist() for k in lens]
+            if a.runs:
+                nw = a.vocab - FIRST_WORD
+                src = [[FIRST_WORD + (s[0] - FIRST_WORD + i) % nw for i in range(len(s))]
+                       for s in src]
+            if a.pairs:
+                labels = rng.integers(0, 2, size=n).astype(np.int32)
+                tgt = [s if y else rng.integers(FIRST_WORD, a.vocab, size=len(s)).tolist()
+                       for s, y in zip(src, labels)]
+                write_side(f.create_group(split + "/a"), src, pieces)
+                write_side(f.create_group(split + "/b"), tgt, pieces)
+                f.create_dataset(split + "/label", data=labels, dtype=np.int32)
+                continue
             tgt = [target_of(s, a.vocab) for s in src]
             write_side(f.create_group(split + "/src"), src, pieces)
             write_side(f.create_group(split + "/tgt"), tgt, pieces)

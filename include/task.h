@@ -1,0 +1,78 @@
+/* task.h: what differs between the training tasks, behind one interface, so that the
+ * training loop (train.c) and evaluation (evaluate.c) stay one loop for all of them:
+ * how an epoch's batches are planned, and how one batch is loaded, turned into model
+ * inputs and run forward (and backward).
+ *
+ *   translation         (arch=transformer)         data_batch -> model_forward_backward
+ *   pair classification (arch=encoder_classifier)  rows `bos a eos b eos` -> model_classify
+ *   masked-LM           (arch=encoder_mlm)         rows `bos a eos`, `bos b eos`, BERT
+ *                                                  masking -> model_mlm
+ *
+ * Every task reports the same four sums, added over micro-batches and ranks: TASK_LOSS
+ * (summed loss), TASK_NLL (summed nll: equal to the loss without label smoothing),
+ * TASK_COUNT (what the loss is averaged over: target tokens, sentences or masked
+ * positions) and TASK_CORRECT (argmax hits, for accuracy; 0 for translation).
+ */
+#ifndef MPIFORMER_TASK_H
+#define MPIFORMER_TASK_H
+
+#include "ckpt.h"
+#include "config.h"
+#include "data.h"
+#include "model.h"
+
+enum { TASK_TRANSLATION, TASK_CLASSIFY, TASK_MLM };
+enum { TASK_LOSS, TASK_NLL, TASK_COUNT, TASK_CORRECT, TASK_NSUMS };
+
+/* Masked-LM: the mask symbol (the vocabulary has none; the corpus has no <unk>) and the
+ * BERT split of the selected positions (80% mask, 10% random word, 10% unchanged). */
+#define TASK_MLM_MASK_ID 1
+
+typedef struct task {
+  int kind;    /* TASK_* */
+  int max_len; /* longest model input row (truncation), from max_src_len/max_positions */
+  int64_t max_tokens;
+  int max_src_len, max_tgt_len; /* translation: training pairs longer are dropped */
+  float mlm_prob;
+  int pad, bos, eos, vocab;
+  data_batch raw;     /* the batch as data.c loads it */
+  int32_t *tok, *tgt; /* model inputs (rows, width), grown only */
+  size_t cap;
+} task;
+
+/* The task of a validated config on dataset f. Returns C_OK, or C_ERR with err set when
+ * the dataset does not fit the arch (a classifier needs a pair_classification file).
+ * Not collective (every rank reaches the same verdict). */
+int task_init(task *t, const config *c, const data_file *f, char *err, size_t err_len);
+void task_free(task *t);
+
+/* 1 when the task reports accuracy (classifier, masked-LM). */
+int task_has_accuracy(const task *t);
+
+/* Plan the batches of an epoch of split s (train != 0: shuffled by (seed, epoch) and long
+ * translation pairs dropped, their number in *n_dropped if not NULL; else in order).
+ * Not collective. Fills *p (data_plan_free first). */
+void task_plan(task *t, data_plan *p, const data_split *s, int train, uint64_t seed, int64_t epoch,
+               int64_t *n_dropped);
+
+/* Load batch b of plan p, set the model's mode (train: dropout on, backward) with key
+ * (a function of seed, step, epoch and b; it also keys the MLM masks, so a restart
+ * sees the same masks), run it and ADD its sums into sums[TASK_NSUMS]. With train the
+ * gradients of the summed loss are accumulated into m->grad_mem. Not collective. */
+void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int train,
+                    uint64_t key, double *sums);
+
+/* Build the model input rows of the loaded batch t->raw (exposed for tests): classifier
+ * rows `bos a eos b eos` truncated to max_len (longest side first), or MLM rows with
+ * their targets (key: the mask key). Returns the rows; *width gets the row width. */
+int task_make_inputs(task *t, uint64_t key, int *width);
+
+/* init_from: read the encoder.* tensors of checkpoint spec (a file, or a run's ckpt/
+ * folder: its newest good checkpoint) that the file holds into tensors' param blocks
+ * (other tensors and the optimizer state are untouched); *n_loaded = how many. C_ERR on
+ * every rank with err set when the file is unusable, holds no encoder tensor, or one has
+ * another shape (e.g. a different d_model). Collective on comm. */
+int task_init_from(const char *spec, const ckpt_tensor *tensors, int n, int *n_loaded,
+                   MPI_Comm comm, char *err, size_t err_len);
+
+#endif
