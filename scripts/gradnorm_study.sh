@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The paper's Figure 3 at small scale: ||dL/dW2||_F of every layer's second FFN weight at
+# initialization (mpiformer gradnorm), for Post-LN and Pre-LN.
+#   runs/gradnorm/layers-{post,pre}.jsonl   6+6 model, every layer, GN_SEEDS seeds x GN_BATCHES
+#   runs/gradnorm/depth-{post,pre}.jsonl    6+6 .. 14+14, every layer (the report uses the last)
+# It does not train anything. Model: the translation study's (jobs/study/mt-pre-nowu-5e-4.conf,
+# d_model 128, FFN 512, 4 heads) with dropout 0, on real Bible training batches.
+# Environment: NP (ranks, 2), BIN (bin), GN_SEEDS (10), GN_BATCHES (4), GN_DEPTH_SEEDS (4),
+# GN_DEPTH_BATCHES (2), GN_DEPTHS ("6 8 10 12 14"), GN_TOKENS (max_tokens per batch, 1024).
+# Measured on the shared 2-core box: about 2-3 minutes with the defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+NP=${NP:-2}
+BIN=${BIN:-bin}
+SEEDS=${GN_SEEDS:-10}
+BATCHES=${GN_BATCHES:-4}
+DSEEDS=${GN_DEPTH_SEEDS:-4}
+DBATCHES=${GN_DEPTH_BATCHES:-2}
+DEPTHS=${GN_DEPTHS:-6 8 10 12 14}
+TOKENS=${GN_TOKENS:-1024}
+CONF=jobs/study/mt-pre-nowu-5e-4.conf
+OUT=runs/gradnorm
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# gradnorm NAME key=value...: one measurement, JSON lines appended to $OUT/NAME.jsonl
+gradnorm() {
+  local name=$1
+  shift
+  mpirun --oversubscribe -np "$NP" "$BIN/mpiformer" gradnorm "$CONF" out="$TMP" dropout=0 \
+    max_tokens="$TOKENS" "$@" | grep '^{"type":"gradnorm"' >> "$OUT/$name.jsonl"
+}
+
+t0=$(date +%s)
+for norm in post pre; do
+  rm -f "$OUT/layers-$norm.jsonl" "$OUT/depth-$norm.jsonl"
+  echo "gradnorm: $norm-LN 6+6, every layer, $SEEDS seeds x $BATCHES batches"
+  gradnorm "layers-$norm" norm=$norm seeds="$SEEDS" batches="$BATCHES"
+  for L in $DEPTHS; do
+    echo "gradnorm: $norm-LN $L+$L, $DSEEDS seeds x $DBATCHES batches"
+    gradnorm "depth-$norm" norm=$norm enc_layers="$L" dec_layers="$L" seeds="$DSEEDS" batches="$DBATCHES"
+  done
+done
+echo "gradnorm: done in $(($(date +%s) - t0)) s -> $OUT/{layers,depth}-{post,pre}.jsonl"
