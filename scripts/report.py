@@ -136,7 +136,7 @@ def run_table(runs, targets, kind):
     """Markdown table: one row per run."""
     unit = "BLEU" if kind == "bleu" else "acc"
     head = ["run", "norm", "lr", "schedule", "steps", "train s", "best " + unit, "at step (s)"]
-    head += [f"{unit} {t:g}: s (step)" for t in targets]
+    head += [(f"BLEU {t:g}" if kind == "bleu" else f"acc {100 * t:g}%") + ": s (step)" for t in targets]
     head += ["final valid loss", "test " + unit, "diverged"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
