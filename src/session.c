@@ -156,6 +156,13 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
       if (with_optim && !has_optim)
         session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
       if (with_optim) s->opt.step = s->meta.step;
+      /* With zero=0 only dp rank 0's tensor list names the moments (one replica writes
+       * them), so only it read them: give every replica the same moments. */
+      if (with_optim && has_optim && !s->opt.zero && s->g.dp > 1) {
+        int64_t n = s->opt.hi - s->opt.lo;
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg_sq, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+      }
       s->resumed = 1;
       snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
     }

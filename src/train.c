@@ -90,6 +90,10 @@ static void run_eval(session *s, metrics *mt, const train_state *t, const decode
 }
 
 int train_main(int argc, char **argv) {
+  /* handlers first: a signal while the data, model or checkpoint load must not kill
+   * the ranks; the first step boundary saves and exits TRAIN_EXIT_REQUEUE */
+  signal(SIGUSR1, on_signal);
+  signal(SIGTERM, on_signal);
   session s;
   if (session_open(&s, argc, argv, NULL, 0, 1, NULL) != C_OK) return 1;
   config *c = &s.cfg;
@@ -152,9 +156,6 @@ int train_main(int argc, char **argv) {
   metrics_write(&mt, "\"type\":\"start\",\"step\":%lld,\"resumed\":%d,\"world\":%d,\"dp\":%d",
                 (long long)t.step, s.resumed, g->world_size, g->dp);
 
-  signal(SIGUSR1, on_signal);
-  signal(SIGTERM, on_signal);
-
   data_plan plan = {0};
   int64_t plan_epoch = -1, n_dropped = 0;
   int per_step = g->dp * (int)c->update_freq;
@@ -164,6 +165,9 @@ int train_main(int argc, char **argv) {
   int exit_code = 0, done = 0, stopped_by_signal = 0;
   int64_t start_step = t.step, last_eval_step = -1;
 
+  /* a run resumed at its limit (or signalled before its first step) makes no step */
+  if ((c->max_steps > 0 && t.step >= c->max_steps) || (c->max_time > 0 && t.wall >= c->max_time))
+    done = 1;
   while (!done) {
     if (plan_epoch != t.epoch) {
       data_plan_free(&plan);
@@ -290,7 +294,7 @@ int train_main(int argc, char **argv) {
       if (save(&s, &t, lr) != C_OK) exit_code = 1;
       else exit_code = TRAIN_EXIT_REQUEUE;
       metrics_write(&mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f", (long long)t.step, t.wall);
-    } else if (done || t.step > start_step) {
+    } else if (t.step > start_step) {
       if (done && last_eval_step != t.step) run_eval(&s, &mt, &t, &dopt, &last_eval_step);
       if (save(&s, &t, lr) != C_OK) exit_code = 1;
       metrics_write(&mt, "\"type\":\"end\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",

@@ -53,6 +53,16 @@ losses "$tmp/full/metrics.jsonl" > "$tmp/full.loss"
 losses "$tmp/half/metrics.jsonl" > "$tmp/half.loss"
 if same "$tmp/half.loss" "$tmp/full.loss" 0; then ok "resumed losses identical"; else bad "resumed losses differ"; fi
 
+echo "exact restart on 2 ranks with zero=0 (every replica must get the Adam moments back)"
+run 2 train "$tmp/tiny.conf" out="$tmp/half2" max_steps=6 >"$tmp/h2a.log" 2>&1
+run 2 train "$tmp/tiny.conf" out="$tmp/half2" max_steps=12 >"$tmp/h2b.log" 2>&1
+losses "$tmp/half2/metrics.jsonl" > "$tmp/half2.loss"
+if same "$tmp/half2.loss" "$tmp/dp2.loss" 0; then ok "dp=2 resumed losses identical"; else bad "dp=2 resumed losses differ"; fi
+run 2 train "$tmp/tiny.conf" out="$tmp/half2" max_steps=12 >"$tmp/h2c.log" 2>&1
+if [ "$(losses "$tmp/half2/metrics.jsonl" | wc -l)" -eq 12 ] && ! grep -q "^step" "$tmp/h2c.log"; then
+  ok "a run resumed at max_steps makes no step"
+else bad "a run resumed at max_steps trained on"; fi
+
 echo "restart with another layout: dp=2 zero=1 checkpoint resumed with dp=1"
 run 2 train "$tmp/tiny.conf" out="$tmp/lay" max_steps=6 zero=1 >"$tmp/lay1.log" 2>&1
 run 1 train "$tmp/tiny.conf" out="$tmp/lay" max_steps=12 update_freq=2 >"$tmp/lay2.log" 2>&1
