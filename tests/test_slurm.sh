@@ -29,9 +29,9 @@ ok()   { passed=$((passed + 1)); echo "  ok: $*"; }
 bad()  { failed=$((failed + 1)); echo "  FAIL: $*"; }
 finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit; }
 steps=400
-# zero=1: with zero=0 and dp=2 a resumed run differs from step +2 on (only dp rank 0 reads
-# the Adam moments back; reported to the lead). TEST_SLURM_ZERO=0 checks that case.
-zero=${TEST_SLURM_ZERO:-1}
+# zero=0 (the default layout: every replica holds all Adam moments; a resumed run must
+# give them back to every replica). TEST_SLURM_ZERO=1 checks the sharded case.
+zero=${TEST_SLURM_ZERO:-0}
 
 # job_field ID FIELD: the value of FIELD in `scontrol show job ID`
 job_field() { scontrol -o show job "$1" 2>/dev/null | grep -o " $2=[^ ]*" | head -1 | cut -d= -f2-; }
