@@ -8,6 +8,7 @@ train or evaluate anything. With --summary it only prints the per-run table to s
 Standard library only; run it with /usr/bin/python3.
 
 Usage: report.py [--runs DIR] [--summary] [--bleu-targets 1,2,5] [--acc-targets 0.6,0.7]
+                 [--loss-targets 6,5.5,5]
 """
 import argparse
 import glob
@@ -104,6 +105,44 @@ def first_reach(run, target):
         if x is not None and x >= target:
             return v["wall"], v["step"]
     return None
+
+
+def first_below(run, target):
+    """(wall, step) of the first validation whose loss is at or below target, or None."""
+    for v in run["valid"]:
+        x = v.get("loss")
+        if x is not None and x <= target:
+            return v["wall"], v["step"]
+    return None
+
+
+def loss_table(runs, targets):
+    """Markdown table: training seconds (steps) to each validation-loss target."""
+    head = ["run", "first valid loss", "best valid loss"] + [f"loss {t:g}: s (step)" for t in targets]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        ls = [v["loss"] for v in r["valid"] if v.get("loss") is not None]
+        cells = [r["name"], fmt(ls[0], 3) if ls else "-", fmt(min(ls), 3) if ls else "-"]
+        for t in targets:
+            hit = first_below(r, t)
+            cells.append(f"{hit[0]:.0f} ({hit[1]})" if hit else "not reached")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def loss_targets(runs):
+    """Up to 5 validation-loss levels between the worst first and the best loss of any run."""
+    ls = [[v["loss"] for v in r["valid"] if v.get("loss") is not None] for r in runs]
+    ls = [x for x in ls if x]
+    if not ls:
+        return []
+    lo, hi = min(min(x) for x in ls), max(x[0] for x in ls)
+    cand = [round(math.floor(hi * 10) / 10 - 0.1 * k, 1) for k in range(0, 100)]
+    got = [t for t in cand if t >= lo]
+    if len(got) > 5:
+        step = len(got) / 5.0
+        got = [got[int(i * step)] for i in range(5)]
+    return got
 
 
 def best(run):
@@ -224,6 +263,7 @@ def main():
     ap.add_argument("--summary", action="store_true", help="print the run table only")
     ap.add_argument("--bleu-targets", default="")
     ap.add_argument("--acc-targets", default="")
+    ap.add_argument("--loss-targets", default="", help="translation validation-loss levels")
     a = ap.parse_args()
 
     sdir, gdir = os.path.join(a.runs, "study"), os.path.join(a.runs, "gradnorm")
@@ -237,6 +277,10 @@ def main():
     if mt:
         md += ["## Translation runs (validation BLEU, greedy, first sentences of valid)", ""]
         md += run_table(mt, bt, "bleu") + [""]
+        lt = [float(x) for x in a.loss_targets.split(",") if x] or loss_targets(mt)
+        if lt:
+            md += ["Training seconds (steps) to a validation loss (label-smoothed, per token):", ""]
+            md += loss_table(mt, lt) + [""]
     if clf:
         md += ["## Classification runs (validation accuracy, %)", ""]
         md += run_table(clf, at, "acc") + [""]
