@@ -1,10 +1,11 @@
 /* bench_model.c: training throughput of the model on a fixed batch, and the single-core
  * sgemm rate measured in the same run.
  *
- * Usage: mpirun -np N bench_model SHAPE [B T STEPS]
+ * Usage: mpirun -np N bench_model SHAPE [B T STEPS [ZERO]]
  *   SHAPE: small (d 256, ffn 1024, 4 heads, 3+3 layers, vocab 8000) or
  *          base  (d 512, ffn 1024, 4 heads, 6+6 layers, vocab 8000: the paper's IWSLT shape)
  *   B x T: sentences x tokens per rank (default 64 x 32, source and target alike)
+ * ZERO=1 shards the Adam moments over the ranks (the state bytes per rank are printed).
  * Each step is what `mpiformer train` does: forward, backward, gradient all-reduce over
  * the ranks (data parallel), Adam. Prints one JSON line: target tokens/s over all ranks,
  * matmul GFLOP/s achieved per rank, and the sgemm rate of one core (2048x2048x512).
@@ -56,12 +57,14 @@ int main(int argc, char **argv) {
   const char *shape = argc > 1 ? argv[1] : "small";
   int B = argc > 2 ? atoi(argv[2]) : 64, T = argc > 3 ? atoi(argv[3]) : 32;
   int steps = argc > 4 ? atoi(argv[4]) : 5;
+  int zero = argc > 5 ? atoi(argv[5]) : 0;
   config c;
   config_defaults(&c);
   int small = strcmp(shape, "small") == 0;
   c.d_model = small ? 256 : 512, c.ffn_dim = 1024, c.heads = 4;
   c.enc_layers = c.dec_layers = small ? 3 : 6;
   c.dropout = 0.1;
+  c.zero = zero;
   grid g;
   char err[256];
   CHECK(grid_create(&g, 1, 1, 1, 1, err, sizeof err) == C_OK, "%s", err);
@@ -102,9 +105,11 @@ int main(int argc, char **argv) {
     double gflops = step_flops(&dims, B, T) * steps / t_step / 1e9;
     printf("{\"shape\":\"%s\",\"ranks\":%d,\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
            "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
-           "\"comm_fraction\":%.3f,\"step_s\":%.3f}\n",
+           "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
+           "\"params_mib_per_rank\":%.1f}\n",
            shape, size, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
-           t_step / steps);
+           t_step / steps, zero, optim_state_bytes(&o) / 1048576.0,
+           m->n_floats * 4.0 / 1048576.0);
   }
   optim_free(&o);
   model_free(m);

@@ -41,5 +41,11 @@ for shape in ("small", "base"):
               f"{o['sgemm_1core_gflops']:12.1f} {o['fraction_of_sgemm']:8.2f} {o['comm_fraction']:6.3f}")
 PY
 echo
+echo "Adam state per rank for base on 2 ranks, zero=0 against zero=1 (ZeRO-1 sharding):"
+for z in 0 1; do
+  mpirun --oversubscribe -np 2 "$BUILD/bench/bench_model" base 8 32 1 $z |
+    $PY -c 'import json,sys; o=json.load(sys.stdin); print("  zero=%d: Adam state %.1f MiB/rank, parameters %.1f MiB/rank" % (o["zero"], o["adam_state_mib_per_rank"], o["params_mib_per_rank"]))'
+done
+echo
 echo "checkpoint I/O, 2 ranks, about the size of base with Adam state (3 x 35.6M floats = 427 MB):"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_ckpt" 427 "$out" 1
