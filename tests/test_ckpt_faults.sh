@@ -9,12 +9,7 @@
 #      path exits non-zero with "truncated or corrupt" / "checksum mismatch"; resume=auto
 #      skips both with a warning each, resumes from the newest good one and finishes.
 set -u
-cd "$(dirname "$0")/.."
-BIN=${MPIFORMER_BIN:-bin/mpiformer}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-tmp=$(mktemp -d /tmp/mpiformer_test_ckpt_faults.XXXXXX)
+source "$(dirname "$0")/lib.sh"
 mpid=""
 cleanup() {
   [ -n "$mpid" ] && kill -KILL "$mpid" 2>/dev/null
@@ -22,10 +17,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-passed=0; failed=0
-ok()   { passed=$((passed + 1)); echo "  ok: $*"; }
-bad()  { failed=$((failed + 1)); echo "  FAIL: $*"; }
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit; }
 out="$tmp/run"
 ck="$out/ckpt"
 evalrun() { timeout 120 mpirun --oversubscribe -np 1 "$BIN" eval "$tmp/big.conf" out="$out" split=valid "$@"; }

@@ -10,36 +10,7 @@
 #    and leaves the head fresh; a checkpoint of another width is refused by name;
 #  - a classifier on a translation dataset is refused with a clear message.
 set -u
-cd "$(dirname "$0")/.."
-BIN=${MPIFORMER_BIN:-bin/mpiformer}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-tmp=$(mktemp -d /tmp/mpiformer_test_clf.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-passed=0; failed=0
-ok()   { passed=$((passed + 1)); echo "  ok: $*"; }
-bad()  { failed=$((failed + 1)); echo "  FAIL: $*"; }
-run()  { local np=$1; shift; timeout 300 mpirun --oversubscribe -np "$np" "$BIN" "$@"; }
-# "step loss" of the train lines of a metrics file, full precision
-losses() {
-  $PY -c '
-import json, sys
-for l in open(sys.argv[1]):
-    o = json.loads(l)
-    if o["type"] == "train": print(o["step"], repr(o["loss"]))' "$1"
-}
-same() {
-  $PY -c '
-import sys
-a = [l.split() for l in open(sys.argv[1])]; b = [l.split() for l in open(sys.argv[2])]
-tol = float(sys.argv[3])
-if len(a) != len(b) or not a:
-    print(f"    {len(a)} vs {len(b)} steps"); sys.exit(1)
-worst = max(abs(float(x[1]) - float(y[1])) / abs(float(y[1])) for x, y in zip(a, b))
-print(f"    {len(a)} steps, max relative difference {worst:.3g} (tolerance {tol:g})")
-sys.exit(0 if all(x[0] == y[0] for x, y in zip(a, b)) and worst <= tol else 1)' "$1" "$2" "$3"
-}
+source "$(dirname "$0")/lib.sh"
 last_valid() { # field of the last valid line
   $PY -c '
 import json, sys

@@ -10,24 +10,15 @@
 # If the cluster cannot be started (no root, no packages, daemons failing) the test FAILS
 # with the reason. The cluster is stopped on every exit path.
 set -u
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 root=$PWD
-BIN=${MPIFORMER_BIN:-bin/mpiformer}
 case "$BIN" in /*) ;; *) BIN="$root/$BIN" ;; esac
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-tmp=$(mktemp -d /tmp/mpiformer_test_slurm.XXXXXX)
 cleanup() {
   scripts/slurm_local.sh stop "$tmp/cluster" >/dev/null 2>&1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-passed=0; failed=0
-ok()   { passed=$((passed + 1)); echo "  ok: $*"; }
-bad()  { failed=$((failed + 1)); echo "  FAIL: $*"; }
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit; }
 steps=400
 # zero=0 (the default layout: every replica holds all Adam moments; a resumed run must
 # give them back to every replica). TEST_SLURM_ZERO=1 checks the sharded case.
