@@ -278,13 +278,17 @@ int train_main(int argc, char **argv) {
       exit_code = 1;
       break;
     }
-    int want_stop = stop_signal != 0;
-    if (common_any(g->world, want_stop)) {
+    /* Stop decisions must agree: a signal reaches the ranks at different moments, and
+     * each rank's wall clock is its own (max_time). One all-reduce decides for all. */
+    int flags[2] = {stop_signal != 0,
+                    (c->max_steps > 0 && t.step >= c->max_steps) ||
+                        (c->max_time > 0 && t.wall >= c->max_time)};
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, g->world));
+    if (flags[0]) {
       stopped_by_signal = 1;
       break;
     }
-    if (c->max_steps > 0 && t.step >= c->max_steps) done = 1;
-    if (c->max_time > 0 && t.wall >= c->max_time) done = 1;
+    done = flags[1];
   }
   (void)last_gnorm;
   (void)run_t0;
