@@ -136,7 +136,7 @@ def loss_targets(runs):
     ls = [x for x in ls if x]
     if not ls:
         return []
-    lo, hi = min(min(x) for x in ls), max(x[0] for x in ls)
+    lo, hi = min(min(x) for x in ls), min(x[0] for x in ls)
     cand = [round(math.floor(hi * 10) / 10 - 0.1 * k, 1) for k in range(0, 100)]
     got = [t for t in cand if t >= lo]
     if len(got) > 5:
