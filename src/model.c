@@ -773,7 +773,6 @@ struct model_decoder {
   float *kt, *vt;             /* this step's self-attention keys/values (n_hyp, d) */
   float *probs, *scratch;
   float *perm;                /* reorder scratch: (n_hyp, max(max_steps*d, S*d)) */
-  int *from_sent;
 };
 
 model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
@@ -806,7 +805,6 @@ model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int 
   st->scratch = common_malloc((size_t)2 * Tk * sizeof(float));
   size_t per = (size_t)(max_steps > S ? max_steps : S) * d;
   st->perm = common_malloc((size_t)n_hyp * per * sizeof(float));
-  st->from_sent = common_malloc((size_t)n_hyp * sizeof(int));
 
   /* encoder once per sentence, then keys/values of each cross-attention, copied per beam */
   int saved_train = m->train;
@@ -955,6 +953,5 @@ void model_decoder_free(model_decoder *st) {
                    st->mean, st->rstd, st->probs, st->scratch, st->perm};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
   free(st->src_pad);
-  free(st->from_sent);
   free(st);
 }
