@@ -6,7 +6,9 @@
 #  - the matmul GFLOP/s achieved per rank and its fraction of the single-core sgemm rate
 #    measured in the same run;
 #  - checkpoint write/read MB/s of a base-sized model with Adam state on 2 ranks, next to
-#    a plain sequential write of the same bytes (bench_ckpt).
+#    a plain sequential write of the same bytes (bench_ckpt);
+#  - the tensor-parallel crossover: one sgemm on one rank against dmat_gemm (ScaLAPACK
+#    psgemm) on a 1x2 and a 2x1 grid, square and Transformer shapes (bench_gemm, 2 ranks).
 # Usage: bench/run_bench.sh [STEPS]   (BUILD=build by default). Absolute numbers are noisy
 # on a shared machine: compare the ratios, which come from back-to-back runs.
 set -u
@@ -49,3 +51,6 @@ done
 echo
 echo "checkpoint I/O, 2 ranks, about the size of base with Adam state (3 x 35.6M floats = 427 MB):"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_ckpt" 427 "$out" 1
+echo
+echo "dmat_gemm on a 2-rank TP grid (psgemm, 1x2 and 2x1) against one sgemm on one rank:"
+mpirun --oversubscribe -np 2 "$BUILD/bench/bench_gemm"

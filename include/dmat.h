@@ -5,12 +5,14 @@
  * grid (pr x pc): process row p owns global rows [row0, row0 + rows_local), process
  * column q owns columns [col0, col0 + cols_local), blocks of ceil(rows/pr) and
  * ceil(cols/pc). Every rank therefore owns exactly one rectangle, which is what a
- * checkpoint writes as one HDF5 hyperslab. The local block is row-major with leading
- * dimension ld (= cols_local), i.e. in ScaLAPACK's column-major terms it is the local
- * block of the transpose; dmat_gemm hides that.
+ * checkpoint writes as one HDF5 hyperslab; a rank may own an empty block (e.g. 5 columns
+ * over pc = 4 gives blocks 2, 2, 1, 0). The local block is row-major with leading
+ * dimension ld (= cols_local, 1 when empty), i.e. in ScaLAPACK's column-major terms it is
+ * the local block of the transpose; dmat_gemm hides that.
  *
- * On a 1x1 grid (tp = 1) a dmat is a plain row-major matrix and dmat_gemm is one
- * cblas_sgemm call: ScaLAPACK only adds overhead there.
+ * On a 1x1 grid (tp = 1, or g == NULL) a dmat is a plain row-major matrix and dmat_gemm is
+ * one cblas_sgemm call. On a larger grid dmat_gemm is ScaLAPACK psgemm on the transposed
+ * problem C^T = op(B)^T op(A)^T over the transposed BLACS grid (see grid.h, dmat.c).
  */
 #ifndef MPIFORMER_DMAT_H
 #define MPIFORMER_DMAT_H
@@ -40,10 +42,23 @@ static inline int64_t dmat_local_size(const dmat *m) {
   return (int64_t)m->rows_local * m->cols_local;
 }
 
-/* C = alpha * op(A) * op(B) + beta * C with row-major semantics on global shapes;
- * trans_a/trans_b are 'N' or 'T'. Collective on the TP grid (tp > 1: p?gemm);
- * tp == 1: one cblas_sgemm. Shapes are checked. */
+/* C = alpha * op(A) * op(B) + beta * C with row-major semantics on global shapes
+ * (op(A) m x k, op(B) k x n, C m x n); trans_a/trans_b are 'N' or 'T'. A, B and C must be
+ * on the same grid, each with its own block distribution; nothing is redistributed.
+ * tp > 1: ScaLAPACK psgemm, collective on tp_comm (every rank of the TP grid calls it with
+ * the same arguments). tp == 1: one cblas_sgemm, not collective. Shapes are checked; k == 0
+ * gives C = beta C (0 when beta is 0), m == 0 or n == 0 does nothing. */
 void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dmat *b, float beta,
                dmat *c);
+
+/* Every rank of the TP grid receives the whole global matrix: full (rows x cols, row-major,
+ * ld = cols, caller-owned, must not alias m->data) gets all blocks. Collective on tp_comm
+ * (MPI_Allgatherv of the packed blocks into a rows x cols scratch allocated per call, then
+ * a local rearrangement); on a 1x1 grid a local copy. Empty blocks are fine. */
+void dmat_gather(const dmat *m, float *full);
+
+/* Copy this rank's block out of the whole global matrix `full` (rows x cols, row-major,
+ * every rank passes the same values) into m->data (ld honoured). Not collective. */
+void dmat_scatter(dmat *m, const float *full);
 
 #endif

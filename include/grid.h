@@ -2,9 +2,10 @@
  *
  * world = dp x pp x tp ranks, tp = pr x pc. World rank r has coordinates
  *   tp_rank = r % tp, stage = (r / tp) % pp, dp_rank = r / (tp * pp)
- * so the ranks of one TP grid are consecutive (they talk most). grid is the only
- * module that calls MPI_Comm_split. Today only tp = 1 and pp = 1 run; other values
- * are rejected with a clear "not yet supported" message by grid_create.
+ * so the ranks of one TP grid are consecutive (they talk most), and inside it
+ *   tp_rank = prow * pc + pcol (row-major).
+ * grid is the only module that calls MPI_Comm_split. Pipeline parallelism (pp > 1) is
+ * not done yet: grid_create rejects it with a clear "not yet supported" message.
  */
 #ifndef MPIFORMER_GRID_H
 #define MPIFORMER_GRID_H
@@ -23,7 +24,10 @@ typedef struct grid {
   MPI_Comm tp_comm;      /* one stage's TP grid */
   MPI_Comm tp_row;       /* same process row of the TP grid */
   MPI_Comm tp_col;       /* same process column */
-  int blacs_ctx;         /* BLACS context of the TP grid (-1 when tp == 1) */
+  /* BLACS context of the TP grid, TRANSPOSED: a pc x pr BLACS grid on which this rank sits
+   * at BLACS (row, col) = (pcol, prow), because dmat hands ScaLAPACK the column-major
+   * transpose of its row-major blocks. -1 when tp == 1 (dmat then calls cblas directly). */
+  int blacs_ctx;
 } grid;
 
 /* Build the layout for tp = pr x pc and pp stages over MPI_COMM_WORLD; dp is
@@ -31,7 +35,8 @@ typedef struct grid {
  * C_ERR after rank 0 printed why (`err` receives the message). Collective on world. */
 int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_len);
 
-/* Free the communicators and the BLACS context. Collective on world. */
+/* Free the communicators and the BLACS context (grids may be created and destroyed
+ * any number of times in one process). Collective on world. */
 void grid_destroy(grid *g);
 
 /* A one-line description such as "dp=2 pp=1 tp=1 (1x1)". Not collective. */

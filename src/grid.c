@@ -1,7 +1,9 @@
 /* grid.c: builds every communicator of the DP x PP x TP layout once (see grid.h).
  *
- * The TP grid is also a BLACS grid (row-major), so ScaLAPACK p?gemm can run on it;
- * on a 1x1 grid no BLACS context is made and dmat calls cblas directly.
+ * The TP grid is also a BLACS grid, built *transposed* (pc x pr, BLACS (row, col) =
+ * (pcol, prow)) because dmat hands ScaLAPACK the column-major transpose of its row-major
+ * blocks (see dmat.c). On a 1x1 grid no BLACS context is made and dmat calls cblas
+ * directly. Pipeline parallelism (pp > 1) is still refused.
  */
 #include "grid.h"
 
@@ -14,9 +16,12 @@ void Cblacs_gridinit(int *ctxt, const char *order, int nprow, int npcol);
 void Cblacs_gridinfo(int ctxt, int *nprow, int *npcol, int *myrow, int *mycol);
 void Cblacs_gridexit(int ctxt);
 int Csys2blacs_handle(MPI_Comm comm);
+void Cfree_blacs_system_handle(int handle);
 
 int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_len) {
   memset(g, 0, sizeof *g);
+  g->blacs_ctx = -1; /* so that grid_destroy of a refused layout frees nothing twice */
+  g->dp_comm = g->pp_comm = g->tp_comm = g->tp_row = g->tp_col = MPI_COMM_NULL;
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &g->world));
   MPI_CHECK(MPI_Comm_size(g->world, &g->world_size));
   MPI_CHECK(MPI_Comm_rank(g->world, &g->world_rank));
@@ -30,14 +35,14 @@ int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_l
              "%d ranks cannot be split into tp=%d x pp=%d: the world size must be a multiple "
              "of tp*pp=%d",
              g->world_size, tp, pp, tp * pp);
-  } else if (tp != 1 || pp != 1) {
+  } else if (pp != 1) {
     snprintf(err, err_len,
-             "tp=%d pp=%d: tensor and pipeline parallelism are not yet supported; use tp=1 "
-             "pp=1 (data parallel over all ranks)",
-             tp, pp);
+             "pp=%d: pipeline parallelism is not yet supported; use pp=1 (data and tensor "
+             "parallelism over all ranks)",
+             pp);
   }
   if (err[0]) {
-    MPI_Comm_free(&g->world);
+    MPI_Comm_free(&g->world); /* leaves MPI_COMM_NULL */
     return C_ERR;
   }
   g->tp = tp;
@@ -59,12 +64,20 @@ int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_l
   MPI_CHECK(MPI_Comm_split(g->tp_comm, g->pcol, g->prow, &g->tp_col));
   g->blacs_ctx = -1;
   if (tp > 1) {
-    int ctx = Csys2blacs_handle(g->tp_comm);
-    Cblacs_gridinit(&ctx, "Row", pr, pc);
-    int nr, nc, myr, myc;
+    /* tp_rank = prow * pc + pcol; "Col" order puts system rank i at BLACS (i % pc, i / pc)
+     * of the pc x pr grid, i.e. at (pcol, prow): the transpose of our grid. */
+    int sys = Csys2blacs_handle(g->tp_comm);
+    int ctx = sys;
+    Cblacs_gridinit(&ctx, "Col", pc, pr);
+    /* gridinit made its own communicators from tp_comm; the system handle (a slot in
+     * BLACS's table that names tp_comm) is not needed any more, and leaving it would keep
+     * a stale entry once tp_comm is freed. */
+    Cfree_blacs_system_handle(sys);
+    int nr = -1, nc = -1, myr = -1, myc = -1;
     Cblacs_gridinfo(ctx, &nr, &nc, &myr, &myc);
-    CHECK(myr == g->prow && myc == g->pcol, "BLACS grid coordinates (%d,%d) differ from (%d,%d)",
-          myr, myc, g->prow, g->pcol);
+    CHECK(ctx >= 0 && nr == pc && nc == pr && myr == g->pcol && myc == g->prow,
+          "BLACS grid %dx%d at (%d,%d), want the transposed %dx%d at (pcol,prow) = (%d,%d)", nr, nc,
+          myr, myc, pc, pr, g->pcol, g->prow);
     g->blacs_ctx = ctx;
   }
   return C_OK;
@@ -72,6 +85,7 @@ int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_l
 
 void grid_destroy(grid *g) {
   if (g->blacs_ctx >= 0) Cblacs_gridexit(g->blacs_ctx);
+  g->blacs_ctx = -1;
   MPI_Comm *comms[] = {&g->tp_col, &g->tp_row, &g->tp_comm, &g->pp_comm, &g->dp_comm, &g->world};
   for (size_t i = 0; i < sizeof comms / sizeof comms[0]; i++)
     if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
