@@ -58,16 +58,16 @@ int main(int argc, char **argv) {
   for (int i = 0; i < B; i++)
     pad[i * T + T - 1] = (uint8_t)(i % 2);
   BENCH("attention_forward", ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d,
-                                                   3 * d, pad, 1, B, T, T, H, dh, 0.0f, 7, 0, scr));
+                                                   3 * d, pad, 1, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
   BENCH("attention_backward",
         ops_attention_backward(dqkv, dqkv + d, dqkv + 2 * d, dy, d, probs, qkv, 3 * d, qkv + d,
-                               qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.0f, 7, 0, scr));
+                               qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
   BENCH("attention_forward_drop0.1",
         ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d, 3 * d, pad, 1, B, T, T,
-                              H, dh, 0.1f, 7, 0, scr));
+                              H, dh, 0.1f, 7, 0, 0, H, scr));
   BENCH("attention_backward_drop0.1",
         ops_attention_backward(dqkv, dqkv + d, dqkv + 2 * d, dy, d, probs, qkv, 3 * d, qkv + d,
-                               qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.1f, 7, 0, scr));
+                               qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.1f, 7, 0, 0, H, scr));
 
   float *logits = buf((int64_t)n * V), *dlogits = buf((int64_t)n * V);
   int32_t *tgt = common_malloc((size_t)n * sizeof(int32_t));

@@ -58,6 +58,17 @@ typedef struct model {
   model_ln enc_final, dec_final;                 /* Pre-LN only */
   /* classification head (MODEL_ARCH_CLASSIFIER): dense (d,d)+(d), out_proj (C,d)+(C) */
   model_param *cls_dense_w, *cls_dense_b, *cls_out_w, *cls_out_b;
+  /* This rank's share under tensor parallelism (g's pr x pc grid; everything with
+   * tp = 1). Activations are dmats: process row p holds sequences [p*Bl, (p+1)*Bl) of a
+   * batch padded to pr*Bl sequences, process column q the column blocks below. */
+  int dl, d0;               /* feature columns [d0, d0 + dl) */
+  int hl, h0;               /* attention heads (pc divides heads) */
+  int fl, f0;               /* feed-forward hidden columns */
+  int vl, v0;               /* vocabulary columns of the logits */
+  int cl, c0;               /* class columns of the classifier's logits */
+  int64_t vec_lo;           /* vectors (biases, LN gains) occupy flat [vec_lo, n_floats): every
+                             * process row holds all of them (their gradients are summed over
+                             * the process rows); matrices are split and come first */
   struct model_acts *acts;  /* activation arena (model.c) */
   uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
   int train;                /* 1: dropout on */
@@ -79,10 +90,12 @@ model_param *model_find(model *m, const char *name);
  * micro-batch); train = 0 turns dropout off. */
 void model_set_mode(model *m, int train, uint64_t key);
 
-/* Forward of a batch: src (B,S), tgt_in (B,T), tgt_out (B,T). Returns the number of
- * non-pad target tokens; adds the label-smoothed loss and nll sums into *loss_sum,
- * *nll_sum. If backward != 0 the gradients of grad_scale * loss_sum are ACCUMULATED
- * into m->grad_mem. Not collective (tp = 1). */
+/* Forward of a batch: src (B,S), tgt_in (B,T), tgt_out (B,T) (the whole batch, on every
+ * rank of the TP grid). Returns the number of non-pad target tokens; adds the
+ * label-smoothed loss and nll sums into *loss_sum, *nll_sum (the batch's totals on every
+ * rank). If backward != 0 the gradients of grad_scale * loss_sum are ACCUMULATED into
+ * m->grad_mem (this rank's blocks; replicated vectors complete on every process row).
+ * Collective on the TP grid (nothing with tp = 1); so are model_classify and model_mlm. */
 int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
                                const int32_t *tgt_out, int B, int S, int T, float grad_scale,
                                int backward, double *loss_sum, double *nll_sum);
@@ -107,7 +120,12 @@ int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B
 /* Zero all gradients. */
 void model_zero_grad(model *m);
 
-/* ---- incremental decoding -------------------------------------------------------- */
+/* A model on a one-rank grid holding the full parameters of m (gathered from its TP
+ * grid), for what runs on one process: incremental decoding. Collective on m's TP grid;
+ * returns m itself when tp = 1. Free with model_free unless it is m. */
+model *model_replicate(model *m);
+
+/* ---- incremental decoding (one-rank grids: use model_replicate with tp > 1) -------- */
 typedef struct model_decoder model_decoder;
 
 /* Encode src (n_seq, S) and prepare n_seq * beam hypotheses (hyp i belongs to sentence

@@ -64,24 +64,24 @@ uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
  * probs(B, H, Tq, Tk): saved softmax probabilities, before attention dropout.
  * out(B*Tq, ldo): concatenated heads of dropout(probs) @ v.
  * Scores are (q . k) / sqrt(dh). Attention dropout with probability p uses key `key`
- * and global index (((b0 + b) * H + h) * Tq + i) * Tk + j (b0 = the global index of this
- * block's first sequence; H and h are this call's heads: with heads split over process
- * columns the mask is layout-independent only if the caller makes `key` depend on the
- * head block, or calls once per head with H = 1 and a per-global-head key).
+ * and global index (((b0 + b) * Hg + h0 + h) * Tq + i) * Tk + j (b0 = the global index of
+ * this block's first sequence, h0 that of its first head, Hg the model's head count: with
+ * sequences split over process rows and heads over process columns every element keeps
+ * the mask it has on one process; a single process passes b0 = 0, h0 = 0, Hg = H).
  * Columns of out beyond H*dh (when ldo > H*dh) are not touched.
  * scratch: at least Tq * Tk floats. */
 void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
                            const float *k, const float *v, int ldk, const uint8_t *key_pad,
                            int causal, int B, int Tq, int Tk, int H, int dh, float p,
-                           uint64_t key, int64_t b0, float *scratch);
+                           uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
 /* dq(B*Tq, ldq) +=, dk(B*Tk, ldk) +=, dv(B*Tk, ldk) += given dout(B*Tq, ldo) and the
- * forward's inputs and probs (same p, key, b0: the dropout mask is regenerated). dq, dk
+ * forward's inputs and probs (same p, key, b0, h0, Hg: the dropout mask is regenerated). dq, dk
  * and dv may each be NULL (not wanted); dk and dv may be column slices of one array, like
  * k and v. scratch: at least 2 * Tq * Tk floats. */
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
                             const float *probs, const float *q, int ldq, const float *k,
                             const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
-                            float p, uint64_t key, int64_t b0, float *scratch);
+                            float p, uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
 
 /* ---- Embedding and sinusoidal positions ------------------------------------------- */
 /* y(n,d) = scale * table[tokens[i]] (table(V,d)). */
@@ -96,6 +96,9 @@ void ops_embedding_backward(float *dtable, const float *dy, const int32_t *token
  * Evaluated in float like fairseq's SinusoidalPositionalEmbedding (whose positions start
  * at padding_idx + 1: pass that as pos0 to match it). */
 void ops_positions_add(float *y, int B, int T, int d, int pos0);
+/* The same on a column block: y(B*T, cols) with row stride ld holds global columns
+ * [col0, col0 + cols) of the d features (a process column's share). */
+void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int cols, int pos0);
 
 /* ---- Label-smoothed softmax cross-entropy ----------------------------------------- */
 /* logits(n, V), targets(n). Rows whose target is `pad` are ignored (their dlogits row is

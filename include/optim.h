@@ -22,12 +22,18 @@ typedef struct optim {
   float *exp_avg_sq;   /* (hi - lo) */
   int zero, dp, dp_rank;
   MPI_Comm dp_comm;
+  MPI_Comm tp_comm;     /* the grad norm also sums over it (MPI_COMM_NULL: not) */
+  int64_t norm_hi;      /* the grad norm counts flat indices below this (n: all) */
   int *counts, *displs; /* zero=1: the dp slices, for reduce-scatter/all-gather */
   int64_t step;         /* updates done (bias correction) */
 } optim;
 
 /* Moments for n local floats, sliced over dp_comm when c->zero. Collective on nothing. */
 void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm);
+/* Tensor parallelism: the model is split over tp_comm, so the global grad norm sums over
+ * it too, and this rank counts only flat indices below norm_hi (the rest are copies of
+ * another rank's, e.g. the replicated vectors on process rows > 0). Not collective. */
+void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi);
 void optim_free(optim *o);
 
 /* Bytes of Adam state this rank holds, and what it would hold with zero = 0. */

@@ -23,7 +23,9 @@ typedef struct session {
   model *model;
   optim opt;            /* only when with_optim */
   int with_optim;
-  ckpt_tensor *tensors; /* one per model parameter */
+  ckpt_tensor *tensors; /* one per model parameter: what this rank reads */
+  ckpt_tensor *save_tensors; /* the same, less what another rank writes: the copies of
+                              * the replicated vectors on TP process rows > 0 */
   int n_tensors;
   ckpt_meta meta;       /* what the loaded checkpoint said (zeros when fresh) */
   int resumed;          /* 1 when a checkpoint was loaded */

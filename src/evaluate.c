@@ -27,13 +27,14 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   data_plan plan;
   task_plan(&tk, &plan, sp, 0, 0, 0, NULL);
   double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
-  int size = s->g.world_size, rank = s->g.world_rank;
-  /* the masked-LM masks of batch b are the same at every evaluation (fixed key) */
-  for (int64_t b = rank; b < plan.n_batches; b += size)
+  int rank = s->g.world_rank;
+  /* the masked-LM masks of batch b are the same at every evaluation (fixed key); a TP grid
+   * runs each of its replica's batches together and every rank gets the batch totals */
+  for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp)
     task_run_batch(&tk, m, sp, &plan, b, 0,
                    ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
                    sums);
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.world));
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.dp_comm));
   r->has_accuracy = task_has_accuracy(&tk);
   r->accuracy = sums[2] > 0 ? sums[TASK_CORRECT] / sums[2] : 0;
   r->n_correct = (int64_t)sums[TASK_CORRECT];
@@ -48,7 +49,9 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   if (with_bleu) {
     char **h = NULL;
     int64_t nh = 0;
-    decode_split(m, s->data, sp, max_sentences, o, s->g.world, &h, &nh);
+    model *full = model_replicate(m); /* tp > 1: every rank decodes with a full copy */
+    decode_split(full, s->data, sp, max_sentences, o, s->g.world, &h, &nh);
+    if (full != m) model_free(full);
     double score = 0;
     if (rank == 0) {
       bleu_opts bo;

@@ -43,7 +43,7 @@ int gradnorm_main(int argc, char **argv) {
   model_param **w2 = common_calloc((size_t)L, sizeof(model_param *));
   data_batch batch;
   memset(&batch, 0, sizeof batch);
-  int rank = s.g.world_rank, size = s.g.world_size;
+  int rank = s.g.world_rank;
   for (int seed = 0; seed < seeds; seed++) {
     /* a fresh initialization per seed; batches come from the seed's own shuffle */
     model_dims dims = s.model->dims;
@@ -60,19 +60,22 @@ int gradnorm_main(int argc, char **argv) {
     data_plan_make(&plan, train, c->max_tokens, (int)c->max_src_len, (int)c->max_tgt_len, 1,
                    (uint64_t)(c->seed + seed), 1, NULL);
     model_set_mode(s.model, 0, 0);
-    for (int b = rank; b < batches && b < plan.n_batches; b += size) {
+    for (int b = s.g.dp_rank; b < batches && b < plan.n_batches; b += s.g.dp) { /* per replica */
       data_batch_load(train, &plan, b, &batch);
       model_zero_grad(s.model);
       double loss = 0, nll = 0;
       int64_t n = model_forward_backward(s.model, batch.src, batch.tgt_in, batch.tgt_out,
                                          batch.n_seq, batch.src_len, batch.tgt_len, 1.0f, 1,
                                          &loss, &nll);
-      for (int l = 0; l < L; l++) {
-        double sq = 0;
+      double *sq = common_calloc((size_t)L, sizeof(double));
+      for (int l = 0; l < L; l++) { /* this rank's block of the matrix, then the TP grid's sum */
         int64_t cnt = dmat_local_size(&w2[l]->g);
-        for (int64_t i = 0; i < cnt; i++) sq += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
-        sum[l] += sqrt(sq) / (double)n; /* gradient of the mean loss */
+        for (int64_t i = 0; i < cnt; i++) sq[l] += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
       }
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sq, L, MPI_DOUBLE, MPI_SUM, s.g.tp_comm));
+      if (s.g.tp_rank == 0) /* one rank per replica adds */
+        for (int l = 0; l < L; l++) sum[l] += sqrt(sq[l]) / (double)n; /* gradient of the mean loss */
+      free(sq);
     }
     data_plan_free(&plan);
   }

@@ -71,7 +71,9 @@ static int cmd_translate(int argc, char **argv) {
   if (session_open(&s, argc, argv, ex, 1, 0, ex[0].value) != C_OK) return 1;
   decode_opts o;
   decode_opts_from_config(&o, &s.cfg);
-  int rc = decode_translate_file(s.model, s.data, s.cfg.data, &o, stdin, stdout, s.g.world) == C_OK ? 0 : 1;
+  model *full = model_replicate(s.model); /* tp > 1: every rank decodes with a full copy */
+  int rc = decode_translate_file(full, s.data, s.cfg.data, &o, stdin, stdout, s.g.world) == C_OK ? 0 : 1;
+  if (full != s.model) model_free(full);
   session_close(&s);
   return rc;
 }

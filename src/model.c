@@ -9,6 +9,17 @@
  * dmat_gemm (one cblas_sgemm on the 1x1 grid). Dropout masks are regenerated in
  * backward from counter-based keys, so nothing stores a mask.
  *
+ * Tensor parallelism (pr x pc grid). Every activation is a dmat whose process row holds
+ * whole sequences (the batch is padded with all-pad sequences to a multiple of pr, so
+ * the row blocks fall on sequence boundaries) and whose process column holds a block of
+ * the features, which is whole heads. Hence: linear layers are p?gemm (dmat_gemm);
+ * attention, ReLU, dropout and the residual adds are local; LayerNorm and the
+ * cross-entropy all-reduce row statistics over the process row (tpops); the embedding
+ * lookup gathers the table's rows over the process column and its gradient is
+ * reduce-scattered back; vectors (biases, LN gains) sit on every process row and their
+ * gradients are summed over the process column once per backward. Masks and initial
+ * values are functions of global indices, so any grid computes what one rank computes.
+ *
  * Not here: the optimizer (optim.c), batching (data.c), beam search (decode.c).
  */
 #include "model.h"
@@ -17,6 +28,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "tpops.h"
 
 #define LN_EPS 1e-5f
 
@@ -36,7 +48,8 @@ typedef struct sub_acts {
 typedef struct model_acts {
   size_t cap;          /* floats allocated */
   float *mem;
-  int B, S, T;
+  int B, S, T;         /* local batch: B sequences of this process row */
+  int64_t b0;          /* global index of its first sequence */
   float **enc_s, **dec_s;   /* residual streams: 2*n_enc+1, 3*n_dec+1 entries */
   sub_acts *enc_sub, *dec_sub;
   float *enc_out, *enc_mean, *enc_rstd; /* Pre-LN final LN (else enc_out = last stream) */
@@ -48,6 +61,12 @@ typedef struct model_acts {
   float *g_h;          /* (n, F) */
   float *g_enc;        /* (B*S, d) */
   float *scratch;      /* attention scratch: 2 * Tmax * Tmax */
+  float *ln_scratch;   /* tpops_layernorm_backward: 2 * max(nS, nT) */
+  double *xent_scratch;/* tpops_xent: 4 * nT */
+  float *table;        /* pr > 1: an embedding table's rows gathered (V, dl), or its gradient */
+  float *vec_saved;    /* pr > 1: vector gradients from before this backward */
+  int32_t *tok;        /* pr > 1: this process row's token rows, 4 slots of (B, max(S,T)) */
+  size_t tok_cap;
   uint8_t *src_pad;    /* (B, S) */
   size_t src_pad_cap;
   float *head;         /* encoder-only heads' scratch (head_prepare), grown only */
@@ -65,7 +84,7 @@ static float *take(float *base, size_t *cursor, size_t n) {
 /* Lay the arena out for a (B, S, T) batch; returns the floats needed (base NULL: size only). */
 static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *base) {
   const model_dims *D = &m->dims;
-  size_t c = 0, d = (size_t)D->d, F = (size_t)D->ffn, H = (size_t)D->heads;
+  size_t c = 0, d = (size_t)m->dl, F = (size_t)m->fl, H = (size_t)m->hl;
   size_t nS = (size_t)B * S, nT = (size_t)B * T, nmax = nS > nT ? nS : nT;
   size_t Tmax = S > T ? S : T;
   for (int i = 0; i <= 2 * D->n_enc; i++) a->enc_s[i] = take(base, &c, nS * d);
@@ -117,7 +136,7 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   a->dec_out = D->pre_ln ? take(base, &c, nT * d) : a->dec_s[3 * D->n_dec];
   a->dec_mean = take(base, &c, nT);
   a->dec_rstd = take(base, &c, nT);
-  a->logits = take(base, &c, nT * (size_t)D->vocab);
+  a->logits = take(base, &c, nT * (size_t)m->vl);
   a->gs_a = take(base, &c, nmax * d);
   a->gs_b = take(base, &c, nmax * d);
   a->g_core = take(base, &c, nmax * d);
@@ -130,12 +149,24 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   a->g_h = take(base, &c, nmax * F);
   a->g_enc = take(base, &c, nS * d);
   a->scratch = take(base, &c, 2 * Tmax * Tmax);
+  a->ln_scratch = take(base, &c, 2 * nmax);
+  a->xent_scratch = (double *)take(base, &c, 8 * nmax);
+  int pr = m->g ? m->g->pr : 1;
+  a->table = pr > 1 ? take(base, &c, (size_t)D->vocab * d) : NULL;
+  a->vec_saved = pr > 1 ? take(base, &c, (size_t)(m->n_floats - m->vec_lo)) : NULL;
   return c;
 }
 
-/* Make the arena fit a (B, S, T) batch; grows only, so steady-state steps do not allocate. */
-static void acts_prepare(model *m, int B, int S, int T) {
+static int grid_pr(const model *m) { return m->g ? m->g->pr : 1; }
+static int grid_pc(const model *m) { return m->g ? m->g->pc : 1; }
+
+/* Make the arena fit this process row's share of a batch of B sequences (B, S, T): the
+ * batch is padded to pr * Bl sequences and process row p takes [p*Bl, (p+1)*Bl). Sets
+ * a->B = Bl and a->b0. Grows only, so steady-state steps do not allocate. */
+static void acts_prepare(model *m, int B_global, int S, int T) {
   model_acts *a = m->acts;
+  int pr = grid_pr(m), B = (B_global + pr - 1) / pr;
+  a->b0 = (int64_t)(m->g ? m->g->prow : 0) * B;
   size_t need = acts_layout(m, a, B, S, T, NULL);
   if (need > a->cap) {
     free(a->mem);
@@ -150,6 +181,27 @@ static void acts_prepare(model *m, int B, int S, int T) {
     a->src_pad_cap = (size_t)B * S * 2;
     a->src_pad = common_malloc(a->src_pad_cap);
   }
+  size_t L = (size_t)(S > T ? S : T);
+  if (pr > 1 && 4 * (size_t)B * L > a->tok_cap) {
+    free(a->tok);
+    a->tok_cap = 4 * (size_t)B * L;
+    a->tok = common_malloc(a->tok_cap * sizeof(int32_t));
+  }
+}
+
+/* This process row's rows of x (B_global, L): rows [b0, b0 + a->B) (pad rows past the
+ * batch filled with `fill`), copied into token slot `slot` (0..3) when pr > 1. */
+static const int32_t *local_rows(model *m, int slot, const int32_t *x, int B_global, int L,
+                                 int32_t fill) {
+  model_acts *a = m->acts;
+  if (grid_pr(m) == 1) return x;
+  int32_t *dst = a->tok + (size_t)slot * (a->tok_cap / 4);
+  for (int b = 0; b < a->B; b++) {
+    int64_t gb = a->b0 + b;
+    for (int t = 0; t < L; t++)
+      dst[(size_t)b * L + t] = gb < B_global ? x[gb * L + t] : fill;
+  }
+  return dst;
 }
 
 /* ---- registry and initialization ------------------------------------------------- */
@@ -187,12 +239,15 @@ static model_param *reg_add(reg_builder *rb, const char *name, int64_t rows, int
   memset(p, 0, sizeof *p);
   snprintf(p->name, sizeof p->name, "%s", name);
   dmat_init(&p->w, m->g, rows, cols, NULL);
-  dmat_init(&p->g, m->g, rows, cols, NULL);
+  if (is_vector) { /* one row, held by every process row */
+    CHECK(rows == 1, "reg_add: vector %s has %lld rows", name, (long long)rows);
+    p->w.row0 = 0;
+    p->w.rows_local = 1;
+  }
+  p->g = p->w;
   p->is_vector = is_vector;
   p->init = init;
   p->init_std = std;
-  p->offset = m->n_floats;
-  m->n_floats += (dmat_local_size(&p->w) + 15) & ~(int64_t)15;
   return p;
 }
 
@@ -285,6 +340,16 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
         "model_create: a classifier needs n_classes >= 2 (got %d)", m->dims.n_classes);
   const model_dims *D = &m->dims;
   int64_t d = D->d, F = D->ffn, V = D->vocab;
+  int pr = grid_pr(m), pc = grid_pc(m), pcol = g ? g->pcol : 0;
+  CHECK(D->heads % pc == 0 && (pr == 1 || g->tp_col != MPI_COMM_NULL),
+        "model_create: %d process columns do not divide heads=%d", pc, D->heads);
+  m->dl = common_int(dmat_block_count(d, pcol, pc)), m->d0 = common_int(dmat_block_start(d, pcol, pc));
+  m->hl = D->heads / pc, m->h0 = pcol * m->hl;
+  m->fl = common_int(dmat_block_count(F, pcol, pc)), m->f0 = common_int(dmat_block_start(F, pcol, pc));
+  m->vl = common_int(dmat_block_count(V, pcol, pc)), m->v0 = common_int(dmat_block_start(V, pcol, pc));
+  m->cl = common_int(dmat_block_count(D->n_classes, pcol, pc));
+  m->c0 = common_int(dmat_block_start(D->n_classes, pcol, pc));
+  CHECK(m->dl == m->hl * (D->d / D->heads), "model_create: the feature block is not whole heads");
   int cap = 8 + D->n_enc * 20 + D->n_dec * 32;
   m->params = common_calloc((size_t)cap, sizeof *m->params);
   m->enc = common_calloc((size_t)D->n_enc, sizeof *m->enc);
@@ -310,6 +375,16 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
                               D->n_classes, d, &m->cls_out_b);
   } else {
     m->out_proj = m->enc_embed; /* masked-LM output tied to the embedding, no bias */
+  }
+  /* flat layout: the split matrices, then the replicated vectors (vec_lo..n_floats) */
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 1) m->vec_lo = m->n_floats;
+    for (int i = 0; i < m->n_params; i++) {
+      model_param *p = &m->params[i];
+      if (p->is_vector != pass) continue;
+      p->offset = m->n_floats;
+      m->n_floats += (dmat_local_size(&p->w) + 15) & ~(int64_t)15;
+    }
   }
   m->param_mem = common_calloc((size_t)m->n_floats, sizeof(float));
   m->grad_mem = common_calloc((size_t)m->n_floats, sizeof(float));
@@ -362,39 +437,98 @@ void model_zero_grad(model *m) { memset(m->grad_mem, 0, (size_t)m->n_floats * si
 
 /* ---- building blocks ------------------------------------------------------------- */
 
-/* y(n,out) = x(n,in) W^T + b through dmat_gemm (cblas on the 1x1 grid). */
+/* y(n,out) = x(n,in) W^T + b through dmat_gemm (cblas on the 1x1 grid). n is this
+ * process row's row count: the global activation has n * pr rows. */
 static void linear_fwd(model *m, float *y, const float *x, const model_param *w,
                        const model_param *b, int n) {
-  int64_t out = w->w.rows, in = w->w.cols;
+  int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat X, Y;
-  dmat_init(&X, m->g, n, in, (float *)x);
-  dmat_init(&Y, m->g, n, out, y);
+  dmat_init(&X, m->g, rows, in, (float *)x);
+  dmat_init(&Y, m->g, rows, out, y);
   if (b) {
-    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * out, b->w.data, (size_t)out * sizeof(float));
+    for (int i = 0; i < n; i++)
+      memcpy(y + (size_t)i * Y.ld, b->w.data, (size_t)Y.cols_local * sizeof(float));
   }
   dmat_gemm('N', 'T', 1.0f, &X, &w->w, b ? 1.0f : 0.0f, &Y);
 }
 
-/* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy. */
+/* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy (this process row's
+ * rows: vec_grads_end sums them over the process column). */
 static void linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
                        const model_param *b, int n) {
-  int64_t out = w->w.rows, in = w->w.cols;
+  int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat DY, X;
-  dmat_init(&DY, m->g, n, out, (float *)dy);
-  dmat_init(&X, m->g, n, in, (float *)x);
+  dmat_init(&DY, m->g, rows, out, (float *)dy);
+  dmat_init(&X, m->g, rows, in, (float *)x);
   if (dx) {
     dmat DX;
-    dmat_init(&DX, m->g, n, in, dx);
+    dmat_init(&DX, m->g, rows, in, dx);
     dmat_gemm('N', 'N', 1.0f, &DY, &w->w, 1.0f, &DX);
   }
   dmat_gemm('T', 'N', 1.0f, &DY, &X, 1.0f, (dmat *)&w->g);
   if (b) {
     float *db = b->g.data;
+    int ol = DY.cols_local;
     for (int i = 0; i < n; i++) {
-      const float *row = dy + (size_t)i * out;
-      for (int64_t j = 0; j < out; j++) db[j] += row[j];
+      const float *row = dy + (size_t)i * DY.ld;
+      for (int j = 0; j < ol; j++) db[j] += row[j];
     }
   }
+}
+
+/* LayerNorm of n local rows (this rank's dl columns): the local kernel on one process
+ * column, else with row statistics all-reduced over the process row. */
+static void ln_fwd(model *m, float *y, float *mean, float *rstd, const float *x, const model_ln *ln,
+                   int n) {
+  if (grid_pc(m) == 1)
+    ops_layernorm_forward(y, mean, rstd, x, ln->w->w.data, ln->b->w.data, n, m->dl, LN_EPS);
+  else
+    tpops_layernorm_forward(y, mean, rstd, x, ln->w->w.data, ln->b->w.data, n, m->dl, m->dims.d,
+                            LN_EPS, m->g->tp_row);
+}
+
+static void ln_bwd(model *m, float *dx, const float *dy, const float *x, const float *mean,
+                   const float *rstd, const model_ln *ln, int n) {
+  if (grid_pc(m) == 1)
+    ops_layernorm_backward(dx, ln->w->g.data, ln->b->g.data, dy, x, mean, rstd, ln->w->w.data, n,
+                           m->dl);
+  else
+    tpops_layernorm_backward(dx, ln->w->g.data, ln->b->g.data, dy, x, mean, rstd, ln->w->w.data, n,
+                             m->dl, m->dims.d, m->g->tp_row, m->acts->ln_scratch);
+}
+
+/* Cross-entropy of n local logit rows (cols columns of V starting at c0): ops_xent on one
+ * process column, else vocabulary-parallel. argmax (n) may be NULL. The sums and the
+ * count are this process row's. */
+static int64_t xent(model *m, float *logits, const int32_t *targets, int n, int cols, int c0, int V,
+                    int pad, float eps, float grad_scale, int backward, double *loss_sum,
+                    double *nll_sum, int32_t *argmax);
+
+/* Replicated vectors: their gradients from this backward are partial sums over this
+ * process row's tokens. vec_grads_begin sets the earlier (complete) ones aside and
+ * zeroes them; vec_grads_end sums the new ones over the process column and adds the
+ * earlier back. Nothing on one process row. */
+static void vec_grads_begin(model *m) {
+  if (grid_pr(m) == 1) return;
+  size_t n = (size_t)(m->n_floats - m->vec_lo);
+  memcpy(m->acts->vec_saved, m->grad_mem + m->vec_lo, n * sizeof(float));
+  memset(m->grad_mem + m->vec_lo, 0, n * sizeof(float));
+}
+
+static void vec_grads_end(model *m) {
+  if (grid_pr(m) == 1) return;
+  int64_t n = m->n_floats - m->vec_lo;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->grad_mem + m->vec_lo, common_int(n), MPI_FLOAT, MPI_SUM,
+                          m->g->tp_col));
+  ops_acc(m->grad_mem + m->vec_lo, m->acts->vec_saved, n);
+}
+
+/* The batch totals on every rank: sums over the process rows of one process column. */
+static void tp_totals(model *m, double *sums, int n) {
+  if (!m->g || m->g->tp == 1) return;
+  if (m->g->pcol != 0)
+    for (int i = 0; i < n; i++) sums[i] = 0.0;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_DOUBLE, MPI_SUM, m->g->tp_comm));
 }
 
 /* Dropout site keys: one per (layer stream, slot), mixed with the step key. */
@@ -418,12 +552,14 @@ typedef struct sublayer {
 static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
                      int B, int Tq, int Tk, const uint8_t *key_pad) {
   const model_dims *D = &m->dims;
-  int n = B * Tq, d = D->d;
+  int n = B * Tq, d = m->dl;
+  int64_t row0 = m->acts->b0 * Tq;
   if (sl->kind == CORE_FFN) {
     linear_fwd(m, s->h, x, sl->L->fc1_w, sl->L->fc1_b, n);
-    ops_relu_forward(s->h, s->h, (int64_t)n * D->ffn);
+    ops_relu_forward(s->h, s->h, (int64_t)n * m->fl);
     float p = p_if_train(m, D->act_dropout);
-    if (s->hd != s->h) ops_dropout(s->hd, s->h, n, D->ffn, 0, 0, D->ffn, p, site_key(m, sl->site + 1));
+    if (s->hd != s->h)
+      ops_dropout(s->hd, s->h, n, m->fl, row0, m->f0, D->ffn, p, site_key(m, sl->site + 1));
     linear_fwd(m, s->core, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
     return;
   }
@@ -435,9 +571,9 @@ static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   linear_fwd(m, s->v, src_kv, A->v_w, A->v_b, nk);
   ops_attention_forward(s->o, d, s->probs, s->q, d, s->k, s->v, d,
                         sl->kind == CORE_SELF_CAUSAL ? NULL : key_pad,
-                        sl->kind == CORE_SELF_CAUSAL, B, Tq, Tk, D->heads, d / D->heads,
-                        p_if_train(m, D->attn_dropout), site_key(m, sl->site + 1), 0,
-                        m->acts->scratch);
+                        sl->kind == CORE_SELF_CAUSAL, B, Tq, Tk, m->hl, D->d / D->heads,
+                        p_if_train(m, D->attn_dropout), site_key(m, sl->site + 1), m->acts->b0,
+                        m->h0, D->heads, m->acts->scratch);
   linear_fwd(m, s->core, s->o, A->o_w, A->o_b, n);
 }
 
@@ -446,14 +582,14 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
                      float *dcore, float *dx, float *dkv, int B, int Tq, int Tk) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
-  int n = B * Tq, d = D->d;
+  int n = B * Tq, d = m->dl;
   if (sl->kind == CORE_FFN) {
-    size_t nf = (size_t)n * D->ffn;
+    size_t nf = (size_t)n * m->fl;
     memset(a->g_h, 0, nf * sizeof(float));
     linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
     if (s->hd != s->h)
-      ops_dropout(a->g_h, a->g_h, n, D->ffn, 0, 0, D->ffn, p_if_train(m, D->act_dropout),
-                  site_key(m, sl->site + 1));
+      ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
+                  p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
     /* relu backward in place: g_h *= (h > 0) */
     for (size_t i = 0; i < nf; i++)
       if (!(s->h[i] > 0.0f)) a->g_h[i] = 0.0f;
@@ -471,8 +607,8 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
   memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
   ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B,
-                         Tq, Tk, D->heads, d / D->heads, p_if_train(m, D->attn_dropout),
-                         site_key(m, sl->site + 1), 0, a->scratch);
+                         Tq, Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
+                         site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
   linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
   linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
   linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, A->v_b, nk);
@@ -483,20 +619,19 @@ static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float 
                          float *s_out, const float *kv, int B, int Tq, int Tk,
                          const uint8_t *key_pad) {
   const model_dims *D = &m->dims;
-  int n = B * Tq, d = D->d;
+  int n = B * Tq, d = m->dl;
+  int64_t row0 = m->acts->b0 * Tq;
   float p = p_if_train(m, D->dropout);
   if (D->pre_ln) {
-    ops_layernorm_forward(s->ln_out, s->mean, s->rstd, s_in, sl->ln->w->w.data, sl->ln->b->w.data,
-                          n, d, LN_EPS);
+    ln_fwd(m, s->ln_out, s->mean, s->rstd, s_in, sl->ln, n);
     core_fwd(m, sl, s, s->ln_out, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
     ops_add(s_out, s_in, s->core, (int64_t)n * d);
   } else {
     core_fwd(m, sl, s, s_in, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
     ops_add(s->resid, s_in, s->core, (int64_t)n * d);
-    ops_layernorm_forward(s_out, s->mean, s->rstd, s->resid, sl->ln->w->w.data, sl->ln->b->w.data,
-                          n, d, LN_EPS);
+    ln_fwd(m, s_out, s->mean, s->rstd, s->resid, sl->ln, n);
   }
 }
 
@@ -506,22 +641,21 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
                          int Tq, int Tk) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
-  int n = B * Tq, d = D->d;
+  int n = B * Tq, d = m->dl;
   size_t nd = (size_t)n * d;
+  int64_t row0 = a->b0 * Tq;
   float p = p_if_train(m, D->dropout);
   if (D->pre_ln) {
     ops_acc(ds_in, ds_out, (int64_t)nd);
-    ops_dropout(a->g_core, ds_out, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_dropout(a->g_core, ds_out, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
     memset(a->g_ln, 0, nd * sizeof(float));
     core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
-    ops_layernorm_backward(ds_in, sl->ln->w->g.data, sl->ln->b->g.data, a->g_ln, s_in, s->mean,
-                           s->rstd, sl->ln->w->w.data, n, d);
+    ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
   } else {
     memset(a->g_resid, 0, nd * sizeof(float));
-    ops_layernorm_backward(a->g_resid, sl->ln->w->g.data, sl->ln->b->g.data, ds_out, s->resid,
-                           s->mean, s->rstd, sl->ln->w->w.data, n, d);
+    ln_bwd(m, a->g_resid, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
     ops_acc(ds_in, a->g_resid, (int64_t)nd);
-    ops_dropout(a->g_core, a->g_resid, n, d, 0, 0, d, p, site_key(m, sl->site));
+    ops_dropout(a->g_core, a->g_resid, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
     core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
   }
 }
@@ -542,28 +676,63 @@ static sublayer dec_sublayer(const model *m, int l, int j) {
   return sl;
 }
 
-/* Embedding + positions + dropout: s0 (B*T, d). */
+/* An embedding table's rows with this rank's columns: (V, dl). Its own block when the
+ * table is not split by rows (pr = 1), else the blocks of the process column gathered
+ * into a->table. Collective on the process column. */
+static const float *embed_table(model *m, const model_param *E) {
+  if (grid_pr(m) == 1) return E->w.data;
+  const grid *g = m->g;
+  int *counts = common_calloc((size_t)g->pr, sizeof(int)), *displs = common_calloc((size_t)g->pr, sizeof(int));
+  for (int p = 0; p < g->pr; p++) {
+    counts[p] = common_int(dmat_block_count(E->w.rows, p, g->pr) * m->dl);
+    displs[p] = common_int(dmat_block_start(E->w.rows, p, g->pr) * m->dl);
+  }
+  MPI_CHECK(MPI_Allgatherv(E->w.data, counts[g->prow], MPI_FLOAT, m->acts->table, counts, displs,
+                           MPI_FLOAT, g->tp_col));
+  free(counts);
+  free(displs);
+  return m->acts->table;
+}
+
+/* Embedding + positions + dropout: s0 (B*T, dl), B and tok this process row's. */
 static void embed_fwd(model *m, float *s0, const model_param *E, const int32_t *tok, int B, int T,
                       int site) {
   const model_dims *D = &m->dims;
   int n = B * T;
-  ops_embedding_forward(s0, tok, E->w.data, n, D->d, sqrtf((float)D->d));
-  ops_positions_add(s0, B, T, D->d, 0);
-  ops_dropout(s0, s0, n, D->d, 0, 0, D->d, p_if_train(m, D->dropout), site_key(m, site));
+  ops_embedding_forward(s0, tok, embed_table(m, E), n, m->dl, sqrtf((float)D->d));
+  ops_positions_add_cols(s0, m->dl, B, T, D->d, m->d0, m->dl, 0);
+  ops_dropout(s0, s0, n, m->dl, m->acts->b0 * T, m->d0, D->d, p_if_train(m, D->dropout),
+              site_key(m, site));
 }
 
+/* dE += the lookup's gradient: into E's block directly on one process row, else over the
+ * whole (V, dl) table in a->table, reduce-scattered over the process column. */
 static void embed_bwd(model *m, float *ds0, const model_param *E, const int32_t *tok, int B, int T,
                       int site) {
   const model_dims *D = &m->dims;
   int n = B * T;
-  ops_dropout(ds0, ds0, n, D->d, 0, 0, D->d, p_if_train(m, D->dropout), site_key(m, site));
-  ops_embedding_backward(E->g.data, ds0, tok, n, D->d, sqrtf((float)D->d), D->pad);
+  ops_dropout(ds0, ds0, n, m->dl, m->acts->b0 * T, m->d0, D->d, p_if_train(m, D->dropout),
+              site_key(m, site));
+  float scale = sqrtf((float)D->d);
+  if (grid_pr(m) == 1) {
+    ops_embedding_backward(E->g.data, ds0, tok, n, m->dl, scale, D->pad);
+    return;
+  }
+  const grid *g = m->g;
+  float *full = m->acts->table;
+  memset(full, 0, (size_t)E->w.rows * m->dl * sizeof(float));
+  ops_embedding_backward(full, ds0, tok, n, m->dl, scale, D->pad);
+  int *counts = common_calloc((size_t)g->pr, sizeof(int));
+  for (int p = 0; p < g->pr; p++) counts[p] = common_int(dmat_block_count(E->w.rows, p, g->pr) * m->dl);
+  MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, full, counts, MPI_FLOAT, MPI_SUM, g->tp_col));
+  ops_acc(E->g.data, full, counts[g->prow]);
+  free(counts);
 }
 
 #define SITE_ENC_EMBED (1 << 24)
 #define SITE_DEC_EMBED ((1 << 24) + 1)
 
-/* Encoder forward over the arena's current (B, S); output in a->enc_out. */
+/* Encoder forward over the arena's current local (B, S); output in a->enc_out. */
 static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
@@ -576,22 +745,19 @@ static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
                    NULL, B, S, S, a->src_pad);
     }
   if (D->pre_ln)
-    ops_layernorm_forward(a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc],
-                          m->enc_final.w->w.data, m->enc_final.b->w.data, B * S, D->d, LN_EPS);
+    ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final, B * S);
 }
 
-/* Encoder backward: a->g_enc (B*S, d) is the gradient of enc_out; accumulates the
+/* Encoder backward: a->g_enc (B*S, dl) is the gradient of enc_out; accumulates the
  * encoder's parameter gradients. Uses gs_a/gs_b as scratch. */
 static void encoder_bwd(model *m, const int32_t *src, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
-  int nS = B * S, d = D->d;
+  int nS = B * S, d = m->dl;
   float *gs_out = a->gs_a, *gs_in = a->gs_b;
   if (D->pre_ln) {
     memset(gs_out, 0, (size_t)nS * d * sizeof(float));
-    ops_layernorm_backward(gs_out, m->enc_final.w->g.data, m->enc_final.b->g.data, a->g_enc,
-                           a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd,
-                           m->enc_final.w->w.data, nS, d);
+    ln_bwd(m, gs_out, a->g_enc, a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd, &m->enc_final, nS);
   } else {
     memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
   }
@@ -606,14 +772,17 @@ static void encoder_bwd(model *m, const int32_t *src, int B, int S) {
   embed_bwd(m, gs_out, m->enc_embed, src, B, S, SITE_ENC_EMBED);
 }
 
-int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_in,
-                               const int32_t *tgt_out, int B, int S, int T, float grad_scale,
-                               int backward, double *loss_sum, double *nll_sum) {
+int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
+                               const int32_t *tgt_out_g, int B_global, int S, int T,
+                               float grad_scale, int backward, double *loss_sum, double *nll_sum) {
   const model_dims *D = &m->dims;
   CHECK(D->arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
-  acts_prepare(m, B, S, T);
+  acts_prepare(m, B_global, S, T);
   model_acts *a = m->acts;
-  int nS = B * S, nT = B * T, d = D->d;
+  int B = a->B, nS = B * S, nT = B * T, d = m->dl;
+  const int32_t *src = local_rows(m, 0, src_g, B_global, S, D->pad);
+  const int32_t *tgt_in = local_rows(m, 1, tgt_in_g, B_global, T, D->pad);
+  const int32_t *tgt_out = local_rows(m, 2, tgt_out_g, B_global, T, D->pad);
   /* ---- forward ---- */
   encoder_fwd(m, src, B, S);
   embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
@@ -624,23 +793,26 @@ int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_
                    a->enc_out, B, T, j == 1 ? S : T, a->src_pad);
     }
   if (D->pre_ln)
-    ops_layernorm_forward(a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec],
-                          m->dec_final.w->w.data, m->dec_final.b->w.data, nT, d, LN_EPS);
+    ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final, nT);
   /* logits (nT, V) = dec_out W_out^T */
   linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
-  int64_t ntok = ops_xent(backward ? a->logits : NULL, a->logits, tgt_out, nT, D->vocab, D->pad,
-                          D->label_smoothing, grad_scale, loss_sum, nll_sum);
+  double sums[3] = {0, 0, 0};
+  sums[2] = (double)xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
+                         D->label_smoothing, grad_scale, backward, &sums[0], &sums[1], NULL);
+  tp_totals(m, sums, 3);
+  if (loss_sum) *loss_sum += sums[0];
+  if (nll_sum) *nll_sum += sums[1];
+  int64_t ntok = (int64_t)sums[2];
   if (!backward) return ntok;
 
   /* ---- backward ---- */
+  vec_grads_begin(m);
   float *gs_out = a->gs_a, *gs_in = a->gs_b;
   memset(gs_out, 0, (size_t)nT * d * sizeof(float));
   linear_bwd(m, gs_out, a->logits, a->dec_out, m->out_proj, NULL, nT);
   if (D->pre_ln) {
     memset(gs_in, 0, (size_t)nT * d * sizeof(float));
-    ops_layernorm_backward(gs_in, m->dec_final.w->g.data, m->dec_final.b->g.data, gs_out,
-                           a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd,
-                           m->dec_final.w->w.data, nT, d);
+    ln_bwd(m, gs_in, gs_out, a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd, &m->dec_final, nT);
     float *t = gs_out; gs_out = gs_in; gs_in = t;
   }
   memset(a->g_enc, 0, (size_t)nS * d * sizeof(float));
@@ -654,6 +826,7 @@ int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_
     }
   embed_bwd(m, gs_out, m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
   encoder_bwd(m, src, B, S);
+  vec_grads_end(m);
   return ntok;
 }
 
@@ -670,6 +843,17 @@ static float *head_prepare(model *m, size_t n) {
   return a->head;
 }
 
+/* At least n int32 of head index scratch (grown only). */
+static int32_t *head_idx_prepare(model *m, size_t n) {
+  model_acts *a = m->acts;
+  if (n > a->head_idx_cap) {
+    free(a->head_idx);
+    a->head_idx_cap = n + n / 4;
+    a->head_idx = common_malloc(a->head_idx_cap * sizeof(int32_t));
+  }
+  return a->head_idx;
+}
+
 /* Index of the largest of row[0..n) (the first on ties). */
 static int argmax_row(const float *row, int n) {
   int best = 0;
@@ -678,87 +862,148 @@ static int argmax_row(const float *row, int n) {
   return best;
 }
 
-int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, int B, int S,
-                       float grad_scale, int backward, double *loss_sum, int64_t *n_correct,
-                       int32_t *pred) {
+static int64_t xent(model *m, float *logits, const int32_t *targets, int n, int cols, int c0, int V,
+                    int pad, float eps, float grad_scale, int backward, double *loss_sum,
+                    double *nll_sum, int32_t *argmax) {
+  if (grid_pc(m) > 1) {
+    const model_acts *a = m->acts;
+    CHECK(n <= a->B * (a->S > a->T ? a->S : a->T), "xent: %d rows exceed the scratch", n);
+    return tpops_xent(backward ? logits : NULL, logits, targets, n, cols, c0, V, pad, eps,
+                      grad_scale, loss_sum, nll_sum, argmax, m->g->tp_row, m->acts->xent_scratch);
+  }
+  if (argmax)
+    for (int i = 0; i < n; i++) argmax[i] = argmax_row(logits + (size_t)i * V, V);
+  return ops_xent(backward ? logits : NULL, logits, targets, n, V, pad, eps, grad_scale, loss_sum,
+                  nll_sum);
+}
+
+int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
+                       int S, float grad_scale, int backward, double *loss_sum,
+                       int64_t *n_correct, int32_t *pred) {
   const model_dims *D = &m->dims;
   CHECK(D->arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
-  int d = D->d, C = D->n_classes;
-  for (int b = 0; b < B; b++)
-    CHECK(labels[b] >= 0 && labels[b] < C, "model_classify: label %d outside [0, %d)", labels[b], C);
-  acts_prepare(m, B, S, 0);
+  int d = m->dl, C = D->n_classes;
+  for (int b = 0; b < B_global; b++)
+    CHECK(labels_g[b] >= 0 && labels_g[b] < C, "model_classify: label %d outside [0, %d)",
+          labels_g[b], C);
+  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
+  int B = a->B;
+  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
+  const int32_t *labels = local_rows(m, 1, labels_g, B_global, 1, -1); /* -1: padding rows */
   encoder_fwd(m, tokens, B, S);
-  /* scratch: x (B,d) pooled rows, h (B,d) = tanh(dense(x)), logits (B,C), g (B,d) */
+  /* scratch: x (B,dl) pooled rows, h (B,dl) = tanh(dense(x)), logits (B,cl), g (B,dl) */
   size_t Bd = (size_t)B * d;
-  float *x = head_prepare(m, 3 * Bd + (size_t)B * C + 64);
-  float *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * C;
+  float *x = head_prepare(m, 3 * Bd + (size_t)B * (m->cl + 1) + 64);
+  float *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
+  int32_t *arg = head_idx_prepare(m, 2 * (size_t)B * grid_pr(m));
   for (int b = 0; b < B; b++) memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
   linear_fwd(m, h, x, m->cls_dense_w, m->cls_dense_b, B);
   for (size_t i = 0; i < Bd; i++) h[i] = tanhf(h[i]);
   linear_fwd(m, logits, h, m->cls_out_w, m->cls_out_b, B); /* (B,C) */
-  int64_t correct = 0;
-  for (int b = 0; b < B; b++) {
-    int k = argmax_row(logits + (size_t)b * C, C);
-    correct += k == labels[b];
-    if (pred) pred[b] = k;
+  double sums[2] = {0, 0};
+  xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &sums[0], NULL, arg);
+  for (int b = 0; b < B; b++) sums[1] += labels[b] >= 0 && arg[b] == labels[b];
+  tp_totals(m, sums, 2);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[1];
+  if (pred) { /* every process row's predictions, in batch order */
+    int32_t *all = arg;
+    if (grid_pr(m) > 1) {
+      all = arg + B;
+      MPI_CHECK(MPI_Allgather(arg, B, MPI_INT32_T, all, B, MPI_INT32_T, m->g->tp_col));
+    }
+    memcpy(pred, all, (size_t)B_global * sizeof(int32_t));
   }
-  if (n_correct) *n_correct += correct;
-  /* no row's label is -1: every row counts */
-  ops_xent(backward ? logits : NULL, logits, labels, B, C, -1, 0.0f, grad_scale, loss_sum, NULL);
-  if (!backward) return B;
+  if (!backward) return B_global;
+  vec_grads_begin(m);
   memset(g, 0, Bd * sizeof(float));
   linear_bwd(m, g, logits, h, m->cls_out_w, m->cls_out_b, B); /* g = dL/dh */
   for (size_t i = 0; i < Bd; i++) g[i] *= 1.0f - h[i] * h[i];  /* through tanh */
   memset(a->g_enc, 0, (size_t)B * S * d * sizeof(float));
-  for (int b = 0; b < B; b++) /* dL/dx lands on row (b, 0) of enc_out */
-    memset(h + (size_t)b * d, 0, d * sizeof(float));
+  memset(h, 0, Bd * sizeof(float)); /* dL/dx lands on row (b, 0) of enc_out */
   linear_bwd(m, h, g, x, m->cls_dense_w, m->cls_dense_b, B);
   for (int b = 0; b < B; b++) memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
   encoder_bwd(m, tokens, B, S);
-  return B;
+  vec_grads_end(m);
+  return B_global;
 }
 
-int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, int B_global, int S,
                   float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
   const model_dims *D = &m->dims;
   CHECK(D->arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
-  int d = D->d, V = D->vocab;
-  acts_prepare(m, B, S, 0);
+  int d = m->dl, V = D->vocab;
+  for (size_t i = 0; i < (size_t)B_global * S; i++)
+    CHECK(targets_g[i] < V, "model_mlm: target %d outside the vocabulary", targets_g[i]);
+  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
+  int B = a->B;
   size_t nS = (size_t)B * S;
-  if (2 * nS > a->head_idx_cap) {
-    free(a->head_idx);
-    a->head_idx_cap = 2 * nS;
-    a->head_idx = common_malloc(a->head_idx_cap * sizeof(int32_t));
-  }
-  int32_t *rows = a->head_idx, *tgt = a->head_idx + nS;
-  int n = 0;
+  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
+  const int32_t *targets = local_rows(m, 1, targets_g, B_global, S, -1);
+  /* the selected positions of this process row; every process row runs the head on
+   * n = the most any of them has (the rest are -1 rows), so the rows stay aligned */
+  int32_t *idx = head_idx_prepare(m, 3 * nS + 1);
+  int32_t *rows = idx, *tgt = idx + nS, *arg = idx + 2 * nS;
+  int n_mine = 0;
   for (size_t i = 0; i < nS; i++)
     if (targets[i] >= 0) {
-      CHECK(targets[i] < V, "model_mlm: target %d outside the vocabulary", targets[i]);
-      rows[n] = (int32_t)i;
-      tgt[n++] = targets[i];
+      rows[n_mine] = (int32_t)i;
+      tgt[n_mine++] = targets[i];
     }
+  int n = n_mine;
+  if (grid_pr(m) > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &n, 1, MPI_INT, MPI_MAX, m->g->tp_col));
+  for (int i = n_mine; i < n; i++) tgt[i] = -1;
   encoder_fwd(m, tokens, B, S);
   if (n == 0) return 0;
-  /* scratch: x (n,d) selected rows of enc_out, logits (n,V), g (n,d) */
+  /* scratch: x (n,dl) selected rows of enc_out, logits (n,vl), g (n,dl) */
   size_t nd = (size_t)n * d;
-  float *x = head_prepare(m, 2 * nd + (size_t)n * V + 64);
-  float *logits = x + nd, *g = logits + (size_t)n * V;
-  for (int i = 0; i < n; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
+  float *x = head_prepare(m, 2 * nd + (size_t)n * (m->vl + 1) + 64);
+  float *logits = x + nd, *g = logits + (size_t)n * (m->vl + 1);
+  for (int i = 0; i < n_mine; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
+  memset(x + (size_t)n_mine * d, 0, (size_t)(n - n_mine) * d * sizeof(float));
   linear_fwd(m, logits, x, m->out_proj, NULL, n); /* (n,V) = x W_emb^T */
-  int64_t correct = 0;
-  for (int i = 0; i < n; i++) correct += argmax_row(logits + (size_t)i * V, V) == tgt[i];
-  if (n_correct) *n_correct += correct;
-  ops_xent(backward ? logits : NULL, logits, tgt, n, V, -1, 0.0f, grad_scale, loss_sum, NULL);
-  if (!backward) return n;
+  double sums[3] = {0, 0, 0};
+  sums[2] = (double)xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward,
+                         &sums[0], NULL, arg);
+  for (int i = 0; i < n_mine; i++) sums[1] += arg[i] == tgt[i];
+  tp_totals(m, sums, 3);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[1];
+  if (!backward) return (int64_t)sums[2];
+  vec_grads_begin(m);
   memset(g, 0, nd * sizeof(float));
   linear_bwd(m, g, logits, x, m->out_proj, NULL, n); /* also dW_emb += dlogits^T x */
   memset(a->g_enc, 0, nS * d * sizeof(float));
-  for (int i = 0; i < n; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
+  for (int i = 0; i < n_mine; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
   encoder_bwd(m, tokens, B, S);
-  return n;
+  vec_grads_end(m);
+  return (int64_t)sums[2];
+}
+
+model *model_replicate(model *m) {
+  if (!m->g || m->g->tp == 1) return m;
+  const grid *g = m->g;
+  model *r = model_create(&m->dims, NULL, 0);
+  int *counts = common_calloc((size_t)g->pc, sizeof(int)), *displs = common_calloc((size_t)g->pc, sizeof(int));
+  for (int i = 0; i < m->n_params; i++) {
+    model_param *p = &m->params[i], *q = &r->params[i];
+    if (!p->is_vector) {
+      dmat_gather(&p->w, q->w.data);
+      continue;
+    }
+    /* a vector: every process row has it, so gather the column blocks along the row */
+    for (int c = 0; c < g->pc; c++) {
+      counts[c] = common_int(dmat_block_count(p->w.cols, c, g->pc));
+      displs[c] = common_int(dmat_block_start(p->w.cols, c, g->pc));
+    }
+    MPI_CHECK(MPI_Allgatherv(p->w.data, p->w.cols_local, MPI_FLOAT, q->w.data, counts, displs,
+                             MPI_FLOAT, g->tp_row));
+  }
+  free(counts);
+  free(displs);
+  return r;
 }
 
 /* ---- incremental decoding ---------------------------------------------------------- */
@@ -778,6 +1023,7 @@ struct model_decoder {
 model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
                                    int max_steps) {
   const model_dims *D = &m->dims;
+  CHECK(!m->g || m->g->tp == 1, "model_decoder_start: decode with model_replicate(m) when tp > 1");
   int d = D->d, n_hyp = n_seq * beam;
   model_decoder *st = common_calloc(1, sizeof *st);
   st->n_hyp = n_hyp, st->beam = beam, st->S = S, st->max_steps = max_steps;
@@ -869,7 +1115,7 @@ void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, floa
       memcpy(st->self_v[l] + i * stride + (size_t)t * d, st->vt + (size_t)i * d, d * sizeof(float));
       ops_attention_forward(st->o + (size_t)i * d, d, st->probs, st->q + (size_t)i * d, d,
                             st->self_k[l] + i * stride, st->self_v[l] + i * stride, d, NULL, 0, 1,
-                            1, t + 1, H, dh, 0.0f, 0, 0, st->scratch);
+                            1, t + 1, H, dh, 0.0f, 0, 0, 0, H, st->scratch);
     }
     linear_fwd(m, st->core, st->o, L->self.o_w, L->self.o_b, n);
     dec_sub_out(m, st, &L->ln_self, n);
@@ -877,7 +1123,7 @@ void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, floa
     in = dec_sub_in(m, st, &L->ln_cross, n);
     linear_fwd(m, st->q, in, L->cross.q_w, L->cross.q_b, n);
     ops_attention_forward(st->o, d, st->probs, st->q, d, st->cross_k[l], st->cross_v[l], d,
-                          st->src_pad, 0, n, 1, st->S, H, dh, 0.0f, 0, 0, st->scratch);
+                          st->src_pad, 0, n, 1, st->S, H, dh, 0.0f, 0, 0, 0, H, st->scratch);
     linear_fwd(m, st->core, st->o, L->cross.o_w, L->cross.o_b, n);
     dec_sub_out(m, st, &L->ln_cross, n);
     /* feed-forward */

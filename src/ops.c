@@ -369,7 +369,7 @@ static void ops_softmax_row_(float *restrict s, int Tk, int jlim, const uint8_t 
 void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
                            const float *k, const float *v, int ldk, const uint8_t *key_pad,
                            int causal, int B, int Tq, int Tk, int H, int dh, float p, uint64_t key,
-                           int64_t b0, float *scratch) {
+                           int64_t b0, int h0, int Hg, float *scratch) {
   CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_forward: bad strides");
   CHECK(!causal || Tq <= Tk, "ops_attention_forward: causal needs Tq <= Tk");
   const float alpha = 1.0f / sqrtf((float)dh);
@@ -390,7 +390,7 @@ void ops_attention_forward(float *out, int ldo, float *probs, const float *q, in
       }
       const float *A = P;
       if (p > 0.0f) {
-        ops_dropout(scratch, P, Tq, Tk, ((b0 + b) * H + h) * (int64_t)Tq, 0, Tk, p, key);
+        ops_dropout(scratch, P, Tq, Tk, ((b0 + b) * Hg + h0 + h) * (int64_t)Tq, 0, Tk, p, key);
         A = scratch;
       }
       /* O(Tq, dh) = A(Tq, Tk) V(Tk, dh) */
@@ -415,7 +415,7 @@ static void ops_softmax_backward_(float *restrict dP, const float *restrict P, i
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
                             const float *probs, const float *q, int ldq, const float *k,
                             const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
-                            uint64_t key, int64_t b0, float *scratch) {
+                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch) {
   CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_backward: bad strides");
   const float alpha = 1.0f / sqrtf((float)dh);
   float *Pd = scratch;                    /* (Tq, Tk): dropout(P) */
@@ -426,7 +426,7 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
       int64_t off_q = (int64_t)b * Tq * ldq + (int64_t)h * dh;
       int64_t off_k = (int64_t)b * Tk * ldk + (int64_t)h * dh;
       const float *dob = dout + (int64_t)b * Tq * ldo + (int64_t)h * dh; /* (Tq, dh) */
-      int64_t row0 = ((b0 + b) * H + h) * (int64_t)Tq;
+      int64_t row0 = ((b0 + b) * Hg + h0 + h) * (int64_t)Tq;
       if (dv) {
         const float *A = P;
         if (p > 0.0f) {
@@ -482,19 +482,21 @@ void ops_embedding_backward(float *dtable, const float *dy, const int32_t *token
 /* fairseq's SinusoidalPositionalEmbedding.get_embedding, computed in float as fairseq does
  * (freq_i = exp(i * -(ln 10000 / (half - 1))), arg = pos * freq_i, then sin | cos). */
 void ops_positions_add(float *y, int B, int T, int d, int pos0) {
+  ops_positions_add_cols(y, d, B, T, d, 0, d, pos0);
+}
+
+void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int cols, int pos0) {
   CHECK(d % 2 == 0 && d >= 4, "ops_positions_add: d = %d must be even and >= 4", d);
+  CHECK(col0 >= 0 && cols >= 0 && col0 + cols <= d && ld >= cols, "ops_positions_add_cols: bad block");
   int half = d / 2;
   float c = (float)(-log(10000.0) / (double)(half - 1));
   for (int t = 0; t < T; t++) {
     float pos = (float)(pos0 + t);
-    for (int i = 0; i < half; i++) {
+    for (int j = 0; j < cols; j++) {
+      int i = col0 + j < half ? col0 + j : col0 + j - half;
       float a = pos * expf((float)i * c);
-      float sv = sinf(a), cv = cosf(a);
-      for (int b = 0; b < B; b++) {
-        float *yr = y + ((int64_t)b * T + t) * d;
-        yr[i] += sv;
-        yr[half + i] += cv;
-      }
+      float v = col0 + j < half ? sinf(a) : cosf(a);
+      for (int b = 0; b < B; b++) y[((int64_t)b * T + t) * ld + j] += v;
     }
   }
 }

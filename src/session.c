@@ -71,6 +71,15 @@ static void build_tensors(session *s) {
       }
     }
   }
+  /* a vector sits on every TP process row: process row 0 writes it and its moments */
+  s->save_tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
+  memcpy(s->save_tensors, s->tensors, (size_t)m->n_params * sizeof(ckpt_tensor));
+  for (int i = 0; i < m->n_params && s->g.prow != 0; i++)
+    if (m->params[i].is_vector) {
+      ckpt_tensor *t = &s->save_tensors[i];
+      t->write_param = 0;
+      t->opt_lo = t->opt_hi = 0;
+    }
 }
 
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {
@@ -128,7 +137,11 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
   dims.n_classes = data_n_classes(s->data);
   s->model = model_create(&dims, &s->g, (uint64_t)c->seed);
   s->with_optim = with_optim;
-  if (with_optim) optim_init(&s->opt, c, s->model->n_floats, s->g.dp_comm);
+  if (with_optim) {
+    optim_init(&s->opt, c, s->model->n_floats, s->g.dp_comm);
+    if (s->g.tp > 1) /* the vectors of process rows > 0 are copies: counted once */
+      optim_set_tp(&s->opt, s->g.tp_comm, s->g.prow == 0 ? s->model->n_floats : s->model->vec_lo);
+  }
   build_tensors(s);
 
   /* checkpoint */
@@ -194,7 +207,7 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
 int session_save(session *s, const ckpt_meta *meta) {
   char dir[1100], err[2048];
   snprintf(dir, sizeof dir, "%s/ckpt", s->cfg.out);
-  if (ckpt_save(dir, s->tensors, s->n_tensors, meta, (int)s->cfg.keep_last, s->g.world, err,
+  if (ckpt_save(dir, s->save_tensors, s->n_tensors, meta, (int)s->cfg.keep_last, s->g.world, err,
                 sizeof err) != C_OK) {
     say_error(err);
     return C_ERR;
@@ -204,6 +217,7 @@ int session_save(session *s, const ckpt_meta *meta) {
 
 void session_close(session *s) {
   free(s->tensors);
+  free(s->save_tensors);
   free(s->meta.config_text);
   if (s->with_optim) optim_free(&s->opt);
   model_free(s->model);

@@ -333,8 +333,8 @@ typedef struct {
 static double attn_obj(void *vc) {
   attn_ctx *c = vc;
   ops_attention_forward(c->out, c->ldo, c->probs, c->q, c->ldq, c->k, c->v, c->ldk, c->pad,
-                        c->causal, c->B, c->Tq, c->Tk, c->H, c->dh, c->p, c->key, c->b0,
-                        c->scratch);
+                        c->causal, c->B, c->Tq, c->Tk, c->H, c->dh, c->p, c->key, c->b0, 0,
+                        c->H, c->scratch);
   double s = 0.0;
   for (int i = 0; i < c->B * c->Tq; i++)
     for (int j = 0; j < c->H * c->dh; j++)
@@ -459,7 +459,7 @@ static void attn_case(const char *name, int B, int Tq, int Tk, int H, int dh, in
   float *dq0 = frand(nq, 1.0), *dkv0 = frand(nk, 1.0);
   float *dq = copyf(dq0, nq), *dkv = copyf(dkv0, nk);
   ops_attention_backward(dq, dkv, dkv + H * dh, c.r, c.ldo, c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B,
-                         Tq, Tk, H, dh, p, c.key, b0, c.scratch);
+                         Tq, Tk, H, dh, p, c.key, b0, 0, H, c.scratch);
   float *gq = added(dq, dq0, nq), *gkv = added(dkv, dkv0, nk);
   snprintf(what, sizeof what, "attention %s dq", name);
   fd_check(what, c.q, nq, gq, attn_obj, &c);
@@ -489,8 +489,8 @@ static void test_attention(void) {
   int Tq = 2, Tk = 4, ld = H * dh;
   float *q = frand(B * Tq * ld, 1.0), *kv = frand(B * Tk * ld, 1.0), *out = frand(B * Tq * ld, 1.0);
   float *probs = fzero(B * H * Tq * Tk), *scr = fzero(2 * Tq * Tk);
-  ops_attention_forward(out, ld, probs, q, ld, kv, kv, ld, allpad, 0, B, Tq, Tk, H, dh, 0.0f, 0, 0,
-                        scr);
+  ops_attention_forward(out, ld, probs, q, ld, kv, kv, ld, allpad, 0, B, Tq, Tk, H, dh, 0.0f, 0, 0, 0,
+                        H, scr);
   int zero = 1;
   for (int i = H * Tq * Tk; i < B * H * Tq * Tk; i++)
     zero &= probs[i] == 0.0f;
@@ -560,6 +560,15 @@ static void test_positions(void) {
   TEST_EXPECT(fabs(z[8 + 3] - sin(1e-4)) < 1e-7 && fabs(z[8 + 7] - cos(1e-4)) < 1e-6,
               "PE(1)[half-1] wrong");
   TEST_EXPECT(fabs(z[16 + 1] - sin(2.0 * pow(10000.0, -1.0 / 3))) < 1e-6, "PE(2)[1] wrong");
+  /* a column block (a process column's share, across the sin/cos halves) gets exactly
+   * those columns of the whole */
+  float full[2 * 5 * 16] = {0}, blk[2 * 5 * 6] = {0};
+  ops_positions_add(full, B, T, d, pos0);
+  ops_positions_add_cols(blk, 6, B, T, d, 5, 6, pos0);
+  int same = 1;
+  for (int r = 0; r < B * T; r++)
+    for (int j = 0; j < 6; j++) same &= blk[r * 6 + j] == full[r * d + 5 + j];
+  TEST_EXPECT(same, "positions of columns 5..10 differ from those of the whole");
   free(y), free(y0), free(ref);
 }
 

@@ -1,0 +1,131 @@
+/* tpops.c: LayerNorm and cross-entropy over column-split rows (see tpops.h).
+ *
+ * Each function computes per-row partial sums of its own columns, all-reduces them over
+ * the process row in one call (n or 2n or 3n values), and finishes locally. Partial sums
+ * of the cross-entropy are doubles: the loss is reported in double, as ops_xent does.
+ */
+#include "tpops.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                             const float *b, int n, int dl, int d, float eps, MPI_Comm row_comm) {
+  CHECK(y != x, "tpops_layernorm_forward: y may not alias x");
+  for (int i = 0; i < n; i++) {
+    const float *xr = x + (int64_t)i * dl;
+    float s = 0.0f;
+    for (int j = 0; j < dl; j++) s += xr[j];
+    mean[i] = s;
+  }
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean, n, MPI_FLOAT, MPI_SUM, row_comm));
+  for (int i = 0; i < n; i++) {
+    const float *xr = x + (int64_t)i * dl;
+    float mu = mean[i] / (float)d, v = 0.0f;
+    for (int j = 0; j < dl; j++) v += (xr[j] - mu) * (xr[j] - mu);
+    mean[i] = mu;
+    rstd[i] = v;
+  }
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, rstd, n, MPI_FLOAT, MPI_SUM, row_comm));
+  for (int i = 0; i < n; i++) {
+    const float *xr = x + (int64_t)i * dl;
+    float *yr = y + (int64_t)i * dl;
+    float mu = mean[i], rs = 1.0f / sqrtf(rstd[i] / (float)d + eps);
+    rstd[i] = rs;
+    for (int j = 0; j < dl; j++) yr[j] = (xr[j] - mu) * rs * g[j] + b[j];
+  }
+}
+
+void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                              const float *mean, const float *rstd, const float *g, int n, int dl,
+                              int d, MPI_Comm row_comm, float *scratch) {
+  for (int i = 0; i < n; i++) {
+    const float *xr = x + (int64_t)i * dl, *dyr = dy + (int64_t)i * dl;
+    float mu = mean[i], rs = rstd[i], s1 = 0.0f, s2 = 0.0f;
+    for (int j = 0; j < dl; j++) {
+      float xhat = (xr[j] - mu) * rs;
+      if (dg) dg[j] += dyr[j] * xhat;
+      if (db) db[j] += dyr[j];
+      s1 += dyr[j] * g[j];
+      s2 += dyr[j] * g[j] * xhat;
+    }
+    scratch[2 * i] = s1;
+    scratch[2 * i + 1] = s2;
+  }
+  if (!dx) return;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, scratch, 2 * n, MPI_FLOAT, MPI_SUM, row_comm));
+  for (int i = 0; i < n; i++) {
+    const float *xr = x + (int64_t)i * dl, *dyr = dy + (int64_t)i * dl;
+    float *dxr = dx + (int64_t)i * dl;
+    float mu = mean[i], rs = rstd[i];
+    float m1 = scratch[2 * i] / (float)d, m2 = scratch[2 * i + 1] / (float)d;
+    for (int j = 0; j < dl; j++) dxr[j] += rs * (dyr[j] * g[j] - m1 - (xr[j] - mu) * rs * m2);
+  }
+}
+
+int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int Vl,
+                   int64_t v0, int64_t V, int pad, float eps, float grad_scale, double *loss_sum,
+                   double *nll_sum, int32_t *argmax, MPI_Comm row_comm, double *scratch) {
+  CHECK(V >= 2, "tpops_xent: V = %lld", (long long)V);
+  const double epsi = (double)eps / (double)(V - 1);
+  /* pass 1: row maxima (with their global index for argmax) */
+  struct { float v; int i; } *mx = (void *)scratch; /* n pairs fit in 4n doubles */
+  for (int i = 0; i < n; i++) {
+    const float *z = logits + (int64_t)i * Vl;
+    float m = -FLT_MAX;
+    int at = INT32_MAX;
+    for (int j = 0; j < Vl; j++)
+      if (z[j] > m || at == INT32_MAX) m = z[j], at = (int)(v0 + j);
+    mx[i].v = m;
+    mx[i].i = at;
+  }
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mx, n, MPI_FLOAT_INT, MPI_MAXLOC, row_comm));
+  /* pass 2: sum of exp(z - m), sum of z, the target's logit (0 where not owned) */
+  double *part = scratch + n;
+  for (int i = 0; i < n; i++) {
+    const float *z = logits + (int64_t)i * Vl;
+    float m = mx[i].v;
+    double se = 0.0, sz = 0.0, zt = 0.0;
+    int t = targets[i];
+    if (t != pad) {
+      CHECK(t >= 0 && t < V, "tpops_xent: target %d outside [0, %lld)", t, (long long)V);
+      for (int j = 0; j < Vl; j++) {
+        se += (double)expf(z[j] - m);
+        sz += (double)z[j];
+      }
+      if (t >= v0 && t < v0 + Vl) zt = (double)z[t - v0];
+    }
+    part[3 * i] = se, part[3 * i + 1] = sz, part[3 * i + 2] = zt;
+  }
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, part, 3 * n, MPI_DOUBLE, MPI_SUM, row_comm));
+  int64_t count = 0;
+  double loss_acc = 0.0, nll_acc = 0.0;
+  for (int i = 0; i < n; i++) {
+    float m = mx[i].v;
+    if (argmax) argmax[i] = mx[i].i;
+    int t = targets[i];
+    float *o = dlogits ? dlogits + (int64_t)i * Vl : NULL;
+    if (t == pad) {
+      if (o) memset(o, 0, (size_t)Vl * sizeof(float));
+      continue;
+    }
+    double se = part[3 * i], sz = part[3 * i + 1], zt = part[3 * i + 2];
+    double lse = (double)m + log(se);
+    double nll = lse - zt;
+    loss_acc += (1.0 - (double)eps - epsi) * nll + epsi * ((double)V * lse - sz);
+    nll_acc += nll;
+    count++;
+    if (o) {
+      const float *z = logits + (int64_t)i * Vl;
+      float inv = (float)(1.0 / se), fe = (float)epsi;
+      for (int j = 0; j < Vl; j++) {
+        float w = (v0 + j == t) ? 1.0f - eps : fe;
+        o[j] = grad_scale * (expf(z[j] - m) * inv - w);
+      }
+    }
+  }
+  if (loss_sum) *loss_sum += loss_acc;
+  if (nll_sum) *nll_sum += nll_acc;
+  return count;
+}
