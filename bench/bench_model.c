@@ -1,14 +1,18 @@
 /* bench_model.c: training throughput of the model on a fixed batch, and the single-core
  * sgemm rate measured in the same run.
  *
- * Usage: mpirun -np N bench_model SHAPE [B T STEPS [ZERO]]
+ * Usage: mpirun -np N bench_model SHAPE [B T STEPS [ZERO [TP_GRID]]]
  *   SHAPE: small (d 256, ffn 1024, 4 heads, 3+3 layers, vocab 8000) or
  *          base  (d 512, ffn 1024, 4 heads, 6+6 layers, vocab 8000: the paper's IWSLT shape)
  *   B x T: sentences x tokens per rank (default 64 x 32, source and target alike)
+ *   B x T: per data-parallel replica when TP_GRID (e.g. 1x2, 2x1) splits the model
  * ZERO=1 shards the Adam moments over the ranks (the state bytes per rank are printed).
  * Each step is what `mpiformer train` does: forward, backward, gradient all-reduce over
- * the ranks (data parallel), Adam. Prints one JSON line: target tokens/s over all ranks,
- * matmul GFLOP/s achieved per rank, and the sgemm rate of one core (2048x2048x512).
+ * the data-parallel ranks, Adam. Prints one JSON line: target tokens/s over all ranks,
+ * matmul GFLOP/s achieved per rank, the sgemm rate of one core (2048x2048x512), the
+ * parameter MiB per rank, and comm_fraction: the share of the step rank 0 spends inside
+ * MPI calls (the calls of mpiformer and of ScaLAPACK/BLACS, timed through the PMPI
+ * profiling interface below; waiting for a slower partner counts as communication).
  * Figures, not pass/fail.
  */
 #include <cblas.h>
@@ -18,6 +22,44 @@
 #include "model.h"
 #include "ops.h"
 #include "optim.h"
+
+/* ---- PMPI wrappers: time spent inside the MPI calls the step makes ------------------ */
+static double mpi_seconds = 0;
+#define TIMED(call)                    \
+  do {                                 \
+    double t0_ = MPI_Wtime();          \
+    int rc_ = call;                    \
+    mpi_seconds += MPI_Wtime() - t0_;  \
+    return rc_;                        \
+  } while (0)
+int MPI_Allreduce(const void *s, void *r, int n, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
+  TIMED(PMPI_Allreduce(s, r, n, t, op, c));
+}
+int MPI_Allgatherv(const void *s, int n, MPI_Datatype t, void *r, const int *rc, const int *d,
+                   MPI_Datatype rt, MPI_Comm c) {
+  TIMED(PMPI_Allgatherv(s, n, t, r, rc, d, rt, c));
+}
+int MPI_Allgather(const void *s, int n, MPI_Datatype t, void *r, int rn, MPI_Datatype rt, MPI_Comm c) {
+  TIMED(PMPI_Allgather(s, n, t, r, rn, rt, c));
+}
+int MPI_Reduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
+  TIMED(PMPI_Reduce_scatter(s, r, rc, t, op, c));
+}
+int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c) {
+  TIMED(PMPI_Send(b, n, t, dst, tag, c));
+}
+int MPI_Recv(void *b, int n, MPI_Datatype t, int src, int tag, MPI_Comm c, MPI_Status *st) {
+  TIMED(PMPI_Recv(b, n, t, src, tag, c, st));
+}
+int MPI_Wait(MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Wait(r, st)); }
+int MPI_Waitall(int n, MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Waitall(n, r, st)); }
+int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c) {
+  TIMED(PMPI_Bcast(b, n, t, root, c));
+}
+int MPI_Sendrecv(const void *sb, int sn, MPI_Datatype st, int dst, int stag, void *rb, int rn,
+                 MPI_Datatype rt, int src, int rtag, MPI_Comm c, MPI_Status *s) {
+  TIMED(PMPI_Sendrecv(sb, sn, st, dst, stag, rb, rn, rt, src, rtag, c, s));
+}
 
 static double sgemm_rate(void) {
   int m = 2048, n = 2048, k = 512;
@@ -58,6 +100,8 @@ int main(int argc, char **argv) {
   int B = argc > 2 ? atoi(argv[2]) : 64, T = argc > 3 ? atoi(argv[3]) : 32;
   int steps = argc > 4 ? atoi(argv[4]) : 5;
   int zero = argc > 5 ? atoi(argv[5]) : 0;
+  int pr = 1, pc = 1;
+  if (argc > 6) CHECK(sscanf(argv[6], "%dx%d", &pr, &pc) == 2, "TP_GRID: %s is not PRxPC", argv[6]);
   config c;
   config_defaults(&c);
   int small = strcmp(shape, "small") == 0;
@@ -67,47 +111,48 @@ int main(int argc, char **argv) {
   c.zero = zero;
   grid g;
   char err[256];
-  CHECK(grid_create(&g, 1, 1, 1, 1, err, sizeof err) == C_OK, "%s", err);
+  CHECK(grid_create(&g, pr * pc, pr, pc, 1, err, sizeof err) == C_OK, "%s", err);
   model_dims dims;
   model_dims_from_config(&dims, &c, 8000, 0, 2, 3);
   model *m = model_create(&dims, &g, 1);
   optim o;
   optim_init(&o, &c, m->n_floats, g.dp_comm);
+  if (g.tp > 1) optim_set_tp(&o, g.tp_comm, g.prow == 0 ? m->n_floats : m->vec_lo);
   int32_t *src = common_malloc((size_t)B * T * 4), *tin = common_malloc((size_t)B * T * 4),
           *tout = common_malloc((size_t)B * T * 4);
   for (int i = 0; i < B * T; i++) {
-    src[i] = 4 + (int)(ops_hash_uniform(rank + 11, (uint64_t)i) * 7990);
-    tout[i] = 4 + (int)(ops_hash_uniform(rank + 23, (uint64_t)i) * 7990);
+    src[i] = 4 + (int)(ops_hash_uniform((uint64_t)g.dp_rank + 11, (uint64_t)i) * 7990);
+    tout[i] = 4 + (int)(ops_hash_uniform((uint64_t)g.dp_rank + 23, (uint64_t)i) * 7990);
     tin[i] = i % T == 0 ? 2 : tout[i - 1];
   }
   double sgemm = 0;
   if (rank == 0) sgemm = sgemm_rate(); /* alone, before the ranks compete for cores */
   MPI_Barrier(MPI_COMM_WORLD);
-  double t_step = 0, t_comm = 0;
+  double t_step = 0, t_comm = 0, mpi0 = 0;
   for (int s = -1; s < steps; s++) { /* step -1 warms up (arena, BLAS buffers) */
     MPI_Barrier(MPI_COMM_WORLD);
+    if (s == 0) mpi0 = mpi_seconds;
     double t0 = common_now(), loss = 0, nll = 0;
     model_zero_grad(m);
     model_set_mode(m, 1, (uint64_t)s + 100);
     int64_t ntok = model_forward_backward(m, src, tin, tout, B, T, T, 1.0f, 1, &loss, &nll);
-    double tc = common_now();
-    double total = (double)ntok;
-    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    double total = (double)ntok; /* the replica's total on every rank */
+    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_DOUBLE, MPI_SUM, g.dp_comm);
     optim_sync_grads(&o, m->grad_mem, (float)(1.0 / total));
-    tc = common_now() - tc;
     optim_update(&o, m->param_mem, m->grad_mem, 1e-4, 1.0f);
     double dt = common_now() - t0;
-    if (s >= 0) t_step += dt, t_comm += tc;
+    if (s >= 0) t_step += dt;
   }
+  t_comm = mpi_seconds - mpi0;
   MPI_Allreduce(MPI_IN_PLACE, &t_step, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0) {
-    double tok_s = (double)B * T * size * steps / t_step;
-    double gflops = step_flops(&dims, B, T) * steps / t_step / 1e9;
-    printf("{\"shape\":\"%s\",\"ranks\":%d,\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
+    double tok_s = (double)B * T * g.dp * steps / t_step;
+    double gflops = step_flops(&dims, B, T) * g.dp * steps / t_step / 1e9 / size;
+    printf("{\"shape\":\"%s\",\"ranks\":%d,\"tp_grid\":\"%dx%d\",\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
            "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
            "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
            "\"params_mib_per_rank\":%.1f}\n",
-           shape, size, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
+           shape, size, pr, pc, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
            t_step / steps, zero, optim_state_bytes(&o) / 1048576.0,
            m->n_floats * 4.0 / 1048576.0);
   }

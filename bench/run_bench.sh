@@ -7,6 +7,8 @@
 #    measured in the same run;
 #  - checkpoint write/read MB/s of a base-sized model with Adam state on 2 ranks, next to
 #    a plain sequential write of the same bytes (bench_ckpt);
+#  - tensor parallelism: tokens/s, communication share and memory per rank of base on 2
+#    ranks as dp=2, tp=2 1x2 and tp=2 2x1 (bench_model's TP_GRID argument);
 #  - the tensor-parallel crossover: one sgemm on one rank against dmat_gemm (ScaLAPACK
 #    psgemm) on a 1x2 and a 2x1 grid, square and Transformer shapes (bench_gemm, 2 ranks).
 # Usage: bench/run_bench.sh [STEPS]   (BUILD=build by default). Absolute numbers are noisy
@@ -51,6 +53,13 @@ done
 echo
 echo "checkpoint I/O, 2 ranks, about the size of base with Adam state (3 x 35.6M floats = 427 MB):"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_ckpt" 427 "$out" 1
+echo
+echo "tensor parallelism, base, 2 ranks, 64 x 32 tokens per replica: dp=2 (tp=1) against tp=2"
+echo "(comm: share of rank 0's step inside MPI calls, ScaLAPACK's included, waiting counted)"
+for grid in 1x1 1x2 2x1; do
+  mpirun --oversubscribe -np 2 "$BUILD/bench/bench_model" base 64 32 "$STEPS" 0 $grid |
+    $PY -c 'import json,sys; o=json.load(sys.stdin); print("  %-5s %s: %7.1f tok/s, comm %.3f, parameters %.1f MiB/rank, Adam state %.1f MiB/rank" % (o["tp_grid"], "dp=2" if o["tp_grid"] == "1x1" else "tp=2", o["tokens_per_s"], o["comm_fraction"], o["params_mib_per_rank"], o["adam_state_mib_per_rank"]))'
+done
 echo
 echo "dmat_gemm on a 2-rank TP grid (psgemm, 1x2 and 2x1) against one sgemm on one rank:"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_gemm"
