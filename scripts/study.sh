@@ -4,7 +4,8 @@
 #      a jobs/study/clf-*.conf or mlm-*.conf needs it (paraphrase.py)
 #   2. gradient norms at initialization (scripts/gradnorm_study.sh -> runs/gradnorm/)
 #   3. translation runs jobs/study/mt-*.conf, one after another, out=runs/study/<name>
-#   4. classification runs jobs/study/clf-*.conf, mlm-*.conf when present and their data exist
+#   4. classification: the masked-LM runs jobs/study/mlm-*.conf, then jobs/study/clf-*.conf
+#      (which start from the masked-LM encoder of their norm), when their data exist
 #   5. test-split evaluation of each finished run (beam 5) -> runs/study/<name>/test.json
 #   6. a short summary (scripts/report.py --summary); `make report` writes the plots
 # Every run uses resume=auto: an interrupted study continues where it stopped, and a
@@ -60,7 +61,8 @@ for conf in jobs/study/mt-*.conf; do
   [ -f "$conf" ] && run_job "$conf"
 done
 
-for conf in jobs/study/clf-*.conf jobs/study/mlm-*.conf; do
+# masked-LM first: the classifiers start from its encoder (init_from in clf-*.conf)
+for conf in jobs/study/mlm-*.conf jobs/study/clf-*.conf; do
   [ -f "$conf" ] || continue
   data=$(conf_value "$conf" data)
   if [ -n "$data" ] && [ ! -f "$data" ]; then
