@@ -144,10 +144,10 @@ int train_main(int argc, char **argv) {
            layout, c->norm, (long long)c->enc_layers, (long long)s.model->dims.n_dec,
            (long long)c->d_model, (long long)c->ffn_dim, (long long)c->heads, n_params / 1e6,
            data_vocab_size(s.data));
-    double full = 2.0 * s.model->n_floats * sizeof(float) / 1048576.0;
-    printf("adam state per rank: %.1f MiB (zero=%d; %.1f MiB without sharding, %.1f MiB saved)\n",
-           optim_state_bytes(&s.opt) / 1048576.0, (int)c->zero, full,
-           full - optim_state_bytes(&s.opt) / 1048576.0);
+    double pmib = s.model->n_floats * sizeof(float) / 1048576.0, full = 2.0 * pmib;
+    printf("per rank: parameters %.1f MiB, gradients %.1f MiB, adam state %.1f MiB (zero=%d; "
+           "%.1f MiB without sharding)\n",
+           pmib, pmib, optim_state_bytes(&s.opt) / 1048576.0, (int)c->zero, full);
     if (s.resumed)
       printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", s.ckpt_path,
              (long long)t.step, (long long)t.epoch, (long long)t.cursor);
