@@ -832,26 +832,23 @@ int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tg
 
 /* ---- encoder-only heads ------------------------------------------------------------ */
 
-/* At least n floats of head scratch (grown only). */
-static float *head_prepare(model *m, size_t n) {
-  model_acts *a = m->acts;
-  if (n > a->head_cap) {
-    free(a->head);
-    a->head_cap = n + n / 4;
-    a->head = common_malloc(a->head_cap * sizeof(float));
+/* *buf with room for at least n items of elem bytes (grown by a quarter more, never shrunk). */
+static void *grow(void *buf_ptr, size_t *cap, size_t n, size_t elem) {
+  void **buf = buf_ptr;
+  if (n > *cap) {
+    free(*buf);
+    *cap = n + n / 4;
+    *buf = common_malloc(*cap * elem);
   }
-  return a->head;
+  return *buf;
 }
 
-/* At least n int32 of head index scratch (grown only). */
+/* At least n floats of head scratch, n int32 of head index scratch. */
+static float *head_prepare(model *m, size_t n) {
+  return grow(&m->acts->head, &m->acts->head_cap, n, sizeof(float));
+}
 static int32_t *head_idx_prepare(model *m, size_t n) {
-  model_acts *a = m->acts;
-  if (n > a->head_idx_cap) {
-    free(a->head_idx);
-    a->head_idx_cap = n + n / 4;
-    a->head_idx = common_malloc(a->head_idx_cap * sizeof(int32_t));
-  }
-  return a->head_idx;
+  return grow(&m->acts->head_idx, &m->acts->head_idx_cap, n, sizeof(int32_t));
 }
 
 /* Index of the largest of row[0..n) (the first on ties). */
