@@ -202,6 +202,32 @@ int config_validate(config *c, char *err, size_t err_len) {
     snprintf(err, err_len, "lr_scheduler=step needs lr_decay_epochs (e.g. lr_decay_epochs=8)");
     return -1;
   }
+  /* micro-batches: update_freq and microbatches are one setting (the batches of max_tokens
+   * a replica accumulates per update); microbatches is the pipeline's name for it */
+  if (c->microbatches != 1 && c->update_freq != 1 && c->microbatches != c->update_freq) {
+    snprintf(err, err_len,
+             "microbatches=%lld and update_freq=%lld disagree: both are the micro-batches a "
+             "replica accumulates per update; set one of them (or both to the same value)",
+             (long long)c->microbatches, (long long)c->update_freq);
+    return -1;
+  }
+  if (c->microbatches > c->update_freq) c->update_freq = c->microbatches;
+  c->microbatches = c->update_freq;
+  if (c->pp > 1 && strcmp(c->arch, "transformer") != 0) {
+    snprintf(err, err_len,
+             "pp=%lld: pipeline parallelism splits arch=transformer only (the encoder-only "
+             "arch=%s is not split into stages); use pp=1 with dp and tp",
+             (long long)c->pp, c->arch);
+    return -1;
+  }
+  if (c->pp > 1 && c->pp > c->enc_layers + c->dec_layers) {
+    snprintf(err, err_len,
+             "pp=%lld exceeds the %lld layers (enc_layers=%lld + dec_layers=%lld): every "
+             "pipeline stage needs at least one layer",
+             (long long)c->pp, (long long)(c->enc_layers + c->dec_layers),
+             (long long)c->enc_layers, (long long)c->dec_layers);
+    return -1;
+  }
   /* TP grid shape */
   int pr = 0, pc = 0;
   if (c->tp_grid[0]) {
