@@ -7,7 +7,7 @@
  * the decoder), pp = 2 x tp = 2 as 1x2 and 2x1, dp = 2 x pp = 2; on 8: dp = 2 x pp = 2 x
  * tp = 2, pp = 4 x tp = 2 and pp = 2 x tp = 4 as 2x2), and for the translation model in
  * both norms (Pre-LN with separate embeddings, Post-LN with all embeddings shared, so
- * the tied table sits on 2 or 3 stages), with all three dropouts on, a pipeline model
+ * the tied table sits on 2 or 3 stages, and Pre-LN with decoder_io sharing), with all three dropouts on, a pipeline model
  * runs NSTEPS updates of M = 4 micro-batches each through the 1F1B schedule (pipe_run,
  * then pipe_reduce_tied and the DP sum), and a one-rank model (same seed) runs the same
  * dp * M micro-batches as update_freq = dp * M. Micro-batches differ in sentence
@@ -181,6 +181,7 @@ int main(int argc, char **argv) {
     CHECK(grid_create(&g, L[2] * L[3], L[2], L[3], L[1], err, sizeof err) == C_OK, "%s", err);
     check(&g1, &g, 1, 0);
     check(&g1, &g, 0, 2);
+    check(&g1, &g, 1, 1);
     grid_destroy(&g);
   }
   grid_destroy(&g1);
