@@ -85,7 +85,8 @@ int main(int argc, char **argv) {
       /* per update: wall = the slowest stage's pipe_run, compute = every stage's model
        * calls; bubble = 1 - sum(compute) / (S * wall). The fastest update is reported
        * (the others include the machine's noise). */
-      double best_wall = -1, best_bubble = 0, *busy_all = common_calloc((size_t)size, sizeof(double));
+      double best_wall = -1, best_bubble = 0,
+             *busy_all = common_calloc((size_t)size, sizeof(double));
       for (int s = -1; s < steps; s++) { /* s = -1 warms up the arenas */
         model_zero_grad(m);
         double sums[3] = {0, 0, 0};
@@ -103,9 +104,11 @@ int main(int argc, char **argv) {
       }
       if (rank == 0) {
         printf("{\"mode\":\"bubble\",\"shape\":\"%s\",\"pp\":%d,\"M\":%d,\"microbatch\":\"%dx%d\","
-               "\"bubble_measured\":%.3f,\"bubble_theory\":%.3f,\"update_s\":%.3f,\"stage_compute_s\":[",
+               "\"bubble_measured\":%.3f,\"bubble_theory\":%.3f,\"update_s\":%.3f,\"stage_compute_"
+               "s\":[",
                shape, size, M, B, T, best_bubble, (double)(size - 1) / (M + size - 1), best_wall);
-        for (int k = 0; k < size; k++) printf("%s%.3f", k ? "," : "", busy_all[k]);
+        for (int k = 0; k < size; k++)
+          printf("%s%.3f", k ? "," : "", busy_all[k]);
         printf("]}\n");
         fflush(stdout);
       }
@@ -148,11 +151,12 @@ int main(int argc, char **argv) {
   }
   MPI_Allreduce(MPI_IN_PLACE, &t_step, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0)
-    printf("{\"mode\":\"tput\",\"shape\":\"%s\",\"dp\":%d,\"pp\":%d,\"tp\":%d,\"M\":%d,"
-           "\"microbatch\":\"%dx%d\",\"tokens_per_update\":%d,\"tokens_per_s\":%.1f,\"step_s\":%.3f,"
-           "\"params_mib_per_rank\":%.1f}\n",
-           shape, dp, pp, tp, M, B, T, dp * M * B * T, (double)dp * M * B * T * steps / t_step,
-           t_step / steps, m->n_floats * 4.0 / 1048576.0);
+    printf(
+        "{\"mode\":\"tput\",\"shape\":\"%s\",\"dp\":%d,\"pp\":%d,\"tp\":%d,\"M\":%d,"
+        "\"microbatch\":\"%dx%d\",\"tokens_per_update\":%d,\"tokens_per_s\":%.1f,\"step_s\":%.3f,"
+        "\"params_mib_per_rank\":%.1f}\n",
+        shape, dp, pp, tp, M, B, T, dp * M * B * T, (double)dp * M * B * T * steps / t_step,
+        t_step / steps, m->n_floats * 4.0 / 1048576.0);
   pipe_free(&ps);
   free_data(&x);
   optim_free(&o);

@@ -32,7 +32,7 @@
 typedef struct pipe_batch {
   const int32_t *src, *tgt_in, *tgt_out; /* (B,S), (B,T), (B,T) */
   int B, S, T;
-  uint64_t key;                          /* dropout key */
+  uint64_t key; /* dropout key */
   int valid;
 } pipe_batch;
 
@@ -48,13 +48,13 @@ typedef struct pipe_sched {
   int n_bufs;              /* per-micro-batch send buffers allocated */
   float **send_fwd, **send_bwd;
   size_t *cap_fwd, *cap_bwd;
-  float *recv;             /* one receive buffer (a receive completes before the compute) */
+  float *recv; /* one receive buffer (a receive completes before the compute) */
   size_t recv_cap;
-  MPI_Request *reqs;       /* pending sends of this update */
+  MPI_Request *reqs; /* pending sends of this update */
   int n_reqs, cap_reqs;
-  float *tied_zero;        /* zeros for the tied tensors this stage does not hold */
+  float *tied_zero; /* zeros for the tied tensors this stage does not hold */
   size_t tied_cap;
-  double busy, wait;       /* seconds computing / waiting in receives, summed (bench) */
+  double busy, wait; /* seconds computing / waiting in receives, summed (bench) */
 } pipe_sched;
 
 /* Set up for model m on grid g (m's stage is g->stage). Not collective. */

@@ -24,7 +24,8 @@ void pipe_init(pipe_sched *p, const grid *g, model *m, double timeout) {
   p->timeout = timeout;
   p->skip_stage = p->skip_mb = -1;
   const char *skip = getenv("MPIFORMER_PP_SKIP_SEND");
-  if (skip && sscanf(skip, "%d:%d", &p->skip_stage, &p->skip_mb) != 2) p->skip_stage = p->skip_mb = -1;
+  if (skip && sscanf(skip, "%d:%d", &p->skip_stage, &p->skip_mb) != 2)
+    p->skip_stage = p->skip_mb = -1;
 }
 
 void pipe_free(pipe_sched *p) {
@@ -108,7 +109,8 @@ static void recv_wait(pipe_sched *p, float *buf, int64_t n, int from, int tag, i
 }
 
 static void send(pipe_sched *p, const float *buf, int64_t n, int to, int tag) {
-  MPI_CHECK(MPI_Isend(buf, common_int(n), MPI_FLOAT, to, tag, p->g->pp_comm, &p->reqs[p->n_reqs++]));
+  MPI_CHECK(
+      MPI_Isend(buf, common_int(n), MPI_FLOAT, to, tag, p->g->pp_comm, &p->reqs[p->n_reqs++]));
 }
 
 /* Wait for this stage's sends, under the same deadline. */
@@ -120,9 +122,10 @@ static void sends_wait(pipe_sched *p) {
     if (done) break;
     double waited = common_now() - t0;
     if (waited > p->timeout) {
-      fprintf(stderr, "[rank %d] stage %d: waited %.0f s for its sends to stages %d/%d to complete; "
-              "pp_timeout=%g: aborting\n", p->g->world_rank, p->g->stage, waited, p->g->stage - 1,
-              p->g->stage + 1, p->timeout);
+      fprintf(stderr,
+              "[rank %d] stage %d: waited %.0f s for its sends to stages %d/%d to complete; "
+              "pp_timeout=%g: aborting\n",
+              p->g->world_rank, p->g->stage, waited, p->g->stage - 1, p->g->stage + 1, p->timeout);
       fflush(stderr);
       MPI_Abort(p->g->world, 3);
     }
@@ -131,11 +134,13 @@ static void sends_wait(pipe_sched *p) {
   p->n_reqs = 0;
 }
 
-typedef struct mb_sizes { int64_t in, out; } mb_sizes;
+typedef struct mb_sizes {
+  int64_t in, out;
+} mb_sizes;
 
 /* Forward of micro-batch k (arena `slot`): receive, compute, send. */
-static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int backward,
-                    double *sums, mb_sizes *sz) {
+static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int backward, double *sums,
+                    mb_sizes *sz) {
   const grid *g = p->g;
   model *m = p->m;
   int last = g->stage == g->pp - 1;
@@ -156,7 +161,8 @@ static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int bac
   sums[2] += (double)model_stage_forward(m, b->src, b->tgt_in, b->tgt_out, b->B, b->S, b->T, 1.0f,
                                          backward, in, out, &sums[0], &sums[1]);
   p->busy += common_now() - t0;
-  if (!last && !(g->stage == p->skip_stage && k == p->skip_mb)) send(p, out, sz->out, g->stage + 1, 2 * k);
+  if (!last && !(g->stage == p->skip_stage && k == p->skip_mb))
+    send(p, out, sz->out, g->stage + 1, 2 * k);
 }
 
 /* Backward of micro-batch k: receive the gradient of what went forward, compute, send
@@ -191,7 +197,8 @@ void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums) 
   int next_f = 0, next_b = 0;
   /* the fixed order: warmup forwards; M - warmup (forward, backward) pairs; the rest */
   for (int step = 0; step < 2 * M; step++) {
-    int do_fwd = step < warmup || (step >= warmup && step < 2 * M - warmup && (step - warmup) % 2 == 0);
+    int do_fwd =
+        step < warmup || (step >= warmup && step < 2 * M - warmup && (step - warmup) % 2 == 0);
     if (do_fwd) {
       int k = next_f++;
       load(ctx, k, &b);
@@ -202,8 +209,8 @@ void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums) 
       if (valid[k]) backward(p, k, k % n_slots, &sz[k]);
     }
   }
-  CHECK(next_f == M && next_b == M, "pipe_run: schedule ran %d forwards, %d backwards of %d", next_f,
-        next_b, M);
+  CHECK(next_f == M && next_b == M, "pipe_run: schedule ran %d forwards, %d backwards of %d",
+        next_f, next_b, M);
   sends_wait(p);
   model_use_slot(p->m, 0);
   free(sz);
@@ -224,7 +231,8 @@ void pipe_reduce_tied(pipe_sched *p) {
   for (int i = 0; i < m->n_params; i++) {
     model_param *q = &m->params[i];
     if (q->pp_owners < 2) continue; /* the same on every stage */
-    int64_t n = dmat_block_count(q->w.rows, g->prow, g->pr) * dmat_block_count(q->w.cols, g->pcol, g->pc);
+    int64_t n =
+        dmat_block_count(q->w.rows, g->prow, g->pr) * dmat_block_count(q->w.cols, g->pcol, g->pc);
     float *buf = q->g.data;
     if (!q->pp_owned) {
       buf = grow(&p->tied_zero, &p->tied_cap, n);

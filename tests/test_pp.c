@@ -7,11 +7,11 @@
  * the decoder), pp = 2 x tp = 2 as 1x2 and 2x1, dp = 2 x pp = 2; on 8: dp = 2 x pp = 2 x
  * tp = 2, pp = 4 x tp = 2 and pp = 2 x tp = 4 as 2x2), and for the translation model in
  * both norms (Pre-LN with separate embeddings, Post-LN with all embeddings shared, so
- * the tied table sits on 2 or 3 stages, and Pre-LN with decoder_io sharing), with all three dropouts on, a pipeline model
- * runs NSTEPS updates of M = 4 micro-batches each through the 1F1B schedule (pipe_run,
- * then pipe_reduce_tied and the DP sum), and a one-rank model (same seed) runs the same
- * dp * M micro-batches as update_freq = dp * M. Micro-batches differ in sentence
- * lengths, so the boundary messages change size. Each update must give:
+ * the tied table sits on 2 or 3 stages, and Pre-LN with decoder_io sharing), with all three
+ * dropouts on, a pipeline model runs NSTEPS updates of M = 4 micro-batches each through the 1F1B
+ * schedule (pipe_run, then pipe_reduce_tied and the DP sum), and a one-rank model (same seed) runs
+ * the same dp * M micro-batches as update_freq = dp * M. Micro-batches differ in sentence lengths,
+ * so the boundary messages change size. Each update must give:
  *   - the same summed loss and token count within rel 2e-5;
  *   - for every parameter this stage holds, this rank's gradient block equal to the same
  *     block of the one-rank gradient: max |g - g_ref| <= 2e-4 * max |g_ref| + 1e-6 (as
@@ -59,7 +59,9 @@ static void make_batch(mbatch *x, int step, int i) {
   }
 }
 
-typedef struct load_ctx { int first; } load_ctx;
+typedef struct load_ctx {
+  int first;
+} load_ctx;
 
 static void load(void *ctx, int j, pipe_batch *b) {
   const mbatch *x = &mb[((load_ctx *)ctx)->first + j];
@@ -76,13 +78,15 @@ static double block_err(const dmat *p, const dmat *r, double *ref_max) {
       err = fmax(err, fabs((double)a - b));
     }
   for (int64_t i = 0; i < r->rows; i++)
-    for (int64_t j = 0; j < r->cols; j++) mx = fmax(mx, fabs((double)r->data[i * r->ld + j]));
+    for (int64_t j = 0; j < r->cols; j++)
+      mx = fmax(mx, fabs((double)r->data[i * r->ld + j]));
   *ref_max = mx;
   return err;
 }
 
 static void sgd(model *m) {
-  for (int64_t i = 0; i < m->n_floats; i++) m->param_mem[i] -= 0.01f * m->grad_mem[i];
+  for (int64_t i = 0; i < m->n_floats; i++)
+    m->param_mem[i] -= 0.01f * m->grad_mem[i];
 }
 
 static void check(const grid *g1, const grid *g, int pre_ln, int share) {
@@ -101,7 +105,8 @@ static void check(const grid *g1, const grid *g, int pre_ln, int share) {
            g->pc, pre_ln ? "Pre" : "Post", share);
   int bad_before = test_failed_;
   for (int step = 0; step < NSTEPS; step++) {
-    for (int i = 0; i < g->dp * M; i++) make_batch(&mb[i], step, i);
+    for (int i = 0; i < g->dp * M; i++)
+      make_batch(&mb[i], step, i);
     model_zero_grad(ref);
     model_zero_grad(pm);
     double a[3] = {0, 0, 0}, s[3] = {0, 0, 0};
@@ -117,7 +122,8 @@ static void check(const grid *g1, const grid *g, int pre_ln, int share) {
     MPI_Allreduce(MPI_IN_PLACE, s, 3, MPI_DOUBLE, MPI_SUM, g->dp_comm);
     MPI_Allreduce(MPI_IN_PLACE, pm->grad_mem, (int)pm->n_floats, MPI_FLOAT, MPI_SUM, g->dp_comm);
     TEST_EXPECT(test_close(s[0], a[0], 2e-5, 1e-6) && s[2] == a[2],
-                "%s step %d: loss %.8g tokens %g, one rank %.8g %g", lay, step, s[0], s[2], a[0], a[2]);
+                "%s step %d: loss %.8g tokens %g, one rank %.8g %g", lay, step, s[0], s[2], a[0],
+                a[2]);
     for (int i = 0; i < pm->n_params; i++) {
       model_param *p = &pm->params[i];
       if (!p->pp_owned) {
@@ -139,14 +145,16 @@ static void check(const grid *g1, const grid *g, int pre_ln, int share) {
     for (int64_t k = 0; k < p->rows * p->cols; k++)
       worst = fmax(worst, fabs((double)p->data[k] - r->data[k]));
   }
-  TEST_EXPECT(full != pm && worst < 1e-5, "%s: gathered model differs from one rank by %g", lay, worst);
+  TEST_EXPECT(full != pm && worst < 1e-5, "%s: gathered model differs from one rank by %g", lay,
+              worst);
   if (full != pm) model_free(full);
   int bad = test_failed_ - bad_before, any = 0;
   MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   int first[9];
   model_stage_plan(&d, g->pp, first);
   char cuts[64] = "";
-  for (int k = 1; k < g->pp; k++) snprintf(cuts + strlen(cuts), sizeof cuts - strlen(cuts), " %d", first[k]);
+  for (int k = 1; k < g->pp; k++)
+    snprintf(cuts + strlen(cuts), sizeof cuts - strlen(cuts), " %d", first[k]);
   if (g->world_rank == 0)
     printf("%s  %-38s cuts at layer%s: %d updates of %d micro-batches, loss and every gradient\n",
            any ? "FAIL" : "ok  ", lay, cuts, NSTEPS, M);
@@ -171,9 +179,9 @@ int main(int argc, char **argv) {
   grid g1;
   CHECK(grid_create(&g1, 1, 1, 1, 1, err, sizeof err) == C_OK, "%s", err);
   /* layouts {dp, pp, pr, pc} of this world size */
-  static const int layouts[][4] = {{1, 2, 1, 1}, {1, 3, 1, 1}, {1, 4, 1, 1}, {1, 2, 1, 2},
-                                   {1, 2, 2, 1}, {2, 2, 1, 1}, {2, 2, 1, 2}, {1, 4, 2, 1},
-                                   {1, 2, 2, 2}};
+  static const int layouts[][4] = {{1, 2, 1, 1}, {1, 3, 1, 1}, {1, 4, 1, 1},
+                                   {1, 2, 1, 2}, {1, 2, 2, 1}, {2, 2, 1, 1},
+                                   {2, 2, 1, 2}, {1, 4, 2, 1}, {1, 2, 2, 2}};
   for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
     const int *L = layouts[i];
     if (L[0] * L[1] * L[2] * L[3] != size) continue;
