@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
              *busy_all = common_calloc((size_t)size, sizeof(double));
       for (int s = -1; s < steps; s++) { /* s = -1 warms up the arenas */
         model_zero_grad(m);
-        double sums[3] = {0, 0, 0};
+        double sums[4] = {0, 0, 0, 0};
         MPI_Barrier(MPI_COMM_WORLD);
         double b0 = ps.busy, t0 = common_now();
         pipe_run(&ps, M, load, &x, sums);
@@ -138,7 +138,7 @@ int main(int argc, char **argv) {
   double t_step = 0;
   for (int s = -1; s < steps; s++) {
     MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = common_now(), sums[3] = {0, 0, 0};
+    double t0 = common_now(), sums[4] = {0, 0, 0, 0};
     model_zero_grad(m);
     pipe_run(&ps, M, load, &x, sums);
     pipe_reduce_tied(&ps);

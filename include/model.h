@@ -154,17 +154,19 @@ void model_use_slot(model *m, int slot);
 void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64_t *n_enc,
                      int64_t *n_dec);
 
-/* Forward of this stage's layers on the arena in use (translation model): tokens as
- * model_forward_backward (every stage gets the whole batch), in_msg the previous stage's
- * message (NULL on the first stage), out_msg receives the message for the next stage
- * (unused on the last). The last stage computes the loss (and with backward != 0 the
- * logits' gradient) and returns the target tokens; others return 0 and add nothing.
- * The tokens, the dropout key and mode are kept in the arena for the backward.
- * Collective on the TP grid. */
+/* Forward of this stage's layers on the arena in use. Translation: tokens as
+ * model_forward_backward; encoder-only archs: src = the model input rows (B,S), tgt_out =
+ * the labels (B) (classifier) or the MLM targets (B,S), tgt_in unused, T = 0. Every stage
+ * gets the whole batch. in_msg: the previous stage's message (NULL on the first stage);
+ * out_msg receives the message for the next stage (unused on the last). The last stage
+ * runs the loss (and with backward != 0 leaves the logits' gradient for the backward),
+ * adds sums[0] += loss, sums[1] += nll, sums[3] += correct (encoder-only heads) and
+ * returns what the loss is averaged over (target tokens, sentences, masked positions);
+ * other stages return 0 and add nothing. The tokens, the dropout key and mode are kept in
+ * the arena for the backward. Collective on the TP grid. */
 int64_t model_stage_forward(model *m, const int32_t *src, const int32_t *tgt_in,
                             const int32_t *tgt_out, int B, int S, int T, float grad_scale,
-                            int backward, const float *in_msg, float *out_msg, double *loss_sum,
-                            double *nll_sum);
+                            int backward, const float *in_msg, float *out_msg, double *sums);
 
 /* Backward of the arena in use after its model_stage_forward: g_in the gradient of the
  * message sent forward (NULL on the last stage), g_out receives the gradient of the

@@ -27,8 +27,10 @@
 #include "grid.h"
 #include "model.h"
 
-/* One micro-batch's inputs (the whole batch: every stage gets the same). valid = 0: an
- * empty micro-batch past the end of the epoch, skipped by every stage alike. */
+/* One micro-batch's inputs (the whole batch: every stage gets the same), as
+ * model_stage_forward takes them (encoder-only archs: src = input rows, tgt_out = labels
+ * or MLM targets, T = 0). valid = 0: an empty micro-batch past the end of the epoch,
+ * skipped by every stage alike. */
 typedef struct pipe_batch {
   const int32_t *src, *tgt_in, *tgt_out; /* (B,S), (B,T), (B,T) */
   int B, S, T;
@@ -62,8 +64,8 @@ void pipe_init(pipe_sched *p, const grid *g, model *m, double timeout);
 void pipe_free(pipe_sched *p);
 
 /* One update's forwards and backwards of M micro-batches in the 1F1B order; gradients
- * are accumulated into m->grad_mem (not zeroed here), the loss, nll and target tokens
- * of the last stage added into sums[0..2] (other stages add nothing). Returns when all
+ * are accumulated into m->grad_mem (not zeroed here); the last stage adds loss, nll,
+ * count and correct into sums[0..3] (TASK_NSUMS order; other stages add nothing). Returns when all
  * this stage's sends have completed. Collective on pp_comm (and the TP grid). */
 void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums);
 

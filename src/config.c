@@ -213,19 +213,19 @@ int config_validate(config *c, char *err, size_t err_len) {
   }
   if (c->microbatches > c->update_freq) c->update_freq = c->microbatches;
   c->microbatches = c->update_freq;
-  if (c->pp > 1 && strcmp(c->arch, "transformer") != 0) {
+  int translation = strcmp(c->arch, "transformer") == 0;
+  int64_t n_layers = c->enc_layers + (translation ? c->dec_layers : 0);
+  if (c->pp > 1 && c->pp > n_layers) {
+    char parts[96];
+    if (translation)
+      snprintf(parts, sizeof parts, "enc_layers=%lld + dec_layers=%lld", (long long)c->enc_layers,
+               (long long)c->dec_layers);
+    else
+      snprintf(parts, sizeof parts, "enc_layers=%lld", (long long)c->enc_layers);
     snprintf(err, err_len,
-             "pp=%lld: pipeline parallelism splits arch=transformer only (the encoder-only "
-             "arch=%s is not split into stages); use pp=1 with dp and tp",
-             (long long)c->pp, c->arch);
-    return -1;
-  }
-  if (c->pp > 1 && c->pp > c->enc_layers + c->dec_layers) {
-    snprintf(err, err_len,
-             "pp=%lld exceeds the %lld layers (enc_layers=%lld + dec_layers=%lld): every "
-             "pipeline stage needs at least one layer",
-             (long long)c->pp, (long long)(c->enc_layers + c->dec_layers),
-             (long long)c->enc_layers, (long long)c->dec_layers);
+             "pp=%lld exceeds the %lld layers of arch=%s (%s): every pipeline stage needs at "
+             "least one layer",
+             (long long)c->pp, (long long)n_layers, c->arch, parts);
     return -1;
   }
   /* TP grid shape */

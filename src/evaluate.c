@@ -31,13 +31,14 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   int rank = s->g.world_rank;
   /* the masked-LM masks of batch b are the same at every evaluation (fixed key); a TP grid
    * runs each of its replica's batches together and every rank gets the batch totals */
-  if (s->g.pp > 1) { /* translation (config.c): each batch forward through the stages */
+  if (s->g.pp > 1) { /* each batch forward through the stages; the last has the loss */
     pipe_sched ps;
     pipe_init(&ps, &s->g, m, s->cfg.pp_timeout);
     for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp) {
-      data_batch_load(sp, &plan, b, &tk.raw);
-      const data_batch *x = &tk.raw;
-      pipe_batch pb = {x->src, x->tgt_in, x->tgt_out, x->n_seq, x->src_len, x->tgt_len, 0, 1};
+      pipe_batch pb;
+      task_pipe_batch(&tk, sp, &plan, b,
+                      ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
+                      &pb);
       pipe_forward(&ps, &pb, sums);
     }
     pipe_free(&ps);

@@ -77,6 +77,7 @@ typedef struct model_acts {
   const int32_t *src, *tgt_in; /* this process row's token rows */
   uint64_t key;        /* dropout key of the forward */
   int train;
+  int mlm_n, mlm_n_mine; /* masked-LM head: rows it ran on, of which this process row's */
 } model_acts;
 
 static float *take(float *base, size_t *cursor, size_t n) {
@@ -442,10 +443,14 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   reg_builder rb = {m, cap, stage == 0};
   float estd = 1.0f / sqrtf((float)d);
   int share = D->arch == MODEL_ARCH_TRANSLATION ? D->share : 0;
+  int mlm = D->arch == MODEL_ARCH_MLM; /* its output projection is the encoder embedding */
   if (share == 2) rb.own = stage == 0 || stage == st_dec0 || stage == last;
+  if (mlm) rb.own = stage == 0 || stage == last;
   m->enc_embed = reg_add(&rb, "encoder.embed_tokens.weight", V, d, 0, MODEL_INIT_EMBED, estd);
   int st_all[3] = {0, st_dec0, last};
+  int st_mlm[2] = {0, last};
   if (share == 2) set_owners(m->enc_embed, stage, st_all, 3);
+  if (mlm) set_owners(m->enc_embed, stage, st_mlm, 2);
   for (int i = 0; i < D->n_enc; i++) {
     rb.own = i >= m->enc_l0 && i < m->enc_l1;
     reg_layer(&rb, &m->enc[i], "encoder", i, 0, d, F);
@@ -909,13 +914,6 @@ static float *enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   return gs_out;
 }
 
-/* Encoder backward: a->g_enc (B*S, dl) is the gradient of enc_out; accumulates the
- * encoder's parameter gradients. Uses gs_a/gs_b as scratch. */
-static void encoder_bwd(model *m, const int32_t *src, int B, int S) {
-  float *gs = enc_layers_bwd(m, 0, m->dims.n_enc, B, S);
-  embed_bwd(m, gs, m->enc_embed, src, B, S, SITE_ENC_EMBED);
-}
-
 /* Decoder layers [l0, l1) forward (local B, T; cross-attention over a->enc_out). */
 static void dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
   model_acts *a = m->acts;
@@ -957,12 +955,20 @@ void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64
   *n_dec = l > nE ? (int64_t)B * T * m->dl : 0;
 }
 
+/* the encoder-only heads (below) */
+static int64_t enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_t *aux_g,
+                                  int B_global, int S, float grad_scale, int backward,
+                                  const float *in_msg, float *out_msg, double *sums, int32_t *pred);
+static void cls_head_bwd(model *m);
+static void mlm_head_bwd(model *m);
+
 int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
                             const int32_t *tgt_out_g, int B_global, int S, int T, float grad_scale,
-                            int backward, const float *in_msg, float *out_msg, double *loss_sum,
-                            double *nll_sum) {
+                            int backward, const float *in_msg, float *out_msg, double *sums) {
   const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_TRANSLATION, "model_stage_forward: not a translation model");
+  if (D->arch != MODEL_ARCH_TRANSLATION)
+    return enc_only_stage_fwd(m, src_g, tgt_out_g, B_global, S, grad_scale, backward, in_msg,
+                              out_msg, sums, NULL);
   acts_prepare(m, B_global, S, T);
   model_acts *a = m->acts;
   int B = a->B, nS = B * S, nT = B * T, d = m->dl;
@@ -998,13 +1004,12 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
     ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final, nT);
   /* logits (nT, V) = dec_out W_out^T */
   linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
-  double sums[3] = {0, 0, 0};
-  sums[2] = (double)xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
-                         D->label_smoothing, grad_scale, backward, &sums[0], &sums[1], NULL);
-  tp_totals(m, sums, 3);
-  if (loss_sum) *loss_sum += sums[0];
-  if (nll_sum) *nll_sum += sums[1];
-  return (int64_t)sums[2];
+  double t[3] = {0, 0, 0};
+  t[2] = (double)xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
+                      D->label_smoothing, grad_scale, backward, &t[0], &t[1], NULL);
+  tp_totals(m, t, 3);
+  sums[0] += t[0], sums[1] += t[1];
+  return (int64_t)t[2];
 }
 
 void model_stage_backward(model *m, const float *g_in, float *g_out) {
@@ -1015,6 +1020,16 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
   size_t ne = (size_t)B * S * d, nd = (size_t)nT * d;
   int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
   vec_grads_begin(m);
+  if (D->arch != MODEL_ARCH_TRANSLATION) { /* encoder layers, the head on the last stage */
+    if (!last) memcpy(a->gs_a, g_in, ne * sizeof(float));
+    else if (D->arch == MODEL_ARCH_CLASSIFIER) cls_head_bwd(m);
+    else mlm_head_bwd(m);
+    float *gs = enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
+    if (m->enc_l0 == 0) embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
+    else memcpy(g_out, gs, ne * sizeof(float));
+    vec_grads_end(m);
+    return;
+  }
   if (has_dec) {
     float *gs = a->gs_a;
     if (last) {
@@ -1050,8 +1065,11 @@ int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tg
                                float grad_scale, int backward, double *loss_sum, double *nll_sum) {
   CHECK(m->dims.arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
   CHECK(m->n_stages == 1, "model_forward_backward: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
   int64_t ntok = model_stage_forward(m, src_g, tgt_in_g, tgt_out_g, B_global, S, T, grad_scale,
-                                     backward, NULL, NULL, loss_sum, nll_sum);
+                                     backward, NULL, NULL, sums);
+  if (loss_sum) *loss_sum += sums[0];
+  if (nll_sum) *nll_sum += sums[1];
   if (backward) model_stage_backward(m, NULL, NULL);
   return ntok;
 }
@@ -1103,36 +1121,28 @@ static int64_t xent(model *m, float *logits, const int32_t *targets, int n, int 
                   nll_sum);
 }
 
-int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
-                       int S, float grad_scale, int backward, double *loss_sum,
-                       int64_t *n_correct, int32_t *pred) {
+/* Classifier head forward on a->enc_out (this process row's B rows, labels local, -1 on
+ * padding rows): sums[0] += loss, sums[1] += correct (batch totals). With backward the
+ * logits' gradient stays in the head scratch for cls_head_bwd. */
+static void cls_head_fwd(model *m, const int32_t *labels, int B_global, int S, float grad_scale,
+                         int backward, double *sums, int32_t *pred) {
   const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
-  int d = m->dl, C = D->n_classes;
-  for (int b = 0; b < B_global; b++)
-    CHECK(labels_g[b] >= 0 && labels_g[b] < C, "model_classify: label %d outside [0, %d)",
-          labels_g[b], C);
-  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
-  int B = a->B;
-  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
-  const int32_t *labels = local_rows(m, 1, labels_g, B_global, 1, -1); /* -1: padding rows */
-  encoder_fwd(m, tokens, B, S);
+  int d = m->dl, C = D->n_classes, B = a->B;
   /* scratch: x (B,dl) pooled rows, h (B,dl) = tanh(dense(x)), logits (B,cl), g (B,dl) */
   size_t Bd = (size_t)B * d;
   float *x = head_prepare(m, 3 * Bd + (size_t)B * (m->cl + 1) + 64);
-  float *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
+  float *h = x + Bd, *logits = h + Bd;
   int32_t *arg = head_idx_prepare(m, 2 * (size_t)B * grid_pr(m));
   for (int b = 0; b < B; b++) memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
   linear_fwd(m, h, x, m->cls_dense_w, m->cls_dense_b, B);
   for (size_t i = 0; i < Bd; i++) h[i] = tanhf(h[i]);
   linear_fwd(m, logits, h, m->cls_out_w, m->cls_out_b, B); /* (B,C) */
-  double sums[2] = {0, 0};
-  xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &sums[0], NULL, arg);
-  for (int b = 0; b < B; b++) sums[1] += labels[b] >= 0 && arg[b] == labels[b];
-  tp_totals(m, sums, 2);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[1];
+  double t[2] = {0, 0};
+  xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &t[0], NULL, arg);
+  for (int b = 0; b < B; b++) t[1] += labels[b] >= 0 && arg[b] == labels[b];
+  tp_totals(m, t, 2);
+  sums[0] += t[0], sums[1] += t[1];
   if (pred) { /* every process row's predictions, in batch order */
     int32_t *all = arg;
     if (grid_pr(m) > 1) {
@@ -1141,8 +1151,15 @@ int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_
     }
     memcpy(pred, all, (size_t)B_global * sizeof(int32_t));
   }
-  if (!backward) return B_global;
-  vec_grads_begin(m);
+}
+
+/* Classifier head backward: a->g_enc = the gradient of enc_out (nonzero on row 0 of each
+ * sequence only). */
+static void cls_head_bwd(model *m) {
+  model_acts *a = m->acts;
+  int d = m->dl, B = a->B, S = a->S;
+  size_t Bd = (size_t)B * d;
+  float *x = a->head, *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
   memset(g, 0, Bd * sizeof(float));
   linear_bwd(m, g, logits, h, m->cls_out_w, m->cls_out_b, B); /* g = dL/dh */
   for (size_t i = 0; i < Bd; i++) g[i] *= 1.0f - h[i] * h[i];  /* through tanh */
@@ -1150,24 +1167,17 @@ int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_
   memset(h, 0, Bd * sizeof(float)); /* dL/dx lands on row (b, 0) of enc_out */
   linear_bwd(m, h, g, x, m->cls_dense_w, m->cls_dense_b, B);
   for (int b = 0; b < B; b++) memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
-  encoder_bwd(m, tokens, B, S);
-  vec_grads_end(m);
-  return B_global;
 }
 
-int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, int B_global, int S,
-                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
+/* Masked-LM head forward on a->enc_out (targets local, -1 where not selected): sums[0] +=
+ * loss, sums[1] += correct; returns the selected positions of the batch. The selection
+ * (rows, their number) stays in the arena for mlm_head_bwd. */
+static int64_t mlm_head_fwd(model *m, const int32_t *targets, float grad_scale, int backward,
+                            double *sums) {
   const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
-  int d = m->dl, V = D->vocab;
-  for (size_t i = 0; i < (size_t)B_global * S; i++)
-    CHECK(targets_g[i] < V, "model_mlm: target %d outside the vocabulary", targets_g[i]);
-  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
-  int B = a->B;
+  int d = m->dl, V = D->vocab, B = a->B, S = a->S;
   size_t nS = (size_t)B * S;
-  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
-  const int32_t *targets = local_rows(m, 1, targets_g, B_global, S, -1);
   /* the selected positions of this process row; every process row runs the head on
    * n = the most any of them has (the rest are -1 rows), so the rows stay aligned */
   int32_t *idx = head_idx_prepare(m, 3 * nS + 1);
@@ -1181,31 +1191,102 @@ int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, i
   int n = n_mine;
   if (grid_pr(m) > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &n, 1, MPI_INT, MPI_MAX, m->g->tp_col));
   for (int i = n_mine; i < n; i++) tgt[i] = -1;
-  encoder_fwd(m, tokens, B, S);
+  a->mlm_n = n, a->mlm_n_mine = n_mine;
   if (n == 0) return 0;
   /* scratch: x (n,dl) selected rows of enc_out, logits (n,vl), g (n,dl) */
   size_t nd = (size_t)n * d;
   float *x = head_prepare(m, 2 * nd + (size_t)n * (m->vl + 1) + 64);
-  float *logits = x + nd, *g = logits + (size_t)n * (m->vl + 1);
+  float *logits = x + nd;
   for (int i = 0; i < n_mine; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
   memset(x + (size_t)n_mine * d, 0, (size_t)(n - n_mine) * d * sizeof(float));
   linear_fwd(m, logits, x, m->out_proj, NULL, n); /* (n,V) = x W_emb^T */
-  double sums[3] = {0, 0, 0};
-  sums[2] = (double)xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward,
-                         &sums[0], NULL, arg);
-  for (int i = 0; i < n_mine; i++) sums[1] += arg[i] == tgt[i];
-  tp_totals(m, sums, 3);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[1];
-  if (!backward) return (int64_t)sums[2];
-  vec_grads_begin(m);
-  memset(g, 0, nd * sizeof(float));
-  linear_bwd(m, g, logits, x, m->out_proj, NULL, n); /* also dW_emb += dlogits^T x */
+  double t[3] = {0, 0, 0};
+  t[2] = (double)xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward, &t[0],
+                      NULL, arg);
+  for (int i = 0; i < n_mine; i++) t[1] += arg[i] == tgt[i];
+  tp_totals(m, t, 3);
+  sums[0] += t[0], sums[1] += t[1];
+  return (int64_t)t[2];
+}
+
+/* Masked-LM head backward: a->g_enc = the gradient of enc_out (zero when nothing was
+ * selected); also dW_emb += dlogits^T x into the output projection (the tied table). */
+static void mlm_head_bwd(model *m) {
+  model_acts *a = m->acts;
+  int d = m->dl, n = a->mlm_n, n_mine = a->mlm_n_mine;
+  size_t nS = (size_t)a->B * a->S, nd = (size_t)n * d;
   memset(a->g_enc, 0, nS * d * sizeof(float));
+  if (n == 0) return;
+  float *x = a->head, *logits = x + nd, *g = logits + (size_t)n * (m->vl + 1);
+  const int32_t *rows = a->head_idx;
+  memset(g, 0, nd * sizeof(float));
+  linear_bwd(m, g, logits, x, m->out_proj, NULL, n);
   for (int i = 0; i < n_mine; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
-  encoder_bwd(m, tokens, B, S);
-  vec_grads_end(m);
-  return (int64_t)sums[2];
+}
+
+/* The encoder-only archs' stage forward (see model_stage_forward): tokens (B,S) and
+ * aux = labels (B) or MLM targets (B,S). */
+static int64_t enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_t *aux_g,
+                                  int B_global, int S, float grad_scale, int backward,
+                                  const float *in_msg, float *out_msg, double *sums, int32_t *pred) {
+  const model_dims *D = &m->dims;
+  int cls = D->arch == MODEL_ARCH_CLASSIFIER;
+  if (cls)
+    for (int b = 0; b < B_global; b++)
+      CHECK(aux_g[b] >= 0 && aux_g[b] < D->n_classes, "model_classify: label %d outside [0, %d)",
+            aux_g[b], D->n_classes);
+  else
+    for (size_t i = 0; i < (size_t)B_global * S; i++)
+      CHECK(aux_g[i] < D->vocab, "model_mlm: target %d outside the vocabulary", aux_g[i]);
+  acts_prepare(m, B_global, S, 0);
+  model_acts *a = m->acts;
+  int B = a->B, last = m->stage == m->n_stages - 1;
+  size_t ne = (size_t)B * S * m->dl;
+  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
+  const int32_t *aux = local_rows(m, 1, aux_g, B_global, cls ? 1 : S, -1); /* -1: padding rows */
+  a->src = tokens, a->key = m->dropout_key, a->train = m->train;
+  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = tokens[i] == D->pad;
+  if (m->enc_l0 == 0) embed_fwd(m, a->enc_s[0], m->enc_embed, tokens, B, S, SITE_ENC_EMBED);
+  else memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
+  enc_layers_fwd(m, m->enc_l0, m->enc_l1, B, S);
+  if (!last) {
+    memcpy(out_msg, a->enc_s[2 * m->enc_l1], ne * sizeof(float));
+    return 0;
+  }
+  double t[2] = {0, 0};
+  int64_t count = B_global;
+  if (cls) cls_head_fwd(m, aux, B_global, S, grad_scale, backward, t, pred);
+  else count = mlm_head_fwd(m, aux, grad_scale, backward, t);
+  sums[0] += t[0], sums[1] += t[0], sums[3] += t[1]; /* no label smoothing: nll = loss */
+  return count;
+}
+
+int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
+                       int S, float grad_scale, int backward, double *loss_sum,
+                       int64_t *n_correct, int32_t *pred) {
+  CHECK(m->dims.arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
+  CHECK(m->n_stages == 1, "model_classify: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
+  int64_t count = enc_only_stage_fwd(m, tokens_g, labels_g, B_global, S, grad_scale, backward,
+                                     NULL, NULL, sums, pred);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[3];
+  if (backward) model_stage_backward(m, NULL, NULL);
+  return count;
+}
+
+int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, int B_global, int S,
+                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
+  CHECK(m->dims.arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
+  CHECK(m->n_stages == 1, "model_mlm: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
+  int64_t count = enc_only_stage_fwd(m, tokens_g, targets_g, B_global, S, grad_scale, backward,
+                                     NULL, NULL, sums, NULL);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[3];
+  /* nothing selected: the gradient is zero (no backward, as before the pipeline) */
+  if (backward && count > 0) model_stage_backward(m, NULL, NULL);
+  return count;
 }
 
 model *model_replicate(model *m) {

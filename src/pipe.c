@@ -159,7 +159,7 @@ static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int bac
   model_use_slot(m, slot);
   model_set_mode(m, backward, b->key);
   sums[2] += (double)model_stage_forward(m, b->src, b->tgt_in, b->tgt_out, b->B, b->S, b->T, 1.0f,
-                                         backward, in, out, &sums[0], &sums[1]);
+                                         backward, in, out, sums);
   p->busy += common_now() - t0;
   if (!last && !(g->stage == p->skip_stage && k == p->skip_mb))
     send(p, out, sz->out, g->stage + 1, 2 * k);

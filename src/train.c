@@ -49,12 +49,8 @@ static void train_load(void *ctx, int j, pipe_batch *b) {
   int64_t bi = x->first + j;
   memset(b, 0, sizeof *b);
   if (bi >= x->plan->n_batches) return; /* past the epoch's end: skipped by every stage */
-  data_batch_load(x->split, x->plan, bi, &x->tk->raw);
-  const data_batch *r = &x->tk->raw;
-  b->src = r->src, b->tgt_in = r->tgt_in, b->tgt_out = r->tgt_out;
-  b->B = r->n_seq, b->S = r->src_len, b->T = r->tgt_len;
-  b->key = ops_hash_key(x->seed, (uint64_t)x->step + 1, (uint64_t)x->epoch, (uint64_t)bi);
-  b->valid = 1;
+  task_pipe_batch(x->tk, x->split, x->plan, bi,
+                  ops_hash_key(x->seed, (uint64_t)x->step + 1, (uint64_t)x->epoch, (uint64_t)bi), b);
 }
 
 static void write_config(const session *s) {

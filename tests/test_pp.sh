@@ -12,6 +12,8 @@
 #    the loss and BLEU of pp=1;
 #  - the watchdog: a stage that skips a send (MPIFORMER_PP_SKIP_SEND) makes the next one
 #    abort within pp_timeout with a message naming the ranks and the message awaited;
+#  - the encoder-only archs (sentence-pair classifier, masked-LM) with pp=2 give the
+#    training and validation losses of one rank;
 #  - bad layouts are refused with a message.
 set -u
 source "$(dirname "$0")/lib.sh"
@@ -89,6 +91,22 @@ if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $dt -lt 30 ] && grep -qF "$msg" <<<"$ou
   ok "stage 0 skips a send: exit $rc after ${dt}s with '$msg'"
 else bad "watchdog: exit $rc after ${dt}s: $(grep -i -m2 'waited\|error' <<<"$out")"; fi
 
+echo "encoder-only archs: pp=2 equals one rank (6 steps)"
+$PY tests/make_tiny_dataset.py "$tmp/pairs.h5" --pairs --vocab 40 --train 300 --valid 40 \
+  --test 10 --seed 3 --max-len 8 >/dev/null &&
+  $PY tests/make_tiny_dataset.py "$tmp/runs.h5" --pairs --runs --vocab 40 --train 300 \
+    --valid 40 --test 10 --seed 4 --max-len 10 >/dev/null ||
+  bad "cannot build the pair datasets"
+for arch in encoder_classifier encoder_mlm; do
+  data=$tmp/pairs.h5 norm=post
+  [ $arch = encoder_mlm ] && data=$tmp/runs.h5 norm=pre
+  enc=(data="$data" arch=$arch norm=$norm max_tokens=200 max_steps=6 eval_interval=3)
+  train "one_$arch" 1 "${enc[@]}" update_freq=2 &&
+    train "pp2_$arch" 2 "${enc[@]}" pp=2 microbatches=2 &&
+    compare "pp2_$arch" "one_$arch" "arch=$arch $norm-LN, pp=2: the losses of one rank" &&
+    valid_same "pp2_$arch" "one_$arch" "arch=$arch, pp=2: the validation losses of one rank"
+done
+
 echo "bad layouts"
 expect_refusal() { # np message args...
   local np=$1 msg=$2; shift 2
@@ -100,6 +118,6 @@ expect_refusal() { # np message args...
 }
 expect_refusal 2 "cannot be split" pp=3 enc_layers=2
 expect_refusal 2 "pp=5 exceeds the 4 layers" pp=5
-expect_refusal 2 "splits arch=transformer only" pp=2 arch=encoder_mlm
+expect_refusal 2 "pp=3 exceeds the 2 layers of arch=encoder_mlm" pp=3 arch=encoder_mlm
 expect_refusal 2 "microbatches=2 and update_freq=3 disagree" pp=2 microbatches=2 update_freq=3
 finish
