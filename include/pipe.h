@@ -45,9 +45,11 @@ typedef void (*pipe_load_fn)(void *ctx, int j, pipe_batch *b);
 typedef struct pipe_sched {
   const grid *g;
   model *m;
-  double timeout;          /* seconds a receive may wait */
-  int skip_stage, skip_mb; /* MPIFORMER_PP_SKIP_SEND, -1 when unset */
-  int n_bufs;              /* per-micro-batch send buffers allocated */
+  double timeout;            /* seconds a receive may wait */
+  int skip_stage, skip_mb;   /* MPIFORMER_PP_SKIP_SEND, -1 when unset */
+  int n_bufs;                /* per-micro-batch buffers allocated (grown only) */
+  int64_t *msg_in, *msg_out; /* floats received / sent forward per micro-batch (this update) */
+  int *valid;
   float **send_fwd, **send_bwd;
   size_t *cap_fwd, *cap_bwd;
   float *recv; /* one receive buffer (a receive completes before the compute) */

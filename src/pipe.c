@@ -39,6 +39,9 @@ void pipe_free(pipe_sched *p) {
   free(p->cap_bwd);
   free(p->recv);
   free(p->reqs);
+  free(p->msg_in);
+  free(p->msg_out);
+  free(p->valid);
   free(p->tied_zero);
   memset(p, 0, sizeof *p);
 }
@@ -65,6 +68,10 @@ static void ensure_bufs(pipe_sched *p, int M) {
     p->cap_fwd[i] = p->cap_bwd[i] = 0;
   }
   p->n_bufs = M;
+  free(p->msg_in), free(p->msg_out), free(p->valid);
+  p->msg_in = common_calloc((size_t)M, sizeof(int64_t));
+  p->msg_out = common_calloc((size_t)M, sizeof(int64_t));
+  p->valid = common_calloc((size_t)M, sizeof(int));
   if (p->cap_reqs < 2 * M) {
     p->cap_reqs = 2 * M;
     p->reqs = realloc(p->reqs, (size_t)p->cap_reqs * sizeof(MPI_Request));
@@ -134,27 +141,23 @@ static void sends_wait(pipe_sched *p) {
   p->n_reqs = 0;
 }
 
-typedef struct mb_sizes {
-  int64_t in, out;
-} mb_sizes;
-
 /* Forward of micro-batch k (arena `slot`): receive, compute, send. */
-static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int backward, double *sums,
-                    mb_sizes *sz) {
+static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int backward,
+                    double *sums) {
   const grid *g = p->g;
   model *m = p->m;
   int last = g->stage == g->pp - 1;
   int64_t ie, id, oe, od;
   model_stage_msg(m, 0, b->B, b->S, b->T, &ie, &id);
   model_stage_msg(m, 1, b->B, b->S, b->T, &oe, &od);
-  sz->in = ie + id, sz->out = oe + od;
+  p->msg_in[k] = ie + id, p->msg_out[k] = oe + od;
   const float *in = NULL;
   if (g->stage > 0) {
-    grow(&p->recv, &p->recv_cap, sz->in);
-    recv_wait(p, p->recv, sz->in, g->stage - 1, 2 * k, k);
+    grow(&p->recv, &p->recv_cap, p->msg_in[k]);
+    recv_wait(p, p->recv, p->msg_in[k], g->stage - 1, 2 * k, k);
     in = p->recv;
   }
-  float *out = last ? NULL : grow(&p->send_fwd[k], &p->cap_fwd[k], sz->out);
+  float *out = last ? NULL : grow(&p->send_fwd[k], &p->cap_fwd[k], p->msg_out[k]);
   double t0 = common_now();
   model_use_slot(m, slot);
   model_set_mode(m, backward, b->key);
@@ -162,35 +165,34 @@ static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int bac
                                          backward, in, out, sums);
   p->busy += common_now() - t0;
   if (!last && !(g->stage == p->skip_stage && k == p->skip_mb))
-    send(p, out, sz->out, g->stage + 1, 2 * k);
+    send(p, out, p->msg_out[k], g->stage + 1, 2 * k);
 }
 
 /* Backward of micro-batch k: receive the gradient of what went forward, compute, send
  * the gradient of what came in. */
-static void backward(pipe_sched *p, int k, int slot, const mb_sizes *sz) {
+static void backward(pipe_sched *p, int k, int slot) {
   const grid *g = p->g;
   model *m = p->m;
   int last = g->stage == g->pp - 1;
   const float *g_in = NULL;
   if (!last) {
-    grow(&p->recv, &p->recv_cap, sz->out);
-    recv_wait(p, p->recv, sz->out, g->stage + 1, 2 * k + 1, k);
+    grow(&p->recv, &p->recv_cap, p->msg_out[k]);
+    recv_wait(p, p->recv, p->msg_out[k], g->stage + 1, 2 * k + 1, k);
     g_in = p->recv;
   }
-  float *g_out = g->stage > 0 ? grow(&p->send_bwd[k], &p->cap_bwd[k], sz->in) : NULL;
+  float *g_out = g->stage > 0 ? grow(&p->send_bwd[k], &p->cap_bwd[k], p->msg_in[k]) : NULL;
   double t0 = common_now();
   model_use_slot(m, slot);
   model_stage_backward(m, g_in, g_out);
   p->busy += common_now() - t0;
-  if (g->stage > 0) send(p, g_out, sz->in, g->stage - 1, 2 * k + 1);
+  if (g->stage > 0) send(p, g_out, p->msg_in[k], g->stage - 1, 2 * k + 1);
 }
 
 void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums) {
   const grid *g = p->g;
   int S = g->pp, s = g->stage;
   ensure_bufs(p, M);
-  mb_sizes *sz = common_calloc((size_t)M, sizeof *sz);
-  int *valid = common_calloc((size_t)M, sizeof(int));
+  int *valid = p->valid;
   int n_slots = S - s; /* 1F1B keeps at most S - s micro-batches in flight here */
   int warmup = S - 1 - s < M ? S - 1 - s : M;
   pipe_batch b;
@@ -203,24 +205,21 @@ void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums) 
       int k = next_f++;
       load(ctx, k, &b);
       valid[k] = b.valid;
-      if (b.valid) forward(p, k, k % n_slots, &b, 1, sums, &sz[k]);
+      if (b.valid) forward(p, k, k % n_slots, &b, 1, sums);
     } else {
       int k = next_b++;
-      if (valid[k]) backward(p, k, k % n_slots, &sz[k]);
+      if (valid[k]) backward(p, k, k % n_slots);
     }
   }
   CHECK(next_f == M && next_b == M, "pipe_run: schedule ran %d forwards, %d backwards of %d",
         next_f, next_b, M);
   sends_wait(p);
   model_use_slot(p->m, 0);
-  free(sz);
-  free(valid);
 }
 
 void pipe_forward(pipe_sched *p, const pipe_batch *b, double *sums) {
   ensure_bufs(p, 1);
-  mb_sizes sz;
-  if (b->valid) forward(p, 0, 0, b, 0, sums, &sz);
+  if (b->valid) forward(p, 0, 0, b, 0, sums);
   sends_wait(p);
 }
 
