@@ -82,6 +82,10 @@ typedef struct model {
    * (pp_copy), then the split matrices, then the vectors. */
   int stage, n_stages, enc_l0, enc_l1, dec_l0, dec_l1;
   int64_t norm_lo;
+  /* Called after every sublayer of a forward or backward when set (pipe.c: lets MPI move
+   * the pipeline's pending messages while this rank computes). */
+  void (*progress)(void *ctx);
+  void *progress_ctx;
   struct model_acts *acts;  /* activation arena (model.c) in use */
   struct model_acts **slots;/* one arena per micro-batch in flight (model_use_slot) */
   int n_slots;

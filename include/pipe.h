@@ -18,6 +18,12 @@
  * seconds prints "[rank R] stage s: waited N s for <forward activations|gradients> of
  * micro-batch k from stage s±1 (world rank X)" and calls MPI_Abort (exit code 3).
  *
+ * Progress: with shared memory and no single-copy mechanism, a large message moves in
+ * fragments that the sender must push, so a send posted before a long compute would sit
+ * until the sender next enters MPI, and the receiver would wait a whole compute. pipe_init
+ * hooks m->progress, which model.c calls after every sublayer, to an MPI_Testall of the
+ * pending sends, so messages move while the sender computes.
+ *
  * Test hook: the environment variable MPIFORMER_PP_SKIP_SEND="S:K" makes stage S skip
  * the forward send of micro-batch K (tests/test_pp.sh checks the watchdog with it).
  */
@@ -58,10 +64,13 @@ typedef struct pipe_sched {
   int n_reqs, cap_reqs;
   float *tied_zero; /* zeros for the tied tensors this stage does not hold */
   size_t tied_cap;
-  double busy, wait; /* seconds computing / waiting in receives, summed (bench) */
+  double busy, wait;             /* seconds computing / waiting in receives, summed (bench) */
+  void (*prev_progress)(void *); /* m's hook before pipe_init (pipe_free restores it) */
+  void *prev_ctx;
 } pipe_sched;
 
-/* Set up for model m on grid g (m's stage is g->stage). Not collective. */
+/* Set up for model m on grid g (m's stage is g->stage); hooks m->progress (pipe_free
+ * restores the previous hook: nest pipe_init/pipe_free pairs). Not collective. */
 void pipe_init(pipe_sched *p, const grid *g, model *m, double timeout);
 void pipe_free(pipe_sched *p);
 

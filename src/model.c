@@ -871,6 +871,7 @@ static void enc_layers_fwd(model *m, int l0, int l1, int B, int S) {
       sublayer sl = enc_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], a->enc_s[2 * l + j + 1],
                    NULL, B, S, S, a->src_pad);
+      if (m->progress) m->progress(m->progress_ctx);
     }
   if (l1 == D->n_enc && D->pre_ln)
     ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final, B * S);
@@ -910,6 +911,7 @@ static float *enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
       sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
                    B, S, S);
       float *t = gs_out; gs_out = gs_in; gs_in = t;
+      if (m->progress) m->progress(m->progress_ctx);
     }
   return gs_out;
 }
@@ -922,6 +924,7 @@ static void dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
       sublayer sl = dec_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], a->dec_s[3 * l + j + 1],
                    a->enc_out, B, T, j == 1 ? S : T, a->src_pad);
+      if (m->progress) m->progress(m->progress_ctx);
     }
 }
 
@@ -939,6 +942,7 @@ static float *dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, 
       sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
                    a->g_enc, B, T, j == 1 ? S : T);
       float *t = gs_out; gs_out = gs_in; gs_in = t;
+      if (m->progress) m->progress(m->progress_ctx);
     }
   return gs_out;
 }

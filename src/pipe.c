@@ -17,18 +17,28 @@
 #include <string.h>
 #include <time.h>
 
+/* m->progress: let MPI move the pending sends (model.c calls it between sublayers). */
+static void pipe_progress(void *ctx) {
+  pipe_sched *p = ctx;
+  int done = 0;
+  if (p->n_reqs > 0) MPI_CHECK(MPI_Testall(p->n_reqs, p->reqs, &done, MPI_STATUSES_IGNORE));
+}
+
 void pipe_init(pipe_sched *p, const grid *g, model *m, double timeout) {
   memset(p, 0, sizeof *p);
   p->g = g;
   p->m = m;
   p->timeout = timeout;
   p->skip_stage = p->skip_mb = -1;
+  p->prev_progress = m->progress, p->prev_ctx = m->progress_ctx;
+  if (g->pp > 1) m->progress = pipe_progress, m->progress_ctx = p;
   const char *skip = getenv("MPIFORMER_PP_SKIP_SEND");
   if (skip && sscanf(skip, "%d:%d", &p->skip_stage, &p->skip_mb) != 2)
     p->skip_stage = p->skip_mb = -1;
 }
 
 void pipe_free(pipe_sched *p) {
+  if (p->m) p->m->progress = p->prev_progress, p->m->progress_ctx = p->prev_ctx;
   for (int i = 0; i < p->n_bufs; i++) {
     free(p->send_fwd[i]);
     free(p->send_bwd[i]);
