@@ -10,7 +10,10 @@
 #  - tensor parallelism: tokens/s, communication share and memory per rank of base on 2
 #    ranks as dp=2, tp=2 1x2 and tp=2 2x1 (bench_model's TP_GRID argument);
 #  - the tensor-parallel crossover: one sgemm on one rank against dmat_gemm (ScaLAPACK
-#    psgemm) on a 1x2 and a 2x1 grid, square and Transformer shapes (bench_gemm, 2 ranks).
+#    psgemm) on a 1x2 and a 2x1 grid, square and Transformer shapes (bench_gemm, 2 ranks);
+#  - the pipeline bubble of pp=2 for M = 1, 4, 8 micro-batches against the theoretical
+#    (S-1)/(M+S-1), and tokens/s of `base` with pp=2 against dp=2 and tp=2 on 2 ranks
+#    (bench_pp).
 # Usage: bench/run_bench.sh [STEPS]   (BUILD=build by default). Absolute numbers are noisy
 # on a shared machine: compare the ratios, which come from back-to-back runs.
 set -u
@@ -63,3 +66,18 @@ done
 echo
 echo "dmat_gemm on a 2-rank TP grid (psgemm, 1x2 and 2x1) against one sgemm on one rank:"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_gemm"
+echo
+echo "pipeline bubble, pp=2 (small, micro-batches of 8x32): 1 - compute / (stages x wall), against (S-1)/(M+S-1)"
+mpirun --oversubscribe -np 2 "$BUILD/bench/bench_pp" bubble small 8 32 "$STEPS" |
+  $PY -c 'import json,sys
+for l in sys.stdin:
+    o = json.loads(l)
+    print("  M=%d: measured %.3f, theory %.3f, update %.2f s, stage compute %s s" % (o["M"], o["bubble_measured"], o["bubble_theory"], o["update_s"], o["stage_compute_s"]))'
+echo
+echo "base on 2 ranks, 1024 target tokens per update: dp=2, tp=2 (1x2), pp=2 (4 micro-batches of 8x32)"
+for lay in "2 1 1 16 32 1" "1 1 2 32 32 1" "1 2 1 8 32 4"; do
+  mpirun --oversubscribe -np 2 "$BUILD/bench/bench_pp" tput base $lay "$STEPS"
+done | $PY -c 'import json,sys
+for l in sys.stdin:
+    o = json.loads(l)
+    print("  dp=%d pp=%d tp=%d: %7.1f tok/s, %.2f s/update, parameters %.1f MiB/rank" % (o["dp"], o["pp"], o["tp"], o["tokens_per_s"], o["step_s"], o["params_mib_per_rank"]))'

@@ -78,7 +78,8 @@
   X(tp, INT, 1, 1, 4096, "tensor-parallel ranks per stage")                                       \
   X(tp_grid, STR, "", "", 0, "PRxPC shape of the TP grid (default: most square, pc | heads)")   \
   X(pp, INT, 1, 1, 4096, "pipeline stages")                                                       \
-  X(microbatches, INT, 1, 1, 4096, "pipeline micro-batches per update")                           \
+  X(microbatches, INT, 1, 1, 4096, "micro-batches per update and replica (= update_freq)")        \
+  X(pp_timeout, FLOAT, 300, 0.1, 1e6, "pp > 1: seconds a stage waits for a message, then aborts")  \
   X(zero, INT, 0, 0, 1, "1: shard Adam states over data-parallel ranks")
 
 typedef struct config {

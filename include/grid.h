@@ -4,8 +4,8 @@
  *   tp_rank = r % tp, stage = (r / tp) % pp, dp_rank = r / (tp * pp)
  * so the ranks of one TP grid are consecutive (they talk most), and inside it
  *   tp_rank = prow * pc + pcol (row-major).
- * grid is the only module that calls MPI_Comm_split. Pipeline parallelism (pp > 1) is
- * not done yet: grid_create rejects it with a clear "not yet supported" message.
+ * grid is the only module that calls MPI_Comm_split. Every stage has the same TP grid
+ * shape, so pipeline messages go between ranks with the same TP coordinates.
  */
 #ifndef MPIFORMER_GRID_H
 #define MPIFORMER_GRID_H

@@ -20,6 +20,10 @@ typedef struct model_param {
   dmat w, g;        /* value and gradient (local blocks in the flat buffers) */
   int is_vector;    /* PyTorch shape is (cols) */
   int64_t offset;   /* into the flat local buffers */
+  int pp_owners;    /* pipeline stages that hold it (2-3 for a tied embedding; 1 otherwise) */
+  int pp_copy;      /* 1: held here, but an earlier stage holds the copy that is written and
+                     * counted in the grad norm (a tied embedding's second or third owner) */
+  int pp_owned;     /* 1: this stage holds it; 0: an empty local block (0 x 0) */
   int init;         /* MODEL_INIT_* */
   float init_std;
 } model_param;
@@ -69,7 +73,22 @@ typedef struct model {
   int64_t vec_lo;           /* vectors (biases, LN gains) occupy flat [vec_lo, n_floats): every
                              * process row holds all of them (their gradients are summed over
                              * the process rows); matrices are split and come first */
-  struct model_acts *acts;  /* activation arena (model.c) */
+  /* Pipeline stage (g->stage of g->pp; the whole model with pp = 1): encoder layers
+   * [enc_l0, enc_l1) and decoder layers [dec_l0, dec_l1) (model_stage_plan); the encoder embedding goes
+   * with encoder layer 0, the final LayerNorms with the last layers, the decoder
+   * embedding with decoder layer 0, the output projection and the loss with the last
+   * stage. Parameters of other stages have empty local blocks (registry and checkpoint
+   * list are the same on every stage). Flat layout: [0, norm_lo) the tied copies
+   * (pp_copy), then the split matrices, then the vectors. */
+  int stage, n_stages, enc_l0, enc_l1, dec_l0, dec_l1;
+  int64_t norm_lo;
+  /* Called after every sublayer of a forward or backward when set (pipe.c: lets MPI move
+   * the pipeline's pending messages while this rank computes). */
+  void (*progress)(void *ctx);
+  void *progress_ctx;
+  struct model_acts *acts;  /* activation arena (model.c) in use */
+  struct model_acts **slots;/* one arena per micro-batch in flight (model_use_slot) */
+  int n_slots;
   uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
   int train;                /* 1: dropout on */
 } model;
@@ -117,12 +136,55 @@ int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, i
 int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
                   float grad_scale, int backward, double *loss_sum, int64_t *n_correct);
 
+/* ---- pipeline stages -------------------------------------------------------------- */
+
+/* Cut the layers of D (encoder 0..n_enc-1, then decoder) into pp contiguous stages with at
+ * least one layer each, minimizing the largest stage cost (matmul multiply-adds per
+ * token: encoder layer 4d^2 + 2dF, decoder layer 8d^2 + 2dF, the output projection Vd on
+ * the last decoder layer, an embedding d on its first layer). first[0..pp]: stage s holds
+ * global layers [first[s], first[s+1]). Returns C_ERR if pp exceeds the layers. Not
+ * collective (every rank computes the same). */
+int model_stage_plan(const model_dims *D, int pp, int *first);
+
+/* Make arena `slot` (0-based; created on first use, grown only) the one forwards and
+ * backwards use: one per micro-batch in flight on this stage. Not collective. */
+void model_use_slot(model *m, int slot);
+
+/* Floats of this rank's boundary message for a batch of B_global sequences (S, T): what
+ * this stage receives from the previous one (side 0) or sends to the next (side 1), as
+ * *n_enc floats of the encoder stream or output (B_local * S, dl) followed by *n_dec of the
+ * decoder stream (B_local * T, dl). Zero on the first stage's side 0 and the last stage's
+ * side 1. The gradients going back have the same sizes. Not collective. */
+void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64_t *n_enc,
+                     int64_t *n_dec);
+
+/* Forward of this stage's layers on the arena in use. Translation: tokens as
+ * model_forward_backward; encoder-only archs: src = the model input rows (B,S), tgt_out =
+ * the labels (B) (classifier) or the MLM targets (B,S), tgt_in unused, T = 0. Every stage
+ * gets the whole batch. in_msg: the previous stage's message (NULL on the first stage);
+ * out_msg receives the message for the next stage (unused on the last). The last stage
+ * runs the loss (and with backward != 0 leaves the logits' gradient for the backward),
+ * adds sums[0] += loss, sums[1] += nll, sums[3] += correct (encoder-only heads) and
+ * returns what the loss is averaged over (target tokens, sentences, masked positions);
+ * other stages return 0 and add nothing. The tokens, the dropout key and mode are kept in
+ * the arena for the backward. Collective on the TP grid. */
+int64_t model_stage_forward(model *m, const int32_t *src, const int32_t *tgt_in,
+                            const int32_t *tgt_out, int B, int S, int T, float grad_scale,
+                            int backward, const float *in_msg, float *out_msg, double *sums);
+
+/* Backward of the arena in use after its model_stage_forward: g_in the gradient of the
+ * message sent forward (NULL on the last stage), g_out receives the gradient of the
+ * message received (unused on the first stage). Gradients are ACCUMULATED into
+ * m->grad_mem. Collective on the TP grid. */
+void model_stage_backward(model *m, const float *g_in, float *g_out);
+
 /* Zero all gradients. */
 void model_zero_grad(model *m);
 
 /* A model on a one-rank grid holding the full parameters of m (gathered from its TP
- * grid), for what runs on one process: incremental decoding. Collective on m's TP grid;
- * returns m itself when tp = 1. Free with model_free unless it is m. */
+ * grid, and from the other pipeline stages over pp_comm), for what runs on one process:
+ * incremental decoding. Collective on m's TP grid and pp_comm; returns m itself when
+ * tp = pp = 1. Free with model_free unless it is m. */
 model *model_replicate(model *m);
 
 /* ---- incremental decoding (one-rank grids: use model_replicate with tp > 1) -------- */

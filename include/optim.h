@@ -23,7 +23,9 @@ typedef struct optim {
   int zero, dp, dp_rank;
   MPI_Comm dp_comm;
   MPI_Comm tp_comm;     /* the grad norm also sums over it (MPI_COMM_NULL: not) */
-  int64_t norm_hi;      /* the grad norm counts flat indices below this (n: all) */
+  MPI_Comm pp_comm;     /* ... and over the pipeline stages (MPI_COMM_NULL: not) */
+  int64_t norm_lo;      /* the grad norm counts flat indices in [norm_lo, norm_hi) */
+  int64_t norm_hi;
   int *counts, *displs; /* zero=1: the dp slices, for reduce-scatter/all-gather */
   int64_t step;         /* updates done (bias correction) */
 } optim;
@@ -34,6 +36,10 @@ void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm);
  * it too, and this rank counts only flat indices below norm_hi (the rest are copies of
  * another rank's, e.g. the replicated vectors on process rows > 0). Not collective. */
 void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi);
+/* Pipeline parallelism: the stages hold different layers, so the grad norm also sums
+ * over pp_comm, and this rank skips flat indices below norm_lo (tied embedding copies
+ * whose first holder is an earlier stage: model.norm_lo). Not collective. */
+void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo);
 void optim_free(optim *o);
 
 /* Bytes of Adam state this rank holds, and what it would hold with zero = 0. */

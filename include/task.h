@@ -20,6 +20,7 @@
 #include "config.h"
 #include "data.h"
 #include "model.h"
+#include "pipe.h"
 
 enum { TASK_TRANSLATION, TASK_CLASSIFY, TASK_MLM };
 enum { TASK_LOSS, TASK_NLL, TASK_COUNT, TASK_CORRECT, TASK_NSUMS };
@@ -61,6 +62,13 @@ void task_plan(task *t, data_plan *p, const data_split *s, int train, uint64_t s
  * gradients of the summed loss are accumulated into m->grad_mem. Not collective. */
 void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int train,
                     uint64_t key, double *sums);
+
+/* pp > 1: load batch b of plan p and describe its model inputs for pipe_run/pipe_forward
+ * (translation: the batch itself; the encoder-only tasks: the rows and labels/targets of
+ * task_make_inputs with key, which also keys the dropout). The buffers are t's, valid
+ * until the next call. Not collective. */
+void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint64_t key,
+                     pipe_batch *out);
 
 /* Build the model input rows of the loaded batch t->raw (exposed for tests): classifier
  * rows `bos a eos b eos` truncated to max_len (longest side first), or MLM rows with

@@ -202,6 +202,32 @@ int config_validate(config *c, char *err, size_t err_len) {
     snprintf(err, err_len, "lr_scheduler=step needs lr_decay_epochs (e.g. lr_decay_epochs=8)");
     return -1;
   }
+  /* micro-batches: update_freq and microbatches are one setting (the batches of max_tokens
+   * a replica accumulates per update); microbatches is the pipeline's name for it */
+  if (c->microbatches != 1 && c->update_freq != 1 && c->microbatches != c->update_freq) {
+    snprintf(err, err_len,
+             "microbatches=%lld and update_freq=%lld disagree: both are the micro-batches a "
+             "replica accumulates per update; set one of them (or both to the same value)",
+             (long long)c->microbatches, (long long)c->update_freq);
+    return -1;
+  }
+  if (c->microbatches > c->update_freq) c->update_freq = c->microbatches;
+  c->microbatches = c->update_freq;
+  int translation = strcmp(c->arch, "transformer") == 0;
+  int64_t n_layers = c->enc_layers + (translation ? c->dec_layers : 0);
+  if (c->pp > 1 && c->pp > n_layers) {
+    char parts[96];
+    if (translation)
+      snprintf(parts, sizeof parts, "enc_layers=%lld + dec_layers=%lld", (long long)c->enc_layers,
+               (long long)c->dec_layers);
+    else
+      snprintf(parts, sizeof parts, "enc_layers=%lld", (long long)c->enc_layers);
+    snprintf(err, err_len,
+             "pp=%lld exceeds the %lld layers of arch=%s (%s): every pipeline stage needs at "
+             "least one layer",
+             (long long)c->pp, (long long)n_layers, c->arch, parts);
+    return -1;
+  }
   /* TP grid shape */
   int pr = 0, pc = 0;
   if (c->tp_grid[0]) {

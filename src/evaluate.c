@@ -8,6 +8,7 @@
 #include "bleu.h"
 #include "metrics.h"
 #include "ops.h"
+#include "pipe.h"
 #include "task.h"
 
 int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sentences,
@@ -30,10 +31,24 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   int rank = s->g.world_rank;
   /* the masked-LM masks of batch b are the same at every evaluation (fixed key); a TP grid
    * runs each of its replica's batches together and every rank gets the batch totals */
-  for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp)
-    task_run_batch(&tk, m, sp, &plan, b, 0,
-                   ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
-                   sums);
+  if (s->g.pp > 1) { /* each batch forward through the stages; the last has the loss */
+    pipe_sched ps;
+    pipe_init(&ps, &s->g, m, s->cfg.pp_timeout);
+    for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp) {
+      pipe_batch pb;
+      task_pipe_batch(&tk, sp, &plan, b,
+                      ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
+                      &pb);
+      pipe_forward(&ps, &pb, sums);
+    }
+    pipe_free(&ps);
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.pp_comm));
+  } else {
+    for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp)
+      task_run_batch(&tk, m, sp, &plan, b, 0,
+                     ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
+                     sums);
+  }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.dp_comm));
   r->has_accuracy = task_has_accuracy(&tk);
   r->accuracy = sums[2] > 0 ? sums[TASK_CORRECT] / sums[2] : 0;
@@ -49,7 +64,7 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   if (with_bleu) {
     char **h = NULL;
     int64_t nh = 0;
-    model *full = model_replicate(m); /* tp > 1: every rank decodes with a full copy */
+    model *full = model_replicate(m); /* tp or pp > 1: every rank decodes with a full copy */
     decode_split(full, s->data, sp, max_sentences, o, s->g.world, &h, &nh);
     if (full != m) model_free(full);
     double score = 0;

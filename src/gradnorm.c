@@ -30,6 +30,12 @@ int gradnorm_main(int argc, char **argv) {
     return 1;
   }
   free(rest);
+  if (s.g.pp > 1) { /* every rank decides alike: pp comes from the same arguments */
+    session_say(&s, "mpiformer: error: gradnorm runs each batch whole on a TP grid: use pp=1 "
+                    "(dp and tp work)");
+    session_close(&s);
+    return 1;
+  }
   char err[1024];
   data_split *train = data_split_open(s.data, "train", err, sizeof err);
   if (!train) {

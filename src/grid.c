@@ -3,7 +3,8 @@
  * The TP grid is also a BLACS grid, built *transposed* (pc x pr, BLACS (row, col) =
  * (pcol, prow)) because dmat hands ScaLAPACK the column-major transpose of its row-major
  * blocks (see dmat.c). On a 1x1 grid no BLACS context is made and dmat calls cblas
- * directly. Pipeline parallelism (pp > 1) is still refused.
+ * directly. Pipeline stages are consecutive blocks of tp ranks; pp_comm joins a
+ * replica's stages with the same TP coordinates (pipe.c sends over it).
  */
 #include "grid.h"
 
@@ -35,11 +36,6 @@ int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_l
              "%d ranks cannot be split into tp=%d x pp=%d: the world size must be a multiple "
              "of tp*pp=%d",
              g->world_size, tp, pp, tp * pp);
-  } else if (pp != 1) {
-    snprintf(err, err_len,
-             "pp=%d: pipeline parallelism is not yet supported; use pp=1 (data and tensor "
-             "parallelism over all ranks)",
-             pp);
   }
   if (err[0]) {
     MPI_Comm_free(&g->world); /* leaves MPI_COMM_NULL */

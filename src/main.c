@@ -112,6 +112,11 @@ static int cmd_dump(int argc, char **argv) {
     return 1;
   }
   if (session_open(&s, argc, argv, ex, 4, 0, ex[0].value) != C_OK) return 1;
+  if (s.g.pp > 1) {
+    session_say(&s, "mpiformer: error: dump runs one batch whole on one rank: use pp=1");
+    session_close(&s);
+    return 1;
+  }
   char err[1024];
   data_split *sp = data_split_open(s.data, ex[2].value, err, sizeof err);
   if (!sp) {

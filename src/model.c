@@ -73,6 +73,11 @@ typedef struct model_acts {
   size_t head_cap;
   int32_t *head_idx;   /* (rows) selected positions / targets of the MLM head */
   size_t head_idx_cap;
+  /* what the backward of a staged forward needs again (model_stage_forward) */
+  const int32_t *src, *tgt_in; /* this process row's token rows */
+  uint64_t key;        /* dropout key of the forward */
+  int train;
+  int mlm_n, mlm_n_mine; /* masked-LM head: rows it ran on, of which this process row's */
 } model_acts;
 
 static float *take(float *base, size_t *cursor, size_t n) {
@@ -87,9 +92,14 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   size_t c = 0, d = (size_t)m->dl, F = (size_t)m->fl, H = (size_t)m->hl;
   size_t nS = (size_t)B * S, nT = (size_t)B * T, nmax = nS > nT ? nS : nT;
   size_t Tmax = S > T ? S : T;
-  for (int i = 0; i <= 2 * D->n_enc; i++) a->enc_s[i] = take(base, &c, nS * d);
-  for (int i = 0; i <= 3 * D->n_dec; i++) a->dec_s[i] = take(base, &c, nT * d);
-  for (int l = 0; l < D->n_enc; l++)
+  /* only this stage's layers: streams [2 e0, 2 e1] and [3 d0, 3 d1] */
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
+  int enc_last = has_enc && m->enc_l1 == D->n_enc;
+  for (int i = 0; i <= 2 * D->n_enc; i++)
+    a->enc_s[i] = has_enc && i >= 2 * m->enc_l0 && i <= 2 * m->enc_l1 ? take(base, &c, nS * d) : NULL;
+  for (int i = 0; i <= 3 * D->n_dec; i++)
+    a->dec_s[i] = has_dec && i >= 3 * m->dec_l0 && i <= 3 * m->dec_l1 ? take(base, &c, nT * d) : NULL;
+  for (int l = m->enc_l0; l < m->enc_l1; l++)
     for (int j = 0; j < 2; j++) {
       sub_acts *s = &a->enc_sub[2 * l + j];
       memset(s, 0, sizeof *s);
@@ -109,7 +119,7 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
         s->hd = D->act_dropout > 0 ? take(base, &c, nS * F) : s->h;
       }
     }
-  for (int l = 0; l < D->n_dec; l++)
+  for (int l = m->dec_l0; l < m->dec_l1; l++)
     for (int j = 0; j < 3; j++) {
       sub_acts *s = &a->dec_sub[3 * l + j];
       memset(s, 0, sizeof *s);
@@ -130,13 +140,15 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
         s->hd = D->act_dropout > 0 ? take(base, &c, nT * F) : s->h;
       }
     }
-  a->enc_out = D->pre_ln ? take(base, &c, nS * d) : a->enc_s[2 * D->n_enc];
+  /* the encoder output: computed by the stage of the last encoder layer, received by the
+   * decoder's stages (Post-LN: the last stream itself where this stage computes it) */
+  a->enc_out = D->pre_ln || !enc_last ? take(base, &c, nS * d) : a->enc_s[2 * D->n_enc];
   a->enc_mean = take(base, &c, nS);
   a->enc_rstd = take(base, &c, nS);
-  a->dec_out = D->pre_ln ? take(base, &c, nT * d) : a->dec_s[3 * D->n_dec];
+  a->dec_out = !(has_dec && last) ? NULL : D->pre_ln ? take(base, &c, nT * d) : a->dec_s[3 * D->n_dec];
   a->dec_mean = take(base, &c, nT);
   a->dec_rstd = take(base, &c, nT);
-  a->logits = take(base, &c, nT * (size_t)m->vl);
+  a->logits = take(base, &c, last ? nT * (size_t)m->vl : 0);
   a->gs_a = take(base, &c, nmax * d);
   a->gs_b = take(base, &c, nmax * d);
   a->g_core = take(base, &c, nmax * d);
@@ -182,7 +194,8 @@ static void acts_prepare(model *m, int B_global, int S, int T) {
     a->src_pad = common_malloc(a->src_pad_cap);
   }
   size_t L = (size_t)(S > T ? S : T);
-  if (pr > 1 && 4 * (size_t)B * L > a->tok_cap) {
+  int copy = pr > 1 || (m->g && m->g->pp > 1); /* pp > 1: the backward runs later */
+  if (copy && 4 * (size_t)B * L > a->tok_cap) {
     free(a->tok);
     a->tok_cap = 4 * (size_t)B * L;
     a->tok = common_malloc(a->tok_cap * sizeof(int32_t));
@@ -194,7 +207,7 @@ static void acts_prepare(model *m, int B_global, int S, int T) {
 static const int32_t *local_rows(model *m, int slot, const int32_t *x, int B_global, int L,
                                  int32_t fill) {
   model_acts *a = m->acts;
-  if (grid_pr(m) == 1) return x;
+  if (grid_pr(m) == 1 && !(m->g && m->g->pp > 1)) return x;
   int32_t *dst = a->tok + (size_t)slot * (a->tok_cap / 4);
   for (int b = 0; b < a->B; b++) {
     int64_t gb = a->b0 + b;
@@ -229,6 +242,7 @@ void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, 
 typedef struct reg_builder {
   model *m;
   int cap;
+  int own; /* the parameters registered next belong to this pipeline stage */
 } reg_builder;
 
 static model_param *reg_add(reg_builder *rb, const char *name, int64_t rows, int64_t cols,
@@ -243,6 +257,12 @@ static model_param *reg_add(reg_builder *rb, const char *name, int64_t rows, int
     CHECK(rows == 1, "reg_add: vector %s has %lld rows", name, (long long)rows);
     p->w.row0 = 0;
     p->w.rows_local = 1;
+  }
+  p->pp_owned = rb->own;
+  p->pp_owners = 1;
+  if (!rb->own) { /* another stage's: an empty block keeps the registry the same */
+    p->w.rows_local = p->w.cols_local = 0;
+    p->w.ld = 1;
   }
   p->g = p->w;
   p->is_vector = is_vector;
@@ -331,6 +351,55 @@ static void param_init(model *m, model_param *p, int index, uint64_t seed) {
     }
 }
 
+int model_stage_plan(const model_dims *D, int pp, int *first) {
+  int nE = D->n_enc, n = D->n_enc + D->n_dec;
+  if (pp < 1 || pp > n) return C_ERR;
+  double d = D->d, F = D->ffn;
+  double *cost = common_calloc((size_t)n, sizeof(double)), *pre = common_calloc((size_t)n + 1, sizeof(double));
+  for (int l = 0; l < n; l++) cost[l] = l < nE ? 4 * d * d + 2 * d * F : 8 * d * d + 2 * d * F;
+  cost[0] += d;                            /* encoder embedding */
+  if (D->n_dec > 0) cost[nE] += d;         /* decoder embedding */
+  cost[n - 1] += (double)D->vocab * d;     /* output projection (or the MLM head) */
+  for (int l = 0; l < n; l++) pre[l + 1] = pre[l] + cost[l];
+  /* best[k][i]: the smallest largest-stage cost of the first i layers in k stages */
+  double *best = common_calloc((size_t)(pp + 1) * (n + 1), sizeof(double));
+  int *cut = common_calloc((size_t)(pp + 1) * (n + 1), sizeof(int));
+#define BEST(k, i) best[(size_t)(k) * (n + 1) + (i)]
+#define CUT(k, i) cut[(size_t)(k) * (n + 1) + (i)]
+  for (int i = 0; i <= n; i++) BEST(1, i) = pre[i], CUT(1, i) = 0;
+  for (int k = 2; k <= pp; k++)
+    for (int i = k; i <= n; i++) {
+      BEST(k, i) = -1;
+      for (int j = k - 1; j < i; j++) { /* stage k holds layers [j, i) */
+        double v = BEST(k - 1, j) > pre[i] - pre[j] ? BEST(k - 1, j) : pre[i] - pre[j];
+        if (BEST(k, i) < 0 || v < BEST(k, i)) BEST(k, i) = v, CUT(k, i) = j;
+      }
+    }
+  first[pp] = n;
+  for (int k = pp; k >= 1; k--) first[k - 1] = CUT(k, first[k]);
+#undef BEST
+#undef CUT
+  free(best);
+  free(cut);
+  free(cost);
+  free(pre);
+  return C_OK;
+}
+
+/* Record which stages hold a (possibly tied) parameter: stages st[0..n) (repeats allowed). */
+static void set_owners(model_param *p, int stage, const int *st, int n) {
+  int distinct = 0, lowest = st[0], mine = 0;
+  for (int i = 0; i < n; i++) {
+    int seen = 0;
+    for (int j = 0; j < i; j++) seen |= st[j] == st[i];
+    distinct += !seen;
+    lowest = st[i] < lowest ? st[i] : lowest;
+    mine |= st[i] == stage;
+  }
+  p->pp_owners = distinct;
+  p->pp_copy = mine && stage != lowest;
+}
+
 model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   model *m = common_calloc(1, sizeof *m);
   m->dims = *dims;
@@ -354,20 +423,56 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   m->params = common_calloc((size_t)cap, sizeof *m->params);
   m->enc = common_calloc((size_t)D->n_enc, sizeof *m->enc);
   m->dec = common_calloc((size_t)D->n_dec, sizeof *m->dec);
-  reg_builder rb = {m, cap};
+  /* pipeline stage: which layers (and so which parameters) this rank holds */
+  int pp = g ? g->pp : 1, stage = g ? g->stage : 0, nE = D->n_enc;
+  int *first = common_calloc((size_t)pp + 1, sizeof(int));
+  CHECK(model_stage_plan(D, pp, first) == C_OK, "model_create: pp=%d exceeds the %d layers", pp,
+        D->n_enc + D->n_dec);
+#define CLAMP(x, hi) ((x) < 0 ? 0 : (x) > (hi) ? (hi) : (x))
+  m->stage = stage, m->n_stages = pp;
+  m->enc_l0 = CLAMP(first[stage], nE), m->enc_l1 = CLAMP(first[stage + 1], nE);
+  m->dec_l0 = CLAMP(first[stage] - nE, D->n_dec), m->dec_l1 = CLAMP(first[stage + 1] - nE, D->n_dec);
+#undef CLAMP
+  int st_dec0 = 0, st_enc_last = 0; /* the stages of decoder layer 0 and encoder layer nE-1 */
+  for (int k = 0; k < pp; k++) {
+    if (first[k] <= nE && nE < first[k + 1]) st_dec0 = k;
+    if (first[k] <= nE - 1 && nE - 1 < first[k + 1]) st_enc_last = k;
+  }
+  free(first);
+  int last = pp - 1;
+  reg_builder rb = {m, cap, stage == 0};
   float estd = 1.0f / sqrtf((float)d);
+  int share = D->arch == MODEL_ARCH_TRANSLATION ? D->share : 0;
+  int mlm = D->arch == MODEL_ARCH_MLM; /* its output projection is the encoder embedding */
+  if (share == 2) rb.own = stage == 0 || stage == st_dec0 || stage == last;
+  if (mlm) rb.own = stage == 0 || stage == last;
   m->enc_embed = reg_add(&rb, "encoder.embed_tokens.weight", V, d, 0, MODEL_INIT_EMBED, estd);
-  for (int i = 0; i < D->n_enc; i++) reg_layer(&rb, &m->enc[i], "encoder", i, 0, d, F);
+  int st_all[3] = {0, st_dec0, last};
+  int st_mlm[2] = {0, last};
+  if (share == 2) set_owners(m->enc_embed, stage, st_all, 3);
+  if (mlm) set_owners(m->enc_embed, stage, st_mlm, 2);
+  for (int i = 0; i < D->n_enc; i++) {
+    rb.own = i >= m->enc_l0 && i < m->enc_l1;
+    reg_layer(&rb, &m->enc[i], "encoder", i, 0, d, F);
+  }
+  rb.own = stage == st_enc_last;
   if (D->pre_ln) m->enc_final = reg_ln(&rb, "encoder.layer_norm", d);
   if (D->arch == MODEL_ARCH_TRANSLATION) {
-    m->dec_embed = D->share == 2 ? m->enc_embed
-                                 : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
-                                           MODEL_INIT_EMBED, estd);
-    for (int i = 0; i < D->n_dec; i++) reg_layer(&rb, &m->dec[i], "decoder", i, 1, d, F);
+    rb.own = share == 1 ? stage == st_dec0 || stage == last : stage == st_dec0;
+    m->dec_embed = share == 2 ? m->enc_embed
+                              : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
+                                        MODEL_INIT_EMBED, estd);
+    int st_io[2] = {st_dec0, last};
+    if (share == 1) set_owners(m->dec_embed, stage, st_io, 2);
+    for (int i = 0; i < D->n_dec; i++) {
+      rb.own = i >= m->dec_l0 && i < m->dec_l1;
+      reg_layer(&rb, &m->dec[i], "decoder", i, 1, d, F);
+    }
+    rb.own = stage == last;
     if (D->pre_ln) m->dec_final = reg_ln(&rb, "decoder.layer_norm", d);
-    m->out_proj = D->share ? m->dec_embed
-                           : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
-                                     MODEL_INIT_EMBED, estd);
+    m->out_proj = share ? m->dec_embed
+                        : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
+                                  MODEL_INIT_EMBED, estd);
   } else if (D->arch == MODEL_ARCH_CLASSIFIER) {
     m->cls_dense_w = reg_linear(&rb, "classification_heads.sentence_classification_head.dense",
                                 d, d, &m->cls_dense_b);
@@ -376,12 +481,15 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   } else {
     m->out_proj = m->enc_embed; /* masked-LM output tied to the embedding, no bias */
   }
-  /* flat layout: the split matrices, then the replicated vectors (vec_lo..n_floats) */
-  for (int pass = 0; pass < 2; pass++) {
-    if (pass == 1) m->vec_lo = m->n_floats;
+  /* flat layout: the tied copies of later pipeline stages (norm_lo), the split
+   * matrices, then the replicated vectors (vec_lo..n_floats) */
+  for (int pass = 0; pass < 3; pass++) {
+    if (pass == 1) m->norm_lo = m->n_floats;
+    if (pass == 2) m->vec_lo = m->n_floats;
     for (int i = 0; i < m->n_params; i++) {
       model_param *p = &m->params[i];
-      if (p->is_vector != pass) continue;
+      int which = p->pp_copy ? 0 : p->is_vector ? 2 : 1;
+      if (which != pass) continue;
       p->offset = m->n_floats;
       m->n_floats += (dmat_local_size(&p->w) + 15) & ~(int64_t)15;
     }
@@ -394,26 +502,47 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
     p->g.data = m->grad_mem + p->offset;
     param_init(m, p, i, seed);
   }
-  m->acts = common_calloc(1, sizeof(model_acts));
-  m->acts->enc_s = common_calloc((size_t)(2 * D->n_enc + 1), sizeof(float *));
-  m->acts->dec_s = common_calloc((size_t)(3 * D->n_dec + 1), sizeof(float *));
-  m->acts->enc_sub = common_calloc((size_t)(2 * D->n_enc), sizeof(sub_acts));
-  m->acts->dec_sub = common_calloc((size_t)(3 * D->n_dec), sizeof(sub_acts));
+  model_use_slot(m, 0);
   return m;
+}
+
+static model_acts *acts_new(const model *m) {
+  const model_dims *D = &m->dims;
+  model_acts *a = common_calloc(1, sizeof(model_acts));
+  a->enc_s = common_calloc((size_t)(2 * D->n_enc + 1), sizeof(float *));
+  a->dec_s = common_calloc((size_t)(3 * D->n_dec + 1), sizeof(float *));
+  a->enc_sub = common_calloc((size_t)(2 * D->n_enc), sizeof(sub_acts));
+  a->dec_sub = common_calloc((size_t)(3 * D->n_dec), sizeof(sub_acts));
+  return a;
+}
+
+void model_use_slot(model *m, int slot) {
+  CHECK(slot >= 0, "model_use_slot: slot %d", slot);
+  if (slot >= m->n_slots) {
+    m->slots = realloc(m->slots, (size_t)(slot + 1) * sizeof *m->slots);
+    CHECK(m->slots, "out of memory");
+    for (int i = m->n_slots; i <= slot; i++) m->slots[i] = acts_new(m);
+    m->n_slots = slot + 1;
+  }
+  m->acts = m->slots[slot];
 }
 
 void model_free(model *m) {
   if (!m) return;
-  model_acts *a = m->acts;
-  free(a->mem);
-  free(a->src_pad);
-  free(a->head);
-  free(a->head_idx);
-  free(a->enc_s);
-  free(a->dec_s);
-  free(a->enc_sub);
-  free(a->dec_sub);
-  free(a);
+  for (int i = 0; i < m->n_slots; i++) {
+    model_acts *a = m->slots[i];
+    free(a->mem);
+    free(a->src_pad);
+    free(a->tok);
+    free(a->head);
+    free(a->head_idx);
+    free(a->enc_s);
+    free(a->dec_s);
+    free(a->enc_sub);
+    free(a->dec_sub);
+    free(a);
+  }
+  free(m->slots);
   free(m->param_mem);
   free(m->grad_mem);
   free(m->params);
@@ -732,101 +861,220 @@ static void embed_bwd(model *m, float *ds0, const model_param *E, const int32_t 
 #define SITE_ENC_EMBED (1 << 24)
 #define SITE_DEC_EMBED ((1 << 24) + 1)
 
-/* Encoder forward over the arena's current local (B, S); output in a->enc_out. */
-static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
+/* Encoder layers [l0, l1) forward over the arena's streams (local B, S); with
+ * l1 = n_enc also the final LayerNorm (Pre-LN) into a->enc_out. */
+static void enc_layers_fwd(model *m, int l0, int l1, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
-  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = src[i] == D->pad;
-  embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
-  for (int l = 0; l < D->n_enc; l++)
+  for (int l = l0; l < l1; l++)
     for (int j = 0; j < 2; j++) {
       sublayer sl = enc_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], a->enc_s[2 * l + j + 1],
                    NULL, B, S, S, a->src_pad);
+      if (m->progress) m->progress(m->progress_ctx);
     }
-  if (D->pre_ln)
+  if (l1 == D->n_enc && D->pre_ln)
     ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final, B * S);
 }
 
-/* Encoder backward: a->g_enc (B*S, dl) is the gradient of enc_out; accumulates the
- * encoder's parameter gradients. Uses gs_a/gs_b as scratch. */
-static void encoder_bwd(model *m, const int32_t *src, int B, int S) {
+/* Encoder forward over the arena's current local (B, S); output in a->enc_out. */
+static void encoder_fwd(model *m, const int32_t *src, int B, int S) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  CHECK(m->n_stages == 1, "encoder_fwd: the whole encoder is not on this pipeline stage");
+  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = src[i] == D->pad;
+  embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
+  enc_layers_fwd(m, 0, D->n_enc, B, S);
+}
+
+/* Backward of encoder layers [l0, l1): the gradient of their output is a->g_enc (that of
+ * enc_out) when l1 = n_enc, else already in a->gs_a (that of stream 2 l1). Accumulates
+ * the layers' parameter gradients; returns the buffer (gs_a or gs_b) holding the
+ * gradient of stream 2 l0. */
+static float *enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int nS = B * S, d = m->dl;
   float *gs_out = a->gs_a, *gs_in = a->gs_b;
-  if (D->pre_ln) {
-    memset(gs_out, 0, (size_t)nS * d * sizeof(float));
-    ln_bwd(m, gs_out, a->g_enc, a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd, &m->enc_final, nS);
-  } else {
-    memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
+  if (l1 == D->n_enc) {
+    if (D->pre_ln) {
+      memset(gs_out, 0, (size_t)nS * d * sizeof(float));
+      ln_bwd(m, gs_out, a->g_enc, a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd, &m->enc_final, nS);
+    } else {
+      memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
+    }
   }
-  for (int l = D->n_enc - 1; l >= 0; l--)
+  for (int l = l1 - 1; l >= l0; l--)
     for (int j = 1; j >= 0; j--) {
       sublayer sl = enc_sublayer(m, l, j);
       memset(gs_in, 0, (size_t)nS * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
                    B, S, S);
       float *t = gs_out; gs_out = gs_in; gs_in = t;
+      if (m->progress) m->progress(m->progress_ctx);
     }
-  embed_bwd(m, gs_out, m->enc_embed, src, B, S, SITE_ENC_EMBED);
+  return gs_out;
 }
 
-int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
-                               const int32_t *tgt_out_g, int B_global, int S, int T,
-                               float grad_scale, int backward, double *loss_sum, double *nll_sum) {
-  const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
-  acts_prepare(m, B_global, S, T);
+/* Decoder layers [l0, l1) forward (local B, T; cross-attention over a->enc_out). */
+static void dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
   model_acts *a = m->acts;
-  int B = a->B, nS = B * S, nT = B * T, d = m->dl;
-  const int32_t *src = local_rows(m, 0, src_g, B_global, S, D->pad);
-  const int32_t *tgt_in = local_rows(m, 1, tgt_in_g, B_global, T, D->pad);
-  const int32_t *tgt_out = local_rows(m, 2, tgt_out_g, B_global, T, D->pad);
-  /* ---- forward ---- */
-  encoder_fwd(m, src, B, S);
-  embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
-  for (int l = 0; l < D->n_dec; l++)
+  for (int l = l0; l < l1; l++)
     for (int j = 0; j < 3; j++) {
       sublayer sl = dec_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], a->dec_s[3 * l + j + 1],
                    a->enc_out, B, T, j == 1 ? S : T, a->src_pad);
+      if (m->progress) m->progress(m->progress_ctx);
     }
-  if (D->pre_ln)
-    ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final, nT);
-  /* logits (nT, V) = dec_out W_out^T */
-  linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
-  double sums[3] = {0, 0, 0};
-  sums[2] = (double)xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
-                         D->label_smoothing, grad_scale, backward, &sums[0], &sums[1], NULL);
-  tp_totals(m, sums, 3);
-  if (loss_sum) *loss_sum += sums[0];
-  if (nll_sum) *nll_sum += sums[1];
-  int64_t ntok = (int64_t)sums[2];
-  if (!backward) return ntok;
+}
 
-  /* ---- backward ---- */
-  vec_grads_begin(m);
-  float *gs_out = a->gs_a, *gs_in = a->gs_b;
-  memset(gs_out, 0, (size_t)nT * d * sizeof(float));
-  linear_bwd(m, gs_out, a->logits, a->dec_out, m->out_proj, NULL, nT);
-  if (D->pre_ln) {
-    memset(gs_in, 0, (size_t)nT * d * sizeof(float));
-    ln_bwd(m, gs_in, gs_out, a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd, &m->dec_final, nT);
-    float *t = gs_out; gs_out = gs_in; gs_in = t;
-  }
-  memset(a->g_enc, 0, (size_t)nS * d * sizeof(float));
-  for (int l = D->n_dec - 1; l >= 0; l--)
+/* Backward of decoder layers [l0, l1): gs (gs_a or gs_b) holds the gradient of stream
+ * 3 l1; the encoder output's gradient is ACCUMULATED into a->g_enc. Returns the buffer
+ * holding the gradient of stream 3 l0. */
+static float *dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, int T) {
+  model_acts *a = m->acts;
+  int nT = B * T, d = m->dl;
+  float *gs_out = gs, *gs_in = gs == a->gs_a ? a->gs_b : a->gs_a;
+  for (int l = l1 - 1; l >= l0; l--)
     for (int j = 2; j >= 0; j--) {
       sublayer sl = dec_sublayer(m, l, j);
       memset(gs_in, 0, (size_t)nT * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
                    a->g_enc, B, T, j == 1 ? S : T);
       float *t = gs_out; gs_out = gs_in; gs_in = t;
+      if (m->progress) m->progress(m->progress_ctx);
     }
-  embed_bwd(m, gs_out, m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
-  encoder_bwd(m, src, B, S);
+  return gs_out;
+}
+
+void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64_t *n_enc,
+                     int64_t *n_dec) {
+  int pr = grid_pr(m), B = (B_global + pr - 1) / pr, nE = m->dims.n_enc;
+  *n_enc = *n_dec = 0;
+  if ((side == 0 && m->stage == 0) || (side == 1 && m->stage == m->n_stages - 1)) return;
+  /* the global layer index at the boundary: encoder stream inside the encoder, the
+   * encoder output at the junction, the encoder output and the decoder stream after it */
+  int l = side == 0 ? (m->enc_l1 > m->enc_l0 ? m->enc_l0 : nE + m->dec_l0) : (m->enc_l1 < nE ? m->enc_l1 : nE + m->dec_l1);
+  *n_enc = (int64_t)B * S * m->dl;
+  *n_dec = l > nE ? (int64_t)B * T * m->dl : 0;
+}
+
+/* the encoder-only heads (below) */
+static int64_t enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_t *aux_g,
+                                  int B_global, int S, float grad_scale, int backward,
+                                  const float *in_msg, float *out_msg, double *sums, int32_t *pred);
+static void cls_head_bwd(model *m);
+static void mlm_head_bwd(model *m);
+
+int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
+                            const int32_t *tgt_out_g, int B_global, int S, int T, float grad_scale,
+                            int backward, const float *in_msg, float *out_msg, double *sums) {
+  const model_dims *D = &m->dims;
+  if (D->arch != MODEL_ARCH_TRANSLATION)
+    return enc_only_stage_fwd(m, src_g, tgt_out_g, B_global, S, grad_scale, backward, in_msg,
+                              out_msg, sums, NULL);
+  acts_prepare(m, B_global, S, T);
+  model_acts *a = m->acts;
+  int B = a->B, nS = B * S, nT = B * T, d = m->dl;
+  size_t ne = (size_t)nS * d, nd = (size_t)nT * d;
+  const int32_t *src = local_rows(m, 0, src_g, B_global, S, D->pad);
+  const int32_t *tgt_in = local_rows(m, 1, tgt_in_g, B_global, T, D->pad);
+  const int32_t *tgt_out = local_rows(m, 2, tgt_out_g, B_global, T, D->pad);
+  a->src = src, a->tgt_in = tgt_in, a->key = m->dropout_key, a->train = m->train;
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
+  for (size_t i = 0; i < (size_t)nS; i++) a->src_pad[i] = src[i] == D->pad;
+  if (has_enc) {
+    if (m->enc_l0 == 0) embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
+    else memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
+    enc_layers_fwd(m, m->enc_l0, m->enc_l1, B, S);
+  } else {
+    memcpy(a->enc_out, in_msg, ne * sizeof(float));
+  }
+  if (has_dec) {
+    if (m->dec_l0 == 0) embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
+    else memcpy(a->dec_s[3 * m->dec_l0], in_msg + ne, nd * sizeof(float));
+    dec_layers_fwd(m, m->dec_l0, m->dec_l1, B, S, T);
+  }
+  if (!last) { /* the message for the next stage (model_stage_msg's layout) */
+    if (m->enc_l1 < D->n_enc) {
+      memcpy(out_msg, a->enc_s[2 * m->enc_l1], ne * sizeof(float));
+    } else {
+      memcpy(out_msg, a->enc_out, ne * sizeof(float));
+      if (m->dec_l1 > 0) memcpy(out_msg + ne, a->dec_s[3 * m->dec_l1], nd * sizeof(float));
+    }
+    return 0;
+  }
+  if (D->pre_ln)
+    ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final, nT);
+  /* logits (nT, V) = dec_out W_out^T */
+  linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
+  double t[3] = {0, 0, 0};
+  t[2] = (double)xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
+                      D->label_smoothing, grad_scale, backward, &t[0], &t[1], NULL);
+  tp_totals(m, t, 3);
+  sums[0] += t[0], sums[1] += t[1];
+  return (int64_t)t[2];
+}
+
+void model_stage_backward(model *m, const float *g_in, float *g_out) {
+  const model_dims *D = &m->dims;
+  model_acts *a = m->acts;
+  m->dropout_key = a->key, m->train = a->train; /* the masks of this arena's forward */
+  int B = a->B, S = a->S, T = a->T, nT = B * T, d = m->dl;
+  size_t ne = (size_t)B * S * d, nd = (size_t)nT * d;
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
+  vec_grads_begin(m);
+  if (D->arch != MODEL_ARCH_TRANSLATION) { /* encoder layers, the head on the last stage */
+    if (!last) memcpy(a->gs_a, g_in, ne * sizeof(float));
+    else if (D->arch == MODEL_ARCH_CLASSIFIER) cls_head_bwd(m);
+    else mlm_head_bwd(m);
+    float *gs = enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
+    if (m->enc_l0 == 0) embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
+    else memcpy(g_out, gs, ne * sizeof(float));
+    vec_grads_end(m);
+    return;
+  }
+  if (has_dec) {
+    float *gs = a->gs_a;
+    if (last) {
+      memset(gs, 0, nd * sizeof(float));
+      linear_bwd(m, gs, a->logits, a->dec_out, m->out_proj, NULL, nT);
+      if (D->pre_ln) {
+        memset(a->gs_b, 0, nd * sizeof(float));
+        ln_bwd(m, a->gs_b, gs, a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd, &m->dec_final, nT);
+        gs = a->gs_b;
+      }
+      memset(a->g_enc, 0, ne * sizeof(float));
+    } else {
+      memcpy(gs, g_in + ne, nd * sizeof(float));
+      memcpy(a->g_enc, g_in, ne * sizeof(float));
+    }
+    gs = dec_layers_bwd(m, m->dec_l0, m->dec_l1, gs, B, S, T);
+    if (m->dec_l0 == 0) embed_bwd(m, gs, m->dec_embed, a->tgt_in, B, T, SITE_DEC_EMBED);
+    else memcpy(g_out + ne, gs, nd * sizeof(float));
+    if (!has_enc) memcpy(g_out, a->g_enc, ne * sizeof(float));
+  }
+  if (has_enc) {
+    if (m->enc_l1 < D->n_enc) memcpy(a->gs_a, g_in, ne * sizeof(float));
+    else if (!has_dec) memcpy(a->g_enc, g_in, ne * sizeof(float));
+    float *gs = enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
+    if (m->enc_l0 == 0) embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
+    else memcpy(g_out, gs, ne * sizeof(float));
+  }
   vec_grads_end(m);
+}
+
+int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
+                               const int32_t *tgt_out_g, int B_global, int S, int T,
+                               float grad_scale, int backward, double *loss_sum, double *nll_sum) {
+  CHECK(m->dims.arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
+  CHECK(m->n_stages == 1, "model_forward_backward: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
+  int64_t ntok = model_stage_forward(m, src_g, tgt_in_g, tgt_out_g, B_global, S, T, grad_scale,
+                                     backward, NULL, NULL, sums);
+  if (loss_sum) *loss_sum += sums[0];
+  if (nll_sum) *nll_sum += sums[1];
+  if (backward) model_stage_backward(m, NULL, NULL);
   return ntok;
 }
 
@@ -874,36 +1122,28 @@ static int64_t xent(model *m, float *logits, const int32_t *targets, int n, int 
                   nll_sum);
 }
 
-int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
-                       int S, float grad_scale, int backward, double *loss_sum,
-                       int64_t *n_correct, int32_t *pred) {
+/* Classifier head forward on a->enc_out (this process row's B rows, labels local, -1 on
+ * padding rows): sums[0] += loss, sums[1] += correct (batch totals). With backward the
+ * logits' gradient stays in the head scratch for cls_head_bwd. */
+static void cls_head_fwd(model *m, const int32_t *labels, int B_global, int S, float grad_scale,
+                         int backward, double *sums, int32_t *pred) {
   const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
-  int d = m->dl, C = D->n_classes;
-  for (int b = 0; b < B_global; b++)
-    CHECK(labels_g[b] >= 0 && labels_g[b] < C, "model_classify: label %d outside [0, %d)",
-          labels_g[b], C);
-  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
-  int B = a->B;
-  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
-  const int32_t *labels = local_rows(m, 1, labels_g, B_global, 1, -1); /* -1: padding rows */
-  encoder_fwd(m, tokens, B, S);
+  int d = m->dl, C = D->n_classes, B = a->B;
   /* scratch: x (B,dl) pooled rows, h (B,dl) = tanh(dense(x)), logits (B,cl), g (B,dl) */
   size_t Bd = (size_t)B * d;
   float *x = head_prepare(m, 3 * Bd + (size_t)B * (m->cl + 1) + 64);
-  float *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
+  float *h = x + Bd, *logits = h + Bd;
   int32_t *arg = head_idx_prepare(m, 2 * (size_t)B * grid_pr(m));
   for (int b = 0; b < B; b++) memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
   linear_fwd(m, h, x, m->cls_dense_w, m->cls_dense_b, B);
   for (size_t i = 0; i < Bd; i++) h[i] = tanhf(h[i]);
   linear_fwd(m, logits, h, m->cls_out_w, m->cls_out_b, B); /* (B,C) */
-  double sums[2] = {0, 0};
-  xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &sums[0], NULL, arg);
-  for (int b = 0; b < B; b++) sums[1] += labels[b] >= 0 && arg[b] == labels[b];
-  tp_totals(m, sums, 2);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[1];
+  double t[2] = {0, 0};
+  xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &t[0], NULL, arg);
+  for (int b = 0; b < B; b++) t[1] += labels[b] >= 0 && arg[b] == labels[b];
+  tp_totals(m, t, 2);
+  sums[0] += t[0], sums[1] += t[1];
   if (pred) { /* every process row's predictions, in batch order */
     int32_t *all = arg;
     if (grid_pr(m) > 1) {
@@ -912,8 +1152,15 @@ int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_
     }
     memcpy(pred, all, (size_t)B_global * sizeof(int32_t));
   }
-  if (!backward) return B_global;
-  vec_grads_begin(m);
+}
+
+/* Classifier head backward: a->g_enc = the gradient of enc_out (nonzero on row 0 of each
+ * sequence only). */
+static void cls_head_bwd(model *m) {
+  model_acts *a = m->acts;
+  int d = m->dl, B = a->B, S = a->S;
+  size_t Bd = (size_t)B * d;
+  float *x = a->head, *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
   memset(g, 0, Bd * sizeof(float));
   linear_bwd(m, g, logits, h, m->cls_out_w, m->cls_out_b, B); /* g = dL/dh */
   for (size_t i = 0; i < Bd; i++) g[i] *= 1.0f - h[i] * h[i];  /* through tanh */
@@ -921,24 +1168,17 @@ int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_
   memset(h, 0, Bd * sizeof(float)); /* dL/dx lands on row (b, 0) of enc_out */
   linear_bwd(m, h, g, x, m->cls_dense_w, m->cls_dense_b, B);
   for (int b = 0; b < B; b++) memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
-  encoder_bwd(m, tokens, B, S);
-  vec_grads_end(m);
-  return B_global;
 }
 
-int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, int B_global, int S,
-                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
+/* Masked-LM head forward on a->enc_out (targets local, -1 where not selected): sums[0] +=
+ * loss, sums[1] += correct; returns the selected positions of the batch. The selection
+ * (rows, their number) stays in the arena for mlm_head_bwd. */
+static int64_t mlm_head_fwd(model *m, const int32_t *targets, float grad_scale, int backward,
+                            double *sums) {
   const model_dims *D = &m->dims;
-  CHECK(D->arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
-  int d = m->dl, V = D->vocab;
-  for (size_t i = 0; i < (size_t)B_global * S; i++)
-    CHECK(targets_g[i] < V, "model_mlm: target %d outside the vocabulary", targets_g[i]);
-  acts_prepare(m, B_global, S, 0);
   model_acts *a = m->acts;
-  int B = a->B;
+  int d = m->dl, V = D->vocab, B = a->B, S = a->S;
   size_t nS = (size_t)B * S;
-  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
-  const int32_t *targets = local_rows(m, 1, targets_g, B_global, S, -1);
   /* the selected positions of this process row; every process row runs the head on
    * n = the most any of them has (the rest are -1 rows), so the rows stay aligned */
   int32_t *idx = head_idx_prepare(m, 3 * nS + 1);
@@ -952,52 +1192,135 @@ int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, i
   int n = n_mine;
   if (grid_pr(m) > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &n, 1, MPI_INT, MPI_MAX, m->g->tp_col));
   for (int i = n_mine; i < n; i++) tgt[i] = -1;
-  encoder_fwd(m, tokens, B, S);
+  a->mlm_n = n, a->mlm_n_mine = n_mine;
   if (n == 0) return 0;
   /* scratch: x (n,dl) selected rows of enc_out, logits (n,vl), g (n,dl) */
   size_t nd = (size_t)n * d;
   float *x = head_prepare(m, 2 * nd + (size_t)n * (m->vl + 1) + 64);
-  float *logits = x + nd, *g = logits + (size_t)n * (m->vl + 1);
+  float *logits = x + nd;
   for (int i = 0; i < n_mine; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
   memset(x + (size_t)n_mine * d, 0, (size_t)(n - n_mine) * d * sizeof(float));
   linear_fwd(m, logits, x, m->out_proj, NULL, n); /* (n,V) = x W_emb^T */
-  double sums[3] = {0, 0, 0};
-  sums[2] = (double)xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward,
-                         &sums[0], NULL, arg);
-  for (int i = 0; i < n_mine; i++) sums[1] += arg[i] == tgt[i];
-  tp_totals(m, sums, 3);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[1];
-  if (!backward) return (int64_t)sums[2];
-  vec_grads_begin(m);
-  memset(g, 0, nd * sizeof(float));
-  linear_bwd(m, g, logits, x, m->out_proj, NULL, n); /* also dW_emb += dlogits^T x */
+  double t[3] = {0, 0, 0};
+  t[2] = (double)xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward, &t[0],
+                      NULL, arg);
+  for (int i = 0; i < n_mine; i++) t[1] += arg[i] == tgt[i];
+  tp_totals(m, t, 3);
+  sums[0] += t[0], sums[1] += t[1];
+  return (int64_t)t[2];
+}
+
+/* Masked-LM head backward: a->g_enc = the gradient of enc_out (zero when nothing was
+ * selected); also dW_emb += dlogits^T x into the output projection (the tied table). */
+static void mlm_head_bwd(model *m) {
+  model_acts *a = m->acts;
+  int d = m->dl, n = a->mlm_n, n_mine = a->mlm_n_mine;
+  size_t nS = (size_t)a->B * a->S, nd = (size_t)n * d;
   memset(a->g_enc, 0, nS * d * sizeof(float));
+  if (n == 0) return;
+  float *x = a->head, *logits = x + nd, *g = logits + (size_t)n * (m->vl + 1);
+  const int32_t *rows = a->head_idx;
+  memset(g, 0, nd * sizeof(float));
+  linear_bwd(m, g, logits, x, m->out_proj, NULL, n);
   for (int i = 0; i < n_mine; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
-  encoder_bwd(m, tokens, B, S);
-  vec_grads_end(m);
-  return (int64_t)sums[2];
+}
+
+/* The encoder-only archs' stage forward (see model_stage_forward): tokens (B,S) and
+ * aux = labels (B) or MLM targets (B,S). */
+static int64_t enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_t *aux_g,
+                                  int B_global, int S, float grad_scale, int backward,
+                                  const float *in_msg, float *out_msg, double *sums, int32_t *pred) {
+  const model_dims *D = &m->dims;
+  int cls = D->arch == MODEL_ARCH_CLASSIFIER;
+  if (cls)
+    for (int b = 0; b < B_global; b++)
+      CHECK(aux_g[b] >= 0 && aux_g[b] < D->n_classes, "model_classify: label %d outside [0, %d)",
+            aux_g[b], D->n_classes);
+  else
+    for (size_t i = 0; i < (size_t)B_global * S; i++)
+      CHECK(aux_g[i] < D->vocab, "model_mlm: target %d outside the vocabulary", aux_g[i]);
+  acts_prepare(m, B_global, S, 0);
+  model_acts *a = m->acts;
+  int B = a->B, last = m->stage == m->n_stages - 1;
+  size_t ne = (size_t)B * S * m->dl;
+  const int32_t *tokens = local_rows(m, 0, tokens_g, B_global, S, D->pad);
+  const int32_t *aux = local_rows(m, 1, aux_g, B_global, cls ? 1 : S, -1); /* -1: padding rows */
+  a->src = tokens, a->key = m->dropout_key, a->train = m->train;
+  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = tokens[i] == D->pad;
+  if (m->enc_l0 == 0) embed_fwd(m, a->enc_s[0], m->enc_embed, tokens, B, S, SITE_ENC_EMBED);
+  else memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
+  enc_layers_fwd(m, m->enc_l0, m->enc_l1, B, S);
+  if (!last) {
+    memcpy(out_msg, a->enc_s[2 * m->enc_l1], ne * sizeof(float));
+    return 0;
+  }
+  double t[2] = {0, 0};
+  int64_t count = B_global;
+  if (cls) cls_head_fwd(m, aux, B_global, S, grad_scale, backward, t, pred);
+  else count = mlm_head_fwd(m, aux, grad_scale, backward, t);
+  sums[0] += t[0], sums[1] += t[0], sums[3] += t[1]; /* no label smoothing: nll = loss */
+  return count;
+}
+
+int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
+                       int S, float grad_scale, int backward, double *loss_sum,
+                       int64_t *n_correct, int32_t *pred) {
+  CHECK(m->dims.arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
+  CHECK(m->n_stages == 1, "model_classify: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
+  int64_t count = enc_only_stage_fwd(m, tokens_g, labels_g, B_global, S, grad_scale, backward,
+                                     NULL, NULL, sums, pred);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[3];
+  if (backward) model_stage_backward(m, NULL, NULL);
+  return count;
+}
+
+int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, int B_global, int S,
+                  float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
+  CHECK(m->dims.arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
+  CHECK(m->n_stages == 1, "model_mlm: pp > 1 runs the stages (pipe.c)");
+  double sums[4] = {0, 0, 0, 0};
+  int64_t count = enc_only_stage_fwd(m, tokens_g, targets_g, B_global, S, grad_scale, backward,
+                                     NULL, NULL, sums, NULL);
+  if (loss_sum) *loss_sum += sums[0];
+  if (n_correct) *n_correct += (int64_t)sums[3];
+  /* nothing selected: the gradient is zero (no backward, as before the pipeline) */
+  if (backward && count > 0) model_stage_backward(m, NULL, NULL);
+  return count;
 }
 
 model *model_replicate(model *m) {
-  if (!m->g || m->g->tp == 1) return m;
+  if (!m->g || (m->g->tp == 1 && m->g->pp == 1)) return m;
   const grid *g = m->g;
   model *r = model_create(&m->dims, NULL, 0);
+  /* the stage that writes each parameter (its first owner) sends it over pp_comm */
+  int *owner = common_calloc((size_t)m->n_params, sizeof(int));
+  for (int i = 0; i < m->n_params; i++)
+    owner[i] = m->params[i].pp_owned && !m->params[i].pp_copy ? g->stage : -1;
+  if (g->pp > 1)
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, owner, m->n_params, MPI_INT, MPI_MAX, g->pp_comm));
   int *counts = common_calloc((size_t)g->pc, sizeof(int)), *displs = common_calloc((size_t)g->pc, sizeof(int));
   for (int i = 0; i < m->n_params; i++) {
     model_param *p = &m->params[i], *q = &r->params[i];
-    if (!p->is_vector) {
-      dmat_gather(&p->w, q->w.data);
-      continue;
+    CHECK(owner[i] >= 0, "model_replicate: no stage holds %s", p->name);
+    if (owner[i] == g->stage) {
+      if (!p->is_vector) {
+        dmat_gather(&p->w, q->w.data);
+      } else { /* every process row has it: gather the column blocks along the row */
+        for (int c = 0; c < g->pc; c++) {
+          counts[c] = common_int(dmat_block_count(p->w.cols, c, g->pc));
+          displs[c] = common_int(dmat_block_start(p->w.cols, c, g->pc));
+        }
+        MPI_CHECK(MPI_Allgatherv(p->w.data, p->w.cols_local, MPI_FLOAT, q->w.data, counts, displs,
+                                 MPI_FLOAT, g->tp_row));
+      }
     }
-    /* a vector: every process row has it, so gather the column blocks along the row */
-    for (int c = 0; c < g->pc; c++) {
-      counts[c] = common_int(dmat_block_count(p->w.cols, c, g->pc));
-      displs[c] = common_int(dmat_block_start(p->w.cols, c, g->pc));
-    }
-    MPI_CHECK(MPI_Allgatherv(p->w.data, p->w.cols_local, MPI_FLOAT, q->w.data, counts, displs,
-                             MPI_FLOAT, g->tp_row));
+    if (g->pp > 1)
+      MPI_CHECK(MPI_Bcast(q->w.data, common_int(q->w.rows * q->w.cols), MPI_FLOAT, owner[i],
+                          g->pp_comm));
   }
+  free(owner);
   free(counts);
   free(displs);
   return r;
@@ -1020,7 +1343,8 @@ struct model_decoder {
 model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
                                    int max_steps) {
   const model_dims *D = &m->dims;
-  CHECK(!m->g || m->g->tp == 1, "model_decoder_start: decode with model_replicate(m) when tp > 1");
+  CHECK(!m->g || (m->g->tp == 1 && m->g->pp == 1),
+        "model_decoder_start: decode with model_replicate(m) when tp > 1 or pp > 1");
   int d = D->d, n_hyp = n_seq * beam;
   model_decoder *st = common_calloc(1, sizeof *st);
   st->n_hyp = n_hyp, st->beam = beam, st->S = S, st->max_steps = max_steps;

@@ -20,7 +20,8 @@ void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm) {
   MPI_CHECK(MPI_Comm_size(dp_comm, &o->dp));
   MPI_CHECK(MPI_Comm_rank(dp_comm, &o->dp_rank));
   o->lo = 0, o->hi = n;
-  o->tp_comm = MPI_COMM_NULL;
+  o->tp_comm = o->pp_comm = MPI_COMM_NULL;
+  o->norm_lo = 0;
   o->norm_hi = n;
   if (o->zero && o->dp > 1) {
     o->counts = common_calloc((size_t)o->dp, sizeof(int));
@@ -43,6 +44,11 @@ void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm) {
 void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi) {
   o->tp_comm = tp_comm;
   o->norm_hi = norm_hi;
+}
+
+void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo) {
+  o->pp_comm = pp_comm;
+  o->norm_lo = norm_lo;
 }
 
 void optim_free(optim *o) {
@@ -69,11 +75,13 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
   double sq = 0.0;
   for (int64_t i = o->lo; i < o->hi; i++) {
     grads[i] *= scale;
-    if (i < o->norm_hi) sq += (double)grads[i] * grads[i];
+    if (i >= o->norm_lo && i < o->norm_hi) sq += (double)grads[i] * grads[i];
   }
   if (o->zero) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, o->dp_comm));
   if (o->tp_comm != MPI_COMM_NULL)
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, o->tp_comm));
+  if (o->pp_comm != MPI_COMM_NULL)
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, o->pp_comm));
   return sqrt(sq);
 }
 

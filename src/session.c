@@ -80,6 +80,14 @@ static void build_tensors(session *s) {
       t->write_param = 0;
       t->opt_lo = t->opt_hi = 0;
     }
+  /* pipeline: another stage's tensors are empty blocks here; a tied embedding held by
+   * several stages is written (with its moments) by the first, the others read it */
+  for (int i = 0; i < m->n_params; i++)
+    if (!m->params[i].pp_owned || m->params[i].pp_copy) {
+      ckpt_tensor *t = &s->save_tensors[i];
+      t->write_param = 0;
+      t->opt_lo = t->opt_hi = 0;
+    }
 }
 
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {
@@ -141,6 +149,8 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     optim_init(&s->opt, c, s->model->n_floats, s->g.dp_comm);
     if (s->g.tp > 1) /* the vectors of process rows > 0 are copies: counted once */
       optim_set_tp(&s->opt, s->g.tp_comm, s->g.prow == 0 ? s->model->n_floats : s->model->vec_lo);
+    if (s->g.pp > 1) /* stages hold different layers; a tied copy is counted by its first holder */
+      optim_set_pp(&s->opt, s->g.pp_comm, s->model->norm_lo);
   }
   build_tensors(s);
 

@@ -224,6 +224,24 @@ void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_
   sums[TASK_CORRECT] += (double)correct;
 }
 
+void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint64_t key,
+                     pipe_batch *out) {
+  data_batch_load(s, p, b, &t->raw);
+  memset(out, 0, sizeof *out);
+  out->key = key;
+  out->valid = 1;
+  const data_batch *r = &t->raw;
+  if (t->kind == TASK_TRANSLATION) {
+    out->src = r->src, out->tgt_in = r->tgt_in, out->tgt_out = r->tgt_out;
+    out->B = r->n_seq, out->S = r->src_len, out->T = r->tgt_len;
+    return;
+  }
+  int W = 0, rows = task_make_inputs(t, key, &W);
+  out->src = t->tok;
+  out->tgt_out = t->kind == TASK_CLASSIFY ? r->labels : t->tgt;
+  out->B = rows, out->S = W, out->T = 0;
+}
+
 int task_init_from(const char *spec, const ckpt_tensor *tensors, int n, int *n_loaded,
                    MPI_Comm comm, char *err, size_t err_len) {
   char path[1100], msg[1024];

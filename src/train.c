@@ -1,6 +1,7 @@
 /* train.c: the training loop (train.h).
  *
- * One update = update_freq micro-batches on each of the dp ranks: step s consumes the
+ * One update = update_freq (= microbatches) micro-batches on each of the dp replicas
+ * (with pp > 1 a replica is pp stages running them in the 1F1B order, pipe.c): step s consumes the
  * dp * update_freq consecutive batches of the epoch's plan starting at the cursor, rank
  * r taking cursor + r * update_freq + j. So dp=2 update_freq=1 and dp=1 update_freq=2
  * see the same batches and give the same losses. Gradients are of the summed loss,
@@ -21,6 +22,7 @@
 #include "evaluate.h"
 #include "metrics.h"
 #include "ops.h"
+#include "pipe.h"
 #include "session.h"
 #include "task.h"
 
@@ -32,6 +34,24 @@ typedef struct train_state {
   double wall;           /* training seconds, accumulated across restarts */
   double best_bleu;
 } train_state;
+
+/* pp > 1: what pipe_run's loader needs to hand out micro-batch j of this replica. */
+typedef struct train_loader {
+  task *tk;
+  data_split *split;
+  const data_plan *plan;
+  int64_t first, step, epoch; /* first batch of this replica's micro-batches */
+  uint64_t seed;
+} train_loader;
+
+static void train_load(void *ctx, int j, pipe_batch *b) {
+  train_loader *x = ctx;
+  int64_t bi = x->first + j;
+  memset(b, 0, sizeof *b);
+  if (bi >= x->plan->n_batches) return; /* past the epoch's end: skipped by every stage */
+  task_pipe_batch(x->tk, x->split, x->plan, bi,
+                  ops_hash_key(x->seed, (uint64_t)x->step + 1, (uint64_t)x->epoch, (uint64_t)bi), b);
+}
 
 static void write_config(const session *s) {
   if (s->g.world_rank != 0) return;
@@ -156,6 +176,8 @@ int train_main(int argc, char **argv) {
   metrics_write(&mt, "\"type\":\"start\",\"step\":%lld,\"resumed\":%d,\"world\":%d,\"dp\":%d",
                 (long long)t.step, s.resumed, g->world_size, g->dp);
 
+  pipe_sched pipe; /* pp > 1: the 1F1B schedule of each update */
+  pipe_init(&pipe, g, s.model, c->pp_timeout);
   data_plan plan = {0};
   int64_t plan_epoch = -1, n_dropped = 0;
   int per_step = g->dp * (int)c->update_freq;
@@ -190,7 +212,15 @@ int train_main(int argc, char **argv) {
     double step_t0 = common_now();
     model_zero_grad(s.model);
     double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
-    for (int j = 0; j < c->update_freq; j++) {
+    if (g->pp > 1) {
+      /* the replica's micro-batches through its stages; the last stage has the loss */
+      train_loader ld = {&tk, train, &plan, t.cursor + (int64_t)g->dp_rank * c->update_freq,
+                         t.step, t.epoch, (uint64_t)c->seed};
+      pipe_run(&pipe, (int)c->update_freq, train_load, &ld, sums);
+      pipe_reduce_tied(&pipe);
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
+    }
+    for (int j = 0; j < c->update_freq && g->pp == 1; j++) {
       int64_t b = t.cursor + (int64_t)g->dp_rank * c->update_freq + j;
       if (b >= plan.n_batches) continue;
       task_run_batch(&tk, s.model, train, &plan, b, 1,
@@ -305,6 +335,7 @@ int train_main(int argc, char **argv) {
                     (long long)t.step, (long long)t.epoch, t.wall);
     }
   }
+  pipe_free(&pipe);
   task_free(&tk);
   data_plan_free(&plan);
   data_split_close(train);

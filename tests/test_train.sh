@@ -118,7 +118,7 @@ expect_fail 2 "unknown key 'lerning_rate'" train "$tmp/tiny.conf" out="$tmp/bad"
 expect_fail 2 "'dropout' = 2 is out of range" train "$tmp/tiny.conf" out="$tmp/bad" dropout=2
 expect_fail 2 "missing.h5" train "$tmp/tiny.conf" out="$tmp/bad" data="$tmp/missing.h5"
 expect_fail 2 "cannot be split" train "$tmp/tiny.conf" out="$tmp/bad" tp=3
-expect_fail 2 "not yet supported" train "$tmp/tiny.conf" out="$tmp/bad" pp=2
+expect_fail 2 "pp=4 exceeds the 2 layers" train "$tmp/tiny.conf" out="$tmp/bad" pp=4 enc_layers=1 dec_layers=1
 expect_fail 2 "missing.h5" eval "$tmp/tiny.conf" out="$tmp/bad" ckpt="$tmp/missing.h5"
 expect_fail 1 "needs ckpt=PATH" eval "$tmp/tiny.conf"
 
