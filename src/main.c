@@ -20,6 +20,7 @@
 #include "evaluate.h"
 #include "gradnorm.h"
 #include "session.h"
+#include "task.h"
 #include "train.h"
 
 static void usage(FILE *f) {
@@ -112,8 +113,9 @@ static int cmd_dump(int argc, char **argv) {
     return 1;
   }
   if (session_open(&s, argc, argv, ex, 4, 0, ex[0].value) != C_OK) return 1;
-  if (s.g.pp > 1) {
-    session_say(&s, "mpiformer: error: dump runs one batch whole on one rank: use pp=1");
+  if (s.g.pp > 1 || s.g.tp > 1 || s.model->dims.arch == MODEL_ARCH_MLM) {
+    session_say(&s, "mpiformer: error: dump runs one batch whole on one rank for translation or "
+                    "encoder_classifier: use tp=1 pp=1");
     session_close(&s);
     return 1;
   }
@@ -124,42 +126,56 @@ static int cmd_dump(int argc, char **argv) {
     session_close(&s);
     return 1;
   }
+  task tk;
+  CHECK(task_init(&tk, &s.cfg, s.data, err, sizeof err) == C_OK, "%s", err);
   data_plan plan;
-  data_plan_make(&plan, sp, s.cfg.max_tokens, 0, 0, 0, 0, 0, NULL);
+  task_plan(&tk, &plan, sp, 0, 0, 0, NULL); /* in order, as eval */
   int64_t b = atoll(ex[3].value);
   CHECK(b >= 0 && b < plan.n_batches, "dump: batch %lld out of range (%lld batches)", (long long)b,
         (long long)plan.n_batches);
-  data_batch batch;
-  memset(&batch, 0, sizeof batch);
-  data_batch_load(sp, &plan, b, &batch);
+  pipe_batch pb;
+  task_pipe_batch(&tk, sp, &plan, b, 0, &pb); /* the model's inputs of batch b */
   model *m = s.model;
   model_set_mode(m, 0, 0);
   model_zero_grad(m);
   double loss = 0, nll = 0;
-  int64_t ntok = model_forward_backward(m, batch.src, batch.tgt_in, batch.tgt_out, batch.n_seq,
-                                        batch.src_len, batch.tgt_len, 1.0f, 1, &loss, &nll);
-  for (int64_t i = 0; i < m->n_floats; i++) m->grad_mem[i] /= (float)ntok;
+  int64_t n = 0, correct = 0;
+  int clf = tk.kind == TASK_CLASSIFY;
+  if (clf) {
+    n = model_classify(m, pb.src, pb.tgt_out, pb.B, pb.S, 1.0f, 1, &loss, &correct, NULL);
+    nll = loss;
+  } else {
+    n = model_forward_backward(m, pb.src, pb.tgt_in, pb.tgt_out, pb.B, pb.S, pb.T, 1.0f, 1, &loss,
+                               &nll);
+  }
+  for (int64_t i = 0; i < m->n_floats; i++) m->grad_mem[i] /= (float)n; /* of the mean loss */
   if (s.g.world_rank == 0) {
     hid_t f = H5Fcreate(ex[1].value, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     CHECK(f >= 0, "dump: cannot create %s", ex[1].value);
-    dump_write(f, "/batch/src", H5T_NATIVE_INT32, batch.src, (hsize_t)batch.n_seq, (hsize_t)batch.src_len, 0);
-    dump_write(f, "/batch/tgt_in", H5T_NATIVE_INT32, batch.tgt_in, (hsize_t)batch.n_seq, (hsize_t)batch.tgt_len, 0);
-    dump_write(f, "/batch/tgt_out", H5T_NATIVE_INT32, batch.tgt_out, (hsize_t)batch.n_seq, (hsize_t)batch.tgt_len, 0);
+    if (clf) { /* rows `bos a eos b eos` and their labels */
+      dump_write(f, "/batch/tokens", H5T_NATIVE_INT32, pb.src, (hsize_t)pb.B, (hsize_t)pb.S, 0);
+      dump_write(f, "/batch/labels", H5T_NATIVE_INT32, pb.tgt_out, 1, (hsize_t)pb.B, 1);
+    } else {
+      dump_write(f, "/batch/src", H5T_NATIVE_INT32, pb.src, (hsize_t)pb.B, (hsize_t)pb.S, 0);
+      dump_write(f, "/batch/tgt_in", H5T_NATIVE_INT32, pb.tgt_in, (hsize_t)pb.B, (hsize_t)pb.T, 0);
+      dump_write(f, "/batch/tgt_out", H5T_NATIVE_INT32, pb.tgt_out, (hsize_t)pb.B, (hsize_t)pb.T, 0);
+    }
     for (int i = 0; i < m->n_params; i++) {
       model_param *p = &m->params[i];
       char name[160];
       snprintf(name, sizeof name, "/grad/%s", p->name);
       dump_write(f, name, H5T_NATIVE_FLOAT, p->g.data, (hsize_t)p->g.rows, (hsize_t)p->g.cols, p->is_vector);
     }
-    dump_attr(f, "loss", loss / (double)ntok);
-    dump_attr(f, "nll", nll / (double)ntok);
-    dump_attr(f, "ntokens", (double)ntok);
+    dump_attr(f, "loss", loss / (double)n);
+    dump_attr(f, "nll", nll / (double)n);
+    dump_attr(f, "ntokens", (double)n);
+    if (clf) dump_attr(f, "correct", (double)correct);
     H5Fclose(f);
-    printf("{\"loss\":%.8f,\"nll\":%.8f,\"ntokens\":%lld}\n", loss / (double)ntok, nll / (double)ntok,
-           (long long)ntok);
+    printf("{\"loss\":%.8f,\"nll\":%.8f,\"ntokens\":%lld}\n", loss / (double)n, nll / (double)n,
+           (long long)n);
   }
-  data_batch_free(&batch);
   data_plan_free(&plan);
+  task_free(&tk);
   data_split_close(sp);
   session_close(&s);
   return 0;

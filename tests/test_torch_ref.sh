@@ -7,7 +7,8 @@
 # run of tests/torch_ref.py (importing torch once costs seconds). Configurations:
 #   norm post and pre x share_embeddings none and all, decoder_io once,
 #   label_smoothing=0 once, and a heavily padded batch (the post/none model on a
-#   skewed valid split, 3 sentences of 40 tokens and 21 of 1..3, all in one batch).
+#   skewed valid split, 3 sentences of 40 tokens and 21 of 1..3, all in one batch);
+#   and the sentence-pair classifier (arch=encoder_classifier) in both norms.
 # Tolerances and their reasoning: docs/TESTING.md. Needs /usr/bin/python3 with torch,
 # h5py and numpy (Debian python3-torch, python3-h5py). Exits non-zero on any failure and
 # ends with "N passed, N failed" (the script's own steps plus torch_ref.py's checks).
@@ -54,6 +55,8 @@ if ! "$PY" -c 'import torch, h5py, numpy' 2>/dev/null; then
 fi
 
 step "tiny dataset" "$PY" tests/make_tiny_dataset.py "$tmp/tiny.h5" --vocab 40 --train 200 --valid 20 --seed 1
+step "pair dataset" "$PY" tests/make_tiny_dataset.py "$tmp/pairs.h5" --pairs --vocab 40 --train 200 \
+  --valid 20 --seed 2
 step "skewed dataset" "$PY" tests/make_tiny_dataset.py "$tmp/skew.h5" --vocab 40 --train 16 --valid 24 \
   --test 8 --max-len 40 --skew --seed 3
 
@@ -94,6 +97,9 @@ train_dump pre_all_ls0 norm=pre share_embeddings=all label_smoothing=0
 # Heavy padding: the whole skewed valid split in one batch (24 x 41, about 80% pads on
 # each side), so the pad masks and the loss's pad handling carry most of the batch.
 dump post_none_padded post_none "data=$tmp/skew.h5" max_tokens=100000
+# The sentence-pair classifier (encoder + RoBERTa head, plain cross-entropy), both norms
+train_dump clf_post arch=encoder_classifier norm=post "data=$tmp/pairs.h5"
+train_dump clf_pre arch=encoder_classifier norm=pre "data=$tmp/pairs.h5"
 
 if [ ${#pairs[@]} -gt 0 ]; then
   "$PY" tests/torch_ref.py --self-test "${pairs[@]}" | tee "$tmp/ref.log"

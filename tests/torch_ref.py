@@ -7,7 +7,8 @@ Usage: tests/torch_ref.py CKPT.h5 DUMP.h5 [CKPT.h5 DUMP.h5 ...] [--norm pre|post
 
 The model is rebuilt from docs/MODEL.md alone (not translated from src/model.c):
 sinusoidal embeddings, Post-LN or Pre-LN encoder/decoder layers, fairseq's label-smoothed
-cross entropy. Keys not given on the command line (norm, share_embeddings, heads,
+cross entropy; or, for a dump of arch=encoder_classifier (/batch/tokens, /batch/labels),
+the encoder with the RoBERTa classification head and plain cross-entropy over the rows. Keys not given on the command line (norm, share_embeddings, heads,
 label_smoothing, enc_layers, dec_layers, d_model, ffn_dim) come from the checkpoint's
 `config` attribute. The checkpoint's /model/<name> tensors are loaded (a shared tensor
 once, under the first name of MODEL.md's table), the dump's batch (/batch/src, tgt_in,
@@ -197,6 +198,57 @@ class Stack(nn.Module):
         return scale * weight[tokens] + pe[None, :, :]
 
 
+def encode(stack, norm, src, enc_w):
+    """The encoder (MODEL.md): (output (B, S, d), additive pad mask (B, 1, 1, S))."""
+    zero = torch.zeros((), dtype=enc_w.dtype)
+    src_mask = torch.where(src == PAD, torch.full((), NEG_INF, dtype=enc_w.dtype), zero)
+    src_mask = src_mask[:, None, None, :]  # (B, 1, 1, S): mask pad keys
+    if "no_src_mask" in MUT:
+        src_mask = torch.zeros_like(src_mask)
+    x = stack.embed(src, enc_w)
+    for layer in stack.layers:
+        x = layer(x, src_mask)
+    if norm == "pre" and "pre_final_ln" not in MUT:
+        x = stack.layer_norm(x)
+    elif norm == "post" and "pre_final_ln" in MUT:
+        x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+    return x, src_mask
+
+
+class ClassificationHead(nn.Module):
+    """fairseq's RoBERTa head without dropout: out_proj(tanh(dense(x)))."""
+
+    def __init__(self, d, n_classes):
+        super().__init__()
+        self.dense, self.out_proj = Linear(d, d), Linear(d, n_classes)
+
+    def forward(self, x):
+        return self.out_proj(torch.tanh(self.dense(x)))
+
+
+class Classifier(nn.Module):
+    """arch=encoder_classifier (MODEL.md, "Sentence-pair classifier"): the encoder, then
+    the head on the encoder output of column 0 (bos)."""
+
+    def __init__(self, v, d, ffn, heads, enc_layers, norm, n_classes, **_):
+        super().__init__()
+        self.norm = norm
+        self.encoder = Stack(EncoderLayer, enc_layers, v, d, ffn, heads, norm)
+        self.classification_heads = nn.ModuleDict(
+            {"sentence_classification_head": ClassificationHead(d, n_classes)})
+
+    def forward(self, tokens):
+        """logits (B, C) of rows `bos a eos b eos` (B, S)."""
+        x, _ = encode(self.encoder, self.norm, tokens, self.encoder.embed_tokens.weight)
+        return self.classification_heads["sentence_classification_head"](x[:, 0, :])
+
+
+def make_model(model_def):
+    if model_def.get("n_classes"):
+        return Classifier(**model_def)
+    return Transformer(**{k: v for k, v in model_def.items() if k != "n_classes"})
+
+
 class Transformer(nn.Module):
     def __init__(self, v, d, ffn, heads, enc_layers, dec_layers, norm, share):
         super().__init__()
@@ -221,23 +273,13 @@ class Transformer(nn.Module):
     def forward(self, src, tgt_in):
         """logits (B, T, V) of tgt_out given src (B, S) and tgt_in (B, T)."""
         enc_w, dec_w, out_w = self.tied()
+        x, src_mask = encode(self.encoder, self.norm, src, enc_w)
         zero = torch.zeros((), dtype=enc_w.dtype)
-        src_mask = torch.where(src == PAD, torch.full((), NEG_INF, dtype=enc_w.dtype), zero)
-        src_mask = src_mask[:, None, None, :]  # (B, 1, 1, S): mask pad keys
-        if "no_src_mask" in MUT:
-            src_mask = torch.zeros_like(src_mask)
         t = tgt_in.shape[1]
         future = torch.arange(t)[None, :] > torch.arange(t)[:, None]  # key s > query t
         causal = torch.where(future, torch.full((), NEG_INF, dtype=enc_w.dtype), zero)
         if "no_causal" in MUT:
             causal = torch.zeros_like(causal)
-        x = self.encoder.embed(src, enc_w)
-        for layer in self.encoder.layers:
-            x = layer(x, src_mask)
-        if self.norm == "pre" and "pre_final_ln" not in MUT:
-            x = self.encoder.layer_norm(x)
-        elif self.norm == "post" and "pre_final_ln" in MUT:
-            x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
         y = self.decoder.embed(tgt_in, dec_w)
         for layer in self.decoder.layers:
             y = layer(y, x, causal, src_mask)
@@ -282,13 +324,19 @@ def expected_names(model):
 def run_reference(model_def, ckpt, batch, eps, dtype):
     """Build the model in dtype, load the checkpoint, forward/backward the mean loss.
     Returns (loss, nll, ntok, {name: grad as float64 numpy})."""
-    model = Transformer(**model_def).to(dtype)
+    model = make_model(model_def).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.from_numpy(ckpt[name]).to(dtype))
-    src, tgt_in, tgt_out = (torch.from_numpy(batch[k]).long() for k in ("src", "tgt_in", "tgt_out"))
-    logits = model(src, tgt_in)
-    loss_sum, nll_sum, ntok = label_smoothed_loss(logits, tgt_out, eps)
+    if "labels" in batch:  # classifier: cross-entropy over the rows, no label smoothing
+        logits = model(torch.from_numpy(batch["tokens"]).long())
+        labels = torch.from_numpy(batch["labels"]).long()
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        nll_sum, ntok = loss_sum, labels.shape[0]
+    else:
+        src, tgt_in, tgt_out = (torch.from_numpy(batch[k]).long() for k in ("src", "tgt_in", "tgt_out"))
+        logits = model(src, tgt_in)
+        loss_sum, nll_sum, ntok = label_smoothed_loss(logits, tgt_out, eps)
     loss = loss_sum / ntok
     loss.backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().to(torch.float64).numpy()
@@ -324,7 +372,7 @@ def check_pair(a, t, ckpt_path, dump_path, perturb=None, drop=None, f32=True):
         cfg = parse_config(raw.decode() if isinstance(raw, bytes) else str(raw))
         ckpt = {n: np.asarray(d[()], dtype=np.float64) for n, d in f["model"].items()}
     with h5py.File(dump_path, "r") as f:
-        batch = {k: np.asarray(f["batch"][k][()], dtype=np.int64) for k in ("src", "tgt_in", "tgt_out")}
+        batch = {k: np.asarray(d[()], dtype=np.int64) for k, d in f["batch"].items()}
         grads_c = {n: np.asarray(d[()], dtype=np.float64) for n, d in f["grad"].items()}
         c_loss, c_nll, c_ntok = (float(f.attrs[k]) for k in ("loss", "nll", "ntokens"))
 
@@ -340,15 +388,26 @@ def check_pair(a, t, ckpt_path, dump_path, perturb=None, drop=None, f32=True):
     if enc_w is None:
         sys.exit("torch_ref: %s has no /model/encoder.embed_tokens.weight" % ckpt_path)
     v, d = enc_w.shape
+    clf = "labels" in batch
+    head = "classification_heads.sentence_classification_head.out_proj.weight"
     model_def = dict(v=v, d=d, ffn=key(None, "ffn_dim", int), heads=key(a.heads, "heads", int),
                      enc_layers=key(None, "enc_layers", int), dec_layers=key(None, "dec_layers", int),
-                     norm=key(a.norm, "norm", str), share=key(a.share, "share_embeddings", str))
-    eps = key(a.label_smoothing, "label_smoothing", float)
+                     norm=key(a.norm, "norm", str), share=key(a.share, "share_embeddings", str),
+                     n_classes=ckpt[head].shape[0] if clf and head in ckpt else 0)
+    if clf and not model_def["n_classes"]:
+        sys.exit("torch_ref: %s: a classifier dump but no %s in the checkpoint" % (ckpt_path, head))
+    eps = 0.0 if clf else key(a.label_smoothing, "label_smoothing", float)
     if d != key(None, "d_model", int):
         sys.exit("torch_ref: %s: embedding width %d but d_model %s" % (ckpt_path, d, cfg["d_model"]))
-    n_pad = int((batch["src"] == PAD).sum() + (batch["tgt_out"] == PAD).sum())
-    n_all = batch["src"].size + batch["tgt_out"].size
-    if not t.silent:
+    if not t.silent and clf:
+        print("torch_ref: %s vs %s\n  classifier norm=%s V=%d d=%d F=%d H=%d layers=%d C=%d"
+              " | batch %dx%d rows, %.0f%% pad"
+              % (ckpt_path, dump_path, model_def["norm"], v, d, model_def["ffn"], model_def["heads"],
+                 model_def["enc_layers"], model_def["n_classes"], *batch["tokens"].shape,
+                 100.0 * (batch["tokens"] == PAD).mean()))
+    elif not t.silent:
+        n_pad = int((batch["src"] == PAD).sum() + (batch["tgt_out"] == PAD).sum())
+        n_all = batch["src"].size + batch["tgt_out"].size
         print("torch_ref: %s vs %s\n  norm=%s share=%s V=%d d=%d F=%d H=%d layers=%d+%d label_smoothing=%g"
               " | batch %dx%d src, %dx%d tgt, %.0f%% pad"
               % (ckpt_path, dump_path, model_def["norm"], model_def["share"], v, d, model_def["ffn"],
@@ -357,14 +416,14 @@ def check_pair(a, t, ckpt_path, dump_path, perturb=None, drop=None, f32=True):
     if drop:
         del grads_c[drop]
 
-    names = expected_names(Transformer(**model_def))
+    names = expected_names(make_model(model_def))
     for what, have in (("checkpoint /model", ckpt), ("dump /grad", grads_c)):
         missing = [n for n in names if n not in have]
         extra = [n for n in have if n not in names]
         t.check(not missing and not extra, "%s holds exactly the %d spec tensors%s%s" % (
             what, len(names), "; missing: " + ", ".join(missing) if missing else "",
             "; unexpected: " + ", ".join(extra) if extra else ""))
-    ref_shapes = {n: tuple(p.shape) for n, p in Transformer(**model_def).named_parameters()}
+    ref_shapes = {n: tuple(p.shape) for n, p in make_model(model_def).named_parameters()}
     bad = [n for n in names if n in ckpt and ckpt[n].shape != ref_shapes[n]]
     t.check(not bad, "checkpoint shapes are the spec's%s" % (": " + ", ".join(bad) if bad else ""))
     if any(n not in ckpt for n in names) or bad:
@@ -382,7 +441,8 @@ def check_pair(a, t, ckpt_path, dump_path, perturb=None, drop=None, f32=True):
     else:
         loss32, nll32, g32 = loss64, nll64, g64
 
-    t.check(int(c_ntok) == ntok, "ntokens: C %d, reference %d (non-pad tgt_out)" % (int(c_ntok), ntok))
+    t.check(int(c_ntok) == ntok, "ntokens: C %d, reference %d (%s)" % (int(c_ntok), ntok,
+            "rows" if clf else "non-pad tgt_out"))
     for what, c, r, r32 in (("loss", c_loss, loss64, loss32), ("nll", c_nll, nll64, nll32)):
         rel = abs(c - r) / abs(r)
         t.check(rel <= a.loss_rtol, "%-4s C %.9f  ref %.9f  rel %.2e  (f32 ref rel %.2e; tol %.0e)"
