@@ -10,6 +10,8 @@
 #    stopped;
 #  - eval with pp=2 (loss through the stages, BLEU decoded with the gathered model) prints
 #    the loss and BLEU of pp=1;
+#  - preemption: SIGUSR1 to a pp=2 x tp=2 run saves at a step boundary and exits 3, and
+#    pp=2 tp=1 resumes from that step;
 #  - the watchdog: a stage that skips a send (MPIFORMER_PP_SKIP_SEND) makes the next one
 #    abort within pp_timeout with a message naming the ranks and the message awaited;
 #  - the encoder-only archs (sentence-pair classifier, masked-LM) with pp=2 give the
@@ -80,6 +82,27 @@ assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"] and a["tokens"] == b["toke
 assert a["bleu_line"] == b["bleu_line"] and a["decoded"] == b["decoded"] > 0' "$e1" "$e2" 2>/dev/null; then
   ok "eval pp=2: the loss and the BLEU (decoded with the gathered model) of pp=1"
 else bad "eval differs between pp=1 and pp=2"; fi
+
+echo "preemption of a 3D layout"
+# SIGUSR1 (what slurm/train.sbatch forwards) to a pp=2 x tp=2 run on 4 ranks: it saves at
+# a step boundary and exits 3; pp=2 tp=1 on 2 ranks resumes from that step
+run 4 train "$tmp/tiny.conf" out="$tmp/sig" pp=2 tp=2 microbatches=2 max_steps=100000 \
+  save_interval=100000 eval_interval=100000 >"$tmp/sig.log" 2>&1 &
+sig_pid=$!
+for _ in $(seq 600); do grep -q '^step' "$tmp/sig.log" && break; sleep 0.1; done
+pkill -USR1 -f "^mpirun .*out=$tmp/sig pp=2" # mpirun forwards it to the ranks
+wait $sig_pid
+rc=$?
+saved=$(sed -n 's/.*saving a checkpoint at step \([0-9]*\).*/\1/p' "$tmp/sig.log" | head -1)
+if [ $rc -eq 3 ] && [ -n "$saved" ] && [ -f "$tmp/sig/ckpt/$(printf 'ckpt_%08d.h5' "$saved")" ]; then
+  ok "SIGUSR1 to pp=2 tp=2: checkpoint at step $saved, exit 3"
+  run 2 train "$tmp/tiny.conf" out="$tmp/sig" pp=2 microbatches=2 max_steps=$((saved + 2)) \
+    >"$tmp/sig2.log" 2>&1
+  if grep -q "resumed from .*at step $saved " "$tmp/sig2.log" &&
+    [ "$(cat "$tmp/sig/ckpt/latest")" = "$(printf 'ckpt_%08d.h5' $((saved + 2)))" ]; then
+    ok "pp=2 tp=1 resumed it at step $saved and went on to step $((saved + 2))"
+  else bad "resume of the preempted run: $(grep -i -m2 'resumed\|error' "$tmp/sig2.log")"; fi
+else bad "SIGUSR1 to pp=2 tp=2: exit $rc, saved at '${saved}': $(grep -i -m2 'error\|stop' "$tmp/sig.log")"; fi
 
 echo "watchdog"
 t0=$SECONDS
