@@ -3,6 +3,7 @@
 # initialization (mpiformer gradnorm), for Post-LN and Pre-LN.
 #   runs/gradnorm/layers-{post,pre}.jsonl   6+6 model, every layer, GN_SEEDS seeds x GN_BATCHES
 #   runs/gradnorm/depth-{post,pre}.jsonl    6+6 .. 14+14, every layer (the report uses the last)
+#   runs/gradnorm/encoder-only-{mlm,clf}.jsonl  the 6-layer encoder-only models, both norms
 # It does not train anything. Model: the translation study's (jobs/study/mt-pre-nowu-5e-4.conf,
 # d_model 128, FFN 512, 4 heads) with dropout 0, on real Bible training batches.
 # Environment: NP (ranks, 2), BIN (bin), GN_SEEDS (10), GN_BATCHES (4), GN_DEPTH_SEEDS (4),
@@ -26,10 +27,11 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 # gradnorm NAME key=value...: one measurement, JSON lines appended to $OUT/NAME.jsonl
+# (GN_CONF: another job file than the translation study's)
 gradnorm() {
   local name=$1
   shift
-  mpirun --oversubscribe -np "$NP" "$BIN/mpiformer" gradnorm "$CONF" out="$TMP" dropout=0 \
+  mpirun --oversubscribe -np "$NP" "$BIN/mpiformer" gradnorm "${GN_CONF:-$CONF}" out="$TMP" dropout=0 \
     max_tokens="$TOKENS" "$@" | grep '^{"type":"gradnorm"' >> "$OUT/$name.jsonl"
 }
 
@@ -43,4 +45,22 @@ for norm in post pre; do
     gradnorm "depth-$norm" norm=$norm enc_layers="$L" dec_layers="$L" seeds="$DSEEDS" batches="$DBATCHES"
   done
 done
-echo "gradnorm: done in $(($(date +%s) - t0)) s -> $OUT/{layers,depth}-{post,pre}.jsonl"
+# The encoder alone: the 6-layer encoders of the classification study, from scratch
+# (init_from cleared), with their own heads: the masked-LM (a loss at every selected
+# token, like the decoder's) and the classifier (one loss per sentence, read at bos).
+for arch in mlm clf; do
+  rm -f "$OUT/encoder-only-$arch.jsonl"
+  conf=jobs/study/$arch-postln.conf
+  [ "$arch" = clf ] && conf=jobs/study/clf-postln-nowarmup.conf
+  [ -f "$conf" ] || continue
+  data=$(sed -n 's/^[[:space:]]*data[[:space:]]*=[[:space:]]*\([^#[:space:]]*\).*/\1/p' "$conf" | tail -n 1)
+  if [ ! -f "$data" ]; then
+    echo "gradnorm: encoder-only $arch skipped: its data $data does not exist"
+    continue
+  fi
+  for norm in post pre; do
+    echo "gradnorm: encoder-only $arch, $norm-LN, $DSEEDS seeds x $BATCHES batches"
+    GN_CONF=$conf gradnorm "encoder-only-$arch" norm=$norm init_from= seeds="$DSEEDS" batches="$BATCHES"
+  done
+done
+echo "gradnorm: done in $(($(date +%s) - t0)) s -> $OUT/{layers,depth}-{post,pre}.jsonl, $OUT/encoder-only-{mlm,clf}.jsonl"

@@ -377,6 +377,26 @@ def main():
                                 "last layer's ||dL/dW2||_F at initialization against depth",
                                 "layers per side (L+L)", "gradient norm", series, extra="set xtics 2"))
         pngs.append(("gradnorm_depth.png", "last layer's gradient norm against depth"))
+        eo = [o for k, recs in gn.items() if k.startswith("encoder-only") for o in recs]
+        series = []
+        if eo:
+            gmd += ["", "Encoder-only models (no decoder; the loss read from the encoder's top), "
+                    "W2 gradient norm of each layer:", ""]
+        for arch in sorted({o.get("arch", "?") for o in eo}):
+            for norm in ("post", "pre"):
+                pl = per_layer([o for o in eo if o.get("arch", "?") == arch], norm, "encoder")
+                if not pl:
+                    continue
+                f = f"{rdir}/gne-{arch}-{norm}.dat"
+                write_dat(f, pl)
+                series.append((f, 1, 2, f"{arch} {norm}-LN"))
+                gmd.append(f"- {arch} {norm}-LN, layers 1..{len(pl)}: "
+                           + " ".join(f"{v:.3g}" for _, v in pl) + f"; last/first = {pl[-1][1] / pl[0][1]:.2f}")
+        if series:
+            gp.append(gnuplot_multi(f"{rdir}/../gradnorm_encoder_only.png",
+                                    "||dL/dW2||_F at initialization, encoder-only models", "layer",
+                                    "gradient norm", series, extra="set xtics 1"))
+            pngs.append(("gradnorm_encoder_only.png", "encoder-only models: gradient norm of each layer's W2"))
         gmd.append("")
 
     with open(os.path.join(rdir, "plots.gp"), "w") as f:

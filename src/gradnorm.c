@@ -4,7 +4,10 @@
  * FFN weight) at initialization grows with l for Post-LN and stays flat for Pre-LN; the
  * last layer's shrinks with depth L for Pre-LN only. We measure ||dL/dW2||_F with the
  * model of docs/MODEL.md, Xavier initialization, no dropout, on real training batches:
- * the gradient of each batch's mean loss, averaged over batches and seeds.
+ * the gradient of each batch's mean loss, averaged over batches and seeds. Every arch
+ * works through the task interface (task.h): translation (encoder and decoder layers), and
+ * the encoder-only classifier and masked-LM (encoder layers; the loss is averaged over
+ * sentences or masked positions), so the encoder's shape can be seen without the decoder.
  */
 #include "gradnorm.h"
 
@@ -12,7 +15,9 @@
 #include <string.h>
 
 #include "data.h"
+#include "ops.h"
 #include "session.h"
+#include "task.h"
 
 int gradnorm_main(int argc, char **argv) {
   session_extra ex[2] = {{"seeds", "10", 0}, {"batches", "4", 0}};
@@ -44,15 +49,15 @@ int gradnorm_main(int argc, char **argv) {
     return 1;
   }
   config *c = &s.cfg;
-  int L_enc = (int)c->enc_layers, L_dec = (int)c->dec_layers, L = L_enc + L_dec;
-  double *sum = common_calloc((size_t)L, sizeof(double));
+  task tk;
+  CHECK(task_init(&tk, c, s.data, err, sizeof err) == C_OK, "%s", err); /* session_open checked it */
+  model_dims dims = s.model->dims;
+  dims.dropout = dims.attn_dropout = dims.act_dropout = 0; /* the theory's model has none */
+  int L_enc = dims.n_enc, L_dec = dims.n_dec, L = L_enc + L_dec;
+  double *sum = common_calloc((size_t)L + 1, sizeof(double)); /* [L]: batches measured */
   model_param **w2 = common_calloc((size_t)L, sizeof(model_param *));
-  data_batch batch;
-  memset(&batch, 0, sizeof batch);
-  int rank = s.g.world_rank;
   for (int seed = 0; seed < seeds; seed++) {
     /* a fresh initialization per seed; batches come from the seed's own shuffle */
-    model_dims dims = s.model->dims;
     model_free(s.model);
     s.model = model_create(&dims, &s.g, (uint64_t)(c->seed + seed));
     for (int l = 0; l < L; l++) {
@@ -63,42 +68,38 @@ int gradnorm_main(int argc, char **argv) {
       CHECK(w2[l], "gradnorm: no parameter %s", name);
     }
     data_plan plan;
-    data_plan_make(&plan, train, c->max_tokens, (int)c->max_src_len, (int)c->max_tgt_len, 1,
-                   (uint64_t)(c->seed + seed), 1, NULL);
-    model_set_mode(s.model, 0, 0);
+    task_plan(&tk, &plan, train, 1, (uint64_t)(c->seed + seed), 1, NULL);
     for (int b = s.g.dp_rank; b < batches && b < plan.n_batches; b += s.g.dp) { /* per replica */
-      data_batch_load(train, &plan, b, &batch);
+      double sums[TASK_NSUMS] = {0};
       model_zero_grad(s.model);
-      double loss = 0, nll = 0;
-      int64_t n = model_forward_backward(s.model, batch.src, batch.tgt_in, batch.tgt_out,
-                                         batch.n_seq, batch.src_len, batch.tgt_len, 1.0f, 1,
-                                         &loss, &nll);
+      /* key: the masked-LM masks of (seed, batch); no dropout to key */
+      task_run_batch(&tk, s.model, train, &plan, b, 1, ops_hash_key((uint64_t)(c->seed + seed), (uint64_t)b, 0, 0), sums);
       double *sq = common_calloc((size_t)L, sizeof(double));
       for (int l = 0; l < L; l++) { /* this rank's block of the matrix, then the TP grid's sum */
         int64_t cnt = dmat_local_size(&w2[l]->g);
         for (int64_t i = 0; i < cnt; i++) sq[l] += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
       }
       MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sq, L, MPI_DOUBLE, MPI_SUM, s.g.tp_comm));
-      if (s.g.tp_rank == 0) /* one rank per replica adds */
-        for (int l = 0; l < L; l++) sum[l] += sqrt(sq[l]) / (double)n; /* gradient of the mean loss */
+      if (s.g.tp_rank == 0) /* one rank per replica adds: the gradient of the mean loss */
+        for (int l = 0; l <= L; l++) sum[l] += l < L ? sqrt(sq[l]) / sums[TASK_COUNT] : 1;
       free(sq);
     }
     data_plan_free(&plan);
   }
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sum, L, MPI_DOUBLE, MPI_SUM, s.g.world));
-  int used = batches;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sum, L + 1, MPI_DOUBLE, MPI_SUM, s.g.world));
+  int used = (int)(sum[L] / seeds + 0.5), rank = s.g.world_rank; /* batches per seed */
   if (rank == 0) {
     char path[1100];
     snprintf(path, sizeof path, "%s/gradnorm.jsonl", c->out);
     FILE *f = fopen(path, "a");
     for (int l = 0; l < L; l++) {
-      char line[512];
+      char line[1024];
       snprintf(line, sizeof line,
-               "{\"type\":\"gradnorm\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_layers\":%d,"
+               "{\"type\":\"gradnorm\",\"arch\":\"%s\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_layers\":%d,"
                "\"d_model\":%lld,\"side\":\"%s\",\"layer\":%d,\"grad_norm_fc2\":%.6e,\"seeds\":%d,"
                "\"batches\":%d}",
-               c->norm, L_enc, L_dec, (long long)c->d_model, l < L_enc ? "encoder" : "decoder",
-               (l < L_enc ? l : l - L_enc) + 1, sum[l] / (seeds * used), seeds, used);
+               c->arch, c->norm, L_enc, L_dec, (long long)c->d_model, l < L_enc ? "encoder" : "decoder",
+               (l < L_enc ? l : l - L_enc) + 1, sum[l] / sum[L], seeds, used);
       puts(line);
       if (f) fprintf(f, "%s\n", line);
     }
@@ -107,7 +108,7 @@ int gradnorm_main(int argc, char **argv) {
   }
   free(sum);
   free(w2);
-  data_batch_free(&batch);
+  task_free(&tk);
   data_split_close(train);
   session_close(&s);
   return 0;
