@@ -51,6 +51,11 @@ run_job() {
 
 echo "== data: data/bible/es-en.h5"
 [ -f data/bible/es-en.h5 ] || data_prep/prepare_bible.sh data/bible 8000
+# the classification study's pairs (also read by the encoder-only gradient norms)
+if ls jobs/study/clf-*.conf jobs/study/mlm-*.conf > /dev/null 2>&1 && [ ! -f data/bible/kjv-web-pairs.h5 ]; then
+  echo "== data: data/bible/kjv-web-pairs.h5 (data_prep/paraphrase.py)"
+  $PY data_prep/paraphrase.py data/bible --out data/bible/kjv-web-pairs.h5
+fi
 
 if [ "${STUDY_GRADNORM:-1}" != 0 ]; then
   echo "== gradient norms at initialization (scripts/gradnorm_study.sh)"
