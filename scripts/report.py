@@ -389,7 +389,7 @@ def main():
                     continue
                 f = f"{rdir}/gne-{arch}-{norm}.dat"
                 write_dat(f, pl)
-                series.append((f, 1, 2, f"{arch} {norm}-LN"))
+                series.append((f, 1, 2, f"{arch.replace('_', '-')} {norm}-LN"))  # _ would subscript
                 gmd.append(f"- {arch} {norm}-LN, layers 1..{len(pl)}: "
                            + " ".join(f"{v:.3g}" for _, v in pl) + f"; last/first = {pl[-1][1] / pl[0][1]:.2f}")
         if series:
