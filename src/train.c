@@ -11,12 +11,15 @@
  *
  * Stops on max_steps / max_epochs / max_time, on SIGUSR1/SIGTERM (all ranks agree at a
  * step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
- * (nan_policy: stop = "diverged at step N", a result, exit 0; skip = drop the update).
+ * (nan_policy: stop = "diverged at step N", a result, exit 0; skip = drop the update, and
+ * diverge after max_skips). A diverged run saves nothing more: its last checkpoint stays
+ * the newest (keep_last would otherwise prune a good state for a broken one).
  */
 #include "train.h"
 
 #include <math.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "evaluate.h"
@@ -28,6 +31,18 @@
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
+
+/* Fault injection for tests/test_nan.sh: MPIFORMER_TEST_NAN=N makes the last rank's loss
+ * sum NaN at update attempt N, as an overflow on one rank would ("N+": at every attempt
+ * from N on). Attempts count like steps, but a skipped update is an attempt too (its
+ * retry reads the next batches). Returns 1 when attempt is hit on this rank. */
+static int test_nan_hit(const grid *g, int64_t attempt) {
+  const char *e = getenv("MPIFORMER_TEST_NAN");
+  if (!e || !e[0] || g->world_rank != g->world_size - 1) return 0;
+  char *end;
+  long long n = strtoll(e, &end, 10);
+  return *end == '+' ? attempt >= n : attempt == n;
+}
 
 typedef struct train_state {
   int64_t step, epoch, cursor, tokens_seen, skipped;
@@ -184,8 +199,8 @@ int train_main(int argc, char **argv) {
   double lr = 0, interval_loss = 0, interval_nll = 0, interval_tok = 0, interval_t0 = common_now();
   double interval_correct = 0;
   double run_t0 = common_now(), wall_at_start = t.wall, last_gnorm = 0;
-  int exit_code = 0, done = 0, stopped_by_signal = 0;
-  int64_t start_step = t.step, last_eval_step = -1;
+  int exit_code = 0, done = 0, stopped_by_signal = 0, diverged = 0;
+  int64_t start_step = t.step, last_eval_step = -1, attempt = t.step;
 
   /* a run resumed at its limit (or signalled before its first step) makes no step */
   if ((c->max_steps > 0 && t.step >= c->max_steps) || (c->max_time > 0 && t.wall >= c->max_time))
@@ -218,7 +233,6 @@ int train_main(int argc, char **argv) {
                          t.step, t.epoch, (uint64_t)c->seed};
       pipe_run(&pipe, (int)c->update_freq, train_load, &ld, sums);
       pipe_reduce_tied(&pipe);
-      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
     }
     for (int j = 0; j < c->update_freq && g->pp == 1; j++) {
       int64_t b = t.cursor + (int64_t)g->dp_rank * c->update_freq + j;
@@ -229,6 +243,10 @@ int train_main(int argc, char **argv) {
                      sums);
     }
     t.cursor += per_step;
+    if (test_nan_hit(g, ++attempt)) sums[0] = NAN;
+    /* the stages' sums (the last stage has the loss), then the replicas': every rank of
+     * the world holds the same sums, so the finiteness verdict below is the same on all */
+    if (g->pp > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
     float scale = sums[2] > 0 ? (float)(1.0 / sums[2]) : 0.0f;
     double gnorm = optim_sync_grads(&s.opt, s.model->grad_mem, scale);
@@ -241,10 +259,13 @@ int train_main(int argc, char **argv) {
         metrics_write(&mt, "\"type\":\"diverged\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",
                       (long long)t.step + 1, (long long)t.epoch, t.wall);
         if (rank0) {
-          printf("diverged at step %lld: the loss or the gradient is not finite (nan_policy=%s)\n",
-                 (long long)t.step + 1, c->nan_policy);
+          printf("diverged at step %lld: the loss or the gradient is not finite (nan_policy=%s, "
+                 "%lld non-finite steps); no checkpoint written for it: the newest one, if any, "
+                 "is an earlier step's\n",
+                 (long long)t.step + 1, c->nan_policy, (long long)t.skipped);
           fflush(stdout);
         }
+        diverged = 1;
         break;
       }
       if (rank0) printf("step %lld: non-finite loss or gradient, update skipped\n", (long long)t.step + 1);
@@ -328,7 +349,7 @@ int train_main(int argc, char **argv) {
       if (save(&s, &t, lr) != C_OK) exit_code = 1;
       else exit_code = TRAIN_EXIT_REQUEUE;
       metrics_write(&mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f", (long long)t.step, t.wall);
-    } else if (t.step > start_step) {
+    } else if (t.step > start_step && !diverged) {
       if (done && last_eval_step != t.step) run_eval(&s, &mt, &t, &dopt, &last_eval_step);
       if (save(&s, &t, lr) != C_OK) exit_code = 1;
       metrics_write(&mt, "\"type\":\"end\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",
