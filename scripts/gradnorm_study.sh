@@ -7,7 +7,9 @@
 # It does not train anything. Model: the translation study's (jobs/study/mt-pre-nowu-5e-4.conf,
 # d_model 128, FFN 512, 4 heads) with dropout 0, on real Bible training batches.
 # Environment: NP (ranks, 2), BIN (bin), GN_SEEDS (10), GN_BATCHES (4), GN_DEPTH_SEEDS (4),
-# GN_DEPTH_BATCHES (2), GN_DEPTHS ("6 8 10 12 14"), GN_TOKENS (max_tokens per batch, 1024).
+# GN_DEPTH_BATCHES (2), GN_DEPTHS ("6 8 10 12 14"), GN_TOKENS (max_tokens per batch, 1024),
+# GN_JOBS (jobs/study: the translation model is its mt-pre-nowu-5e-4.conf, or GN_MT_CONF;
+# the encoder-only ones its first mlm-*.conf and clf-*.conf), GN_OUT (runs/gradnorm).
 # Measured on the shared 2-core box: about 2-3 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +22,9 @@ DSEEDS=${GN_DEPTH_SEEDS:-4}
 DBATCHES=${GN_DEPTH_BATCHES:-2}
 DEPTHS=${GN_DEPTHS:-6 8 10 12 14}
 TOKENS=${GN_TOKENS:-1024}
-CONF=jobs/study/mt-pre-nowu-5e-4.conf
-OUT=runs/gradnorm
+JOBS=${GN_JOBS:-jobs/study}
+CONF=${GN_MT_CONF:-$JOBS/mt-pre-nowu-5e-4.conf}
+OUT=${GN_OUT:-runs/gradnorm}
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -50,9 +53,8 @@ done
 # token, like the decoder's) and the classifier (one loss per sentence, read at bos).
 for arch in mlm clf; do
   rm -f "$OUT/encoder-only-$arch.jsonl"
-  conf=jobs/study/$arch-postln.conf
-  [ "$arch" = clf ] && conf=jobs/study/clf-postln-nowarmup.conf
-  [ -f "$conf" ] || continue
+  conf=$(ls "$JOBS"/$arch-*.conf 2>/dev/null | head -n 1)
+  [ -n "$conf" ] || continue
   data=$(sed -n 's/^[[:space:]]*data[[:space:]]*=[[:space:]]*\([^#[:space:]]*\).*/\1/p' "$conf" | tail -n 1)
   if [ ! -f "$data" ]; then
     echo "gradnorm: encoder-only $arch skipped: its data $data does not exist"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make study: the small-scale warm-up study of Xiong et al. (2020) on 2 CPU cores.
-#   1. data: data/bible/es-en.h5 (prepare_bible.sh), and the pair-classification set when
-#      a jobs/study/clf-*.conf or mlm-*.conf needs it (paraphrase.py)
+#   1. data: every job's `data` file; data/bible/es-en.h5 (prepare_bible.sh) and
+#      data/bible/kjv-web-pairs.h5 (paraphrase.py) are built when missing
 #   2. gradient norms at initialization (scripts/gradnorm_study.sh -> runs/gradnorm/)
 #   3. translation runs jobs/study/mt-*.conf, one after another, out=runs/study/<name>
 #   4. classification: the masked-LM runs jobs/study/mlm-*.conf, then jobs/study/clf-*.conf
@@ -11,7 +11,10 @@
 # Every run uses resume=auto: an interrupted study continues where it stopped, and a
 # finished run (its metrics.jsonl ends with "end" or "diverged") is not run again.
 # Environment: NP (ranks, 2), BIN (bin), STUDY_RUNS (space-separated names to run, default
-# all), STUDY_GRADNORM=0 (skip step 2), STUDY_TEST=0 (skip step 5), TEST_BEAM (5).
+# all), STUDY_GRADNORM=0 (skip step 2), STUDY_TEST=0 (skip step 5), TEST_BEAM (5),
+# STUDY_JOBS (the job folder, jobs/study), STUDY_OUT (the runs folder, runs: the runs go
+# to STUDY_OUT/study/<name>, the gradient norms to STUDY_OUT/gradnorm). tests/test_study.sh
+# runs the whole script on tiny job files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
@@ -21,7 +24,9 @@ BIN=${BIN:-bin}
 export NP BIN
 MPIRUN=(mpirun --oversubscribe -np "$NP")
 PY=/usr/bin/python3
-STUDY=runs/study
+JOBS=${STUDY_JOBS:-jobs/study}
+OUT_ROOT=${STUDY_OUT:-runs}
+STUDY=$OUT_ROOT/study
 mkdir -p "$STUDY"
 
 # conf_value FILE KEY: the value of `KEY = value` in a job file (empty if absent)
@@ -49,43 +54,41 @@ run_job() {
   uptime >> "$STUDY/$name.load"
 }
 
-echo "== data: data/bible/es-en.h5"
-[ -f data/bible/es-en.h5 ] || data_prep/prepare_bible.sh data/bible 8000
-# the classification study's pairs (also read by the encoder-only gradient norms)
-if ls jobs/study/clf-*.conf jobs/study/mlm-*.conf > /dev/null 2>&1 && [ ! -f data/bible/kjv-web-pairs.h5 ]; then
-  echo "== data: data/bible/kjv-web-pairs.h5 (data_prep/paraphrase.py)"
-  $PY data_prep/paraphrase.py data/bible --out data/bible/kjv-web-pairs.h5
-fi
+# every job's data first (the encoder-only gradient norms read the classification pairs)
+for conf in "$JOBS"/*.conf; do
+  data=$(conf_value "$conf" data)
+  [ -z "$data" ] || [ -f "$data" ] && continue
+  case "$data" in
+    */es-en.h5)
+      echo "== data: $data (data_prep/prepare_bible.sh)"
+      data_prep/prepare_bible.sh "$(dirname "$data")" 8000 ;;
+    */kjv-web-pairs.h5)
+      echo "== data: $data (data_prep/paraphrase.py)"
+      [ -f "$(dirname "$data")/es-en.h5" ] || data_prep/prepare_bible.sh "$(dirname "$data")" 8000
+      $PY data_prep/paraphrase.py "$(dirname "$data")" --out "$data" ;;
+  esac
+  if [ ! -f "$data" ]; then
+    echo "study: error: $conf reads $data, which does not exist and is not one this script builds" >&2
+    exit 1
+  fi
+done
 
 if [ "${STUDY_GRADNORM:-1}" != 0 ]; then
   echo "== gradient norms at initialization (scripts/gradnorm_study.sh)"
-  scripts/gradnorm_study.sh
+  GN_JOBS=$JOBS GN_OUT=$OUT_ROOT/gradnorm scripts/gradnorm_study.sh
 fi
 
-for conf in jobs/study/mt-*.conf; do
+for conf in "$JOBS"/mt-*.conf; do
   [ -f "$conf" ] && run_job "$conf"
 done
 
 # masked-LM first: the classifiers start from its encoder (init_from in clf-*.conf)
-for conf in jobs/study/mlm-*.conf jobs/study/clf-*.conf; do
-  [ -f "$conf" ] || continue
-  data=$(conf_value "$conf" data)
-  if [ -n "$data" ] && [ ! -f "$data" ]; then
-    case "$data" in
-      */kjv-web-pairs.h5)
-        echo "== data: $data (data_prep/paraphrase.py)"
-        $PY data_prep/paraphrase.py "$(dirname "$data")" --out "$data" ;;
-    esac
-  fi
-  if [ -n "$data" ] && [ ! -f "$data" ]; then
-    echo "== $(basename "$conf" .conf): skipped, its data $data does not exist"
-    continue
-  fi
-  run_job "$conf"
+for conf in "$JOBS"/mlm-*.conf "$JOBS"/clf-*.conf; do
+  [ -f "$conf" ] && run_job "$conf"
 done
 
 if [ "${STUDY_TEST:-1}" != 0 ]; then
-  for conf in jobs/study/mt-*.conf jobs/study/clf-*.conf jobs/study/mlm-*.conf; do
+  for conf in "$JOBS"/mt-*.conf "$JOBS"/clf-*.conf "$JOBS"/mlm-*.conf; do
     [ -f "$conf" ] || continue
     name=$(basename "$conf" .conf)
     dir=$STUDY/$name
@@ -105,4 +108,4 @@ if [ "${STUDY_TEST:-1}" != 0 ]; then
 fi
 
 echo "== summary (make report writes runs/report.md and the plots)"
-$PY scripts/report.py --summary
+$PY scripts/report.py --runs "$OUT_ROOT" --summary
