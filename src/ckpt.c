@@ -8,6 +8,8 @@
  * verified on load by a pass in which the ranks split every dataset by rows. Saving is
  * atomic (write .tmp, close, fsync, rename, fsync the directory, then replace `latest` the
  * same way), old checkpoints are pruned, and readers fall back to the newest good file.
+ * The checksum pass runs once per resume: ckpt_resolve remembers the file it verified, and
+ * ckpt_load skips the pass for that file while its identity and mtime are unchanged.
  *
  * What it does not: it never gathers a tensor on one rank, it knows nothing of the model or
  * the optimizer (the caller describes blocks and slices), and it does not convert between
@@ -882,6 +884,35 @@ static int get_dataset(hid_t file, const char *group, const ckpt_tensor *x, int 
   return ok ? C_OK : C_ERR;
 }
 
+/* ---------------------------------------------------------------- verified once */
+
+/* The file ckpt_resolve verified last on this rank: ckpt_load of the same, unchanged file
+ * right after it (a resume) need not read every dataset a second time. A file replaced,
+ * rewritten or touched since (another inode, size or mtime) is verified again. */
+static struct {
+  int valid;
+  char path[CKPT_PATH];
+  struct stat st;
+} last_verified;
+
+static void remember_verified(const char *path) {
+  last_verified.valid = stat(path, &last_verified.st) == 0 &&
+                        (size_t)snprintf(last_verified.path, sizeof last_verified.path, "%s",
+                                         path) < sizeof last_verified.path;
+}
+
+/* 1 on every rank when every rank verified path and it is unchanged since. Collective. */
+static int verified_before(const char *path, MPI_Comm comm) {
+  struct stat st;
+  const struct stat *v = &last_verified.st;
+  int same = last_verified.valid && !strcmp(path, last_verified.path) && stat(path, &st) == 0 &&
+             st.st_dev == v->st_dev && st.st_ino == v->st_ino && st.st_size == v->st_size &&
+             st.st_mtim.tv_sec == v->st_mtim.tv_sec && st.st_mtim.tv_nsec == v->st_mtim.tv_nsec;
+  int all = 0;
+  MPI_CHECK(MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, comm));
+  return all;
+}
+
 int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has_optim,
               MPI_Comm comm, char *err, size_t err_len) {
   char msg[CKPT_MSG] = "";
@@ -909,7 +940,8 @@ int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has
     if (!bad && read_optim) bad = check_shape(file, path, "/optim/exp_avg_sq", &t[i], msg) != C_OK;
   }
   if (agree(comm, bad, msg)) goto out_close;
-  if (verify_file(file, path, read_optim, comm, msg) != C_OK) goto out_close;
+  if (!verified_before(path, comm) && verify_file(file, path, read_optim, comm, msg) != C_OK)
+    goto out_close;
   hid_t dxpl = dxpl_collective();
   for (int i = 0; i < n && !bad; i++) {
     bad = get_dataset(file, "/model", &t[i], 0, NULL, dxpl) != C_OK;
@@ -1078,6 +1110,7 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
       int ok = verify_file(file, full, 1, comm, msg) == C_OK;
       H5Fclose(file);
       if (ok) {
+        remember_verified(full);
         if ((size_t)snprintf(path, path_len, "%s", full) >= path_len) {
           msgf(msg, "%s: checkpoint path too long", full);
           break;

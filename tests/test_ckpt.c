@@ -451,6 +451,19 @@ static void test_failures(const char *root) {
   rc = ckpt_load(path, in.t, NT, NULL, NULL, comm, err, sizeof err);
   TEST_EXPECT(rc == C_OK && tset_mismatches(&in, 1) == 0, "fallback load: %s", err);
 
+  /* resolve verified p10, so the load above skipped the checksum pass; a file changed in
+   * place after resolve (same name, same size) is verified again and the damage found */
+  if (rank == 0) {
+    usleep(20000); /* past the file-system clock's tick: the mtime must move */
+    haddr_t off = data_offset(p10, ds);
+    TEST_EXPECT(off != HADDR_UNDEF, "no offset for %s", ds);
+    flip_byte(p10, (off_t)(off + 4 * 5 + 1));
+  }
+  MPI_Barrier(comm);
+  rc = ckpt_load(p10, in.t, NT, NULL, NULL, comm, err, sizeof err);
+  expect_err(rc, err, p10, "checksum mismatch in /model/decoder.embed_tokens.weight (corrupted)",
+             "flipped byte after resolve");
+
   /* missing file, missing directory, empty directory, nothing usable */
   char p[800];
   snprintf(p, sizeof p, "%s/nope.h5", dir);
