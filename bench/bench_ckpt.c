@@ -129,7 +129,8 @@ int main(int argc, char **argv) {
     t0 = common_now();
     char found[1200];
     int none = 0;
-    CHECK(ckpt_resolve("auto", dir, found, sizeof found, &none, comm, err, sizeof err) == C_OK, "%s", err);
+    CHECK(ckpt_resolve("auto", dir, found, sizeof found, &none, comm, err, sizeof err) == C_OK,
+          "%s", err);
     double t_resolve = common_now() - t0;
     CHECK(ckpt_load(found, t, n, NULL, &has_optim, comm, err, sizeof err) == C_OK, "%s", err);
     dt = common_now() - t0;
@@ -161,7 +162,8 @@ int main(int argc, char **argv) {
     printf("%-40s %9s %9s %9s\n", "operation", "best s", "mean s", "MB/s");
     const char *what[6] = {"ckpt_save (collective HDF5, fsync)", "ckpt_load (+ checksum pass)",
                            "posix write(2)+fsync, rank 0", "posix read(2), rank 0 (cached?)",
-                           "resume: ckpt_resolve + ckpt_load", "  of which ckpt_resolve (checksums)"};
+                           "resume: ckpt_resolve + ckpt_load",
+                           "  of which ckpt_resolve (checksums)"};
     for (int k = 0; k < 6; k++)
       printf("%-40s %9.3f %9.3f %9.1f\n", what[k], best[k], sum[k] / reps, bytes / 1e6 / best[k]);
     fflush(stdout);

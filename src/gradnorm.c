@@ -50,7 +50,8 @@ int gradnorm_main(int argc, char **argv) {
   }
   config *c = &s.cfg;
   task tk;
-  CHECK(task_init(&tk, c, s.data, err, sizeof err) == C_OK, "%s", err); /* session_open checked it */
+  /* session_open checked that the dataset fits the arch */
+  CHECK(task_init(&tk, c, s.data, err, sizeof err) == C_OK, "%s", err);
   model_dims dims = s.model->dims;
   dims.dropout = dims.attn_dropout = dims.act_dropout = 0; /* the theory's model has none */
   int L_enc = dims.n_enc, L_dec = dims.n_dec, L = L_enc + L_dec;
@@ -73,7 +74,8 @@ int gradnorm_main(int argc, char **argv) {
       double sums[TASK_NSUMS] = {0};
       model_zero_grad(s.model);
       /* key: the masked-LM masks of (seed, batch); no dropout to key */
-      task_run_batch(&tk, s.model, train, &plan, b, 1, ops_hash_key((uint64_t)(c->seed + seed), (uint64_t)b, 0, 0), sums);
+      uint64_t key = ops_hash_key((uint64_t)(c->seed + seed), (uint64_t)b, 0, 0);
+      task_run_batch(&tk, s.model, train, &plan, b, 1, key, sums);
       double *sq = common_calloc((size_t)L, sizeof(double));
       for (int l = 0; l < L; l++) { /* this rank's block of the matrix, then the TP grid's sum */
         int64_t cnt = dmat_local_size(&w2[l]->g);
@@ -98,7 +100,8 @@ int gradnorm_main(int argc, char **argv) {
                "{\"type\":\"gradnorm\",\"arch\":\"%s\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_layers\":%d,"
                "\"d_model\":%lld,\"side\":\"%s\",\"layer\":%d,\"grad_norm_fc2\":%.6e,\"seeds\":%d,"
                "\"batches\":%d}",
-               c->arch, c->norm, L_enc, L_dec, (long long)c->d_model, l < L_enc ? "encoder" : "decoder",
+               c->arch, c->norm, L_enc, L_dec, (long long)c->d_model,
+               l < L_enc ? "encoder" : "decoder",
                (l < L_enc ? l : l - L_enc) + 1, sum[l] / sum[L], seeds, used);
       puts(line);
       if (f) fprintf(f, "%s\n", line);

@@ -246,7 +246,8 @@ int train_main(int argc, char **argv) {
     if (test_nan_hit(g, ++attempt)) sums[0] = NAN;
     /* the stages' sums (the last stage has the loss), then the replicas': every rank of
      * the world holds the same sums, so the finiteness verdict below is the same on all */
-    if (g->pp > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
+    if (g->pp > 1)
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
     float scale = sums[2] > 0 ? (float)(1.0 / sums[2]) : 0.0f;
     double gnorm = optim_sync_grads(&s.opt, s.model->grad_mem, scale);
