@@ -114,4 +114,11 @@ void data_batch_load(data_split *s, const data_plan *p, int64_t b, data_batch *o
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out);
 void data_batch_free(data_batch *b);
 
+/* Read /vocab/spm_model, the SentencePiece model's bytes, of the dataset file data_path
+ * (its own serial HDF5 open, independent of any data_file) into *bytes (malloc'd, *n
+ * bytes; the caller frees). Returns C_OK, or C_ERR with a message in err (the file does
+ * not open, has no model, or the model is empty or unreadable). Not collective. */
+int data_read_spm_model(const char *data_path, unsigned char **bytes, size_t *n, char *err,
+                        size_t err_len);
+
 #endif

@@ -1,6 +1,6 @@
-/* decode.h: greedy and beam search (fairseq's SequenceGenerator), SentencePiece
- * detokenization, raw-text encoding through spm_encode, and the distributed
- * translate / split-decoding drivers.
+/* decode.h: greedy and beam search (fairseq's SequenceGenerator; decode_search.c, no MPI
+ * and no I/O), SentencePiece detokenization and raw-text encoding through spm_encode
+ * (decode_spm.c), and the distributed translate / split-decoding drivers (decode_dist.c).
  *
  * Conventions shared by every function here:
  *   - a source batch is (n_seq, S) int32, right-padded with the model's pad id, each
@@ -33,7 +33,8 @@ typedef struct decode_opts {
 /* Defaults: beam 5, lenpen 1, a 1.2, b 10, max_positions 1024, max_tokens 4096.
  * Not collective. */
 void decode_opts_default(decode_opts *o);
-/* Take beam, lenpen, max_len_a, max_len_b, max_positions and max_tokens from c. */
+/* Take beam, lenpen, max_len_a, max_len_b, max_positions and max_tokens from c. Not
+ * collective. */
 void decode_opts_from_config(decode_opts *o, const config *c);
 
 /* The maximum output length (tokens, without eos) for a source of src_len tokens
@@ -48,12 +49,13 @@ int decode_max_len(const decode_opts *o, int src_len);
  * per call. Not collective (tp = 1: each rank decodes its own batch). */
 void decode_batch(model *m, const int32_t *src, int n_seq, int S, const decode_opts *o,
                   int32_t *hyp, int hyp_stride, int *hyp_len, float *score);
-/* Greedy search (its own simple loop; beam is ignored). Same arguments. */
+/* Greedy search (its own simple loop; beam is ignored). Same arguments. Not collective. */
 void decode_greedy(model *m, const int32_t *src, int n_seq, int S, const decode_opts *o,
                    int32_t *hyp, int hyp_stride, int *hyp_len, float *score);
 /* Beam search exactly as fairseq's SequenceGenerator + BeamSearch (any beam >= 1).
  * Finished sentences keep being stepped with dummy eos inputs (the decoder state has
- * a fixed n_seq * beam hypotheses), the loop stops when every sentence is done. */
+ * a fixed n_seq * beam hypotheses), the loop stops when every sentence is done. Not
+ * collective. */
 void decode_beam(model *m, const int32_t *src, int n_seq, int S, const decode_opts *o, int32_t *hyp,
                  int hyp_stride, int *hyp_len, float *score);
 
@@ -63,16 +65,17 @@ void decode_beam(model *m, const int32_t *src, int n_seq, int S, const decode_op
  * while the output is still empty. Writes at most len-1 bytes plus NUL into buf and
  * returns the full length (like snprintf). Not collective. */
 size_t decode_detok(const data_file *f, const int32_t *ids, int n, char *buf, size_t len);
-/* The same on an explicit vocabulary: pieces (vocab) and the special ids. */
+/* The same on an explicit vocabulary: pieces (vocab) and the special ids. Not
+ * collective. */
 size_t decode_detok_pieces(const char *const *pieces, int vocab, int pad, int bos, int eos, int unk,
                            const int32_t *ids, int n, char *buf, size_t len);
 
 /* Encode n raw lines (no '\n' inside) with the SentencePiece model stored in the
- * dataset file data_path (/vocab/spm_model): writes the model bytes and the lines to
- * temporary files and runs `spm_encode --output_format=id`. On success *offsets
- * (n + 1 entries) and *ids (offsets[n] entries, no eos) are malloc'd (caller frees)
- * and C_OK is returned; on failure (spm_encode missing or failing, no model in the
- * file) C_ERR with a message in err. Not collective (serial HDF5 read). */
+ * dataset file data_path (/vocab/spm_model, read by data_read_spm_model): writes the model
+ * bytes and the lines to temporary files and runs `spm_encode --output_format=id`. On
+ * success *offsets (n + 1 entries) and *ids (offsets[n] entries, no eos) are malloc'd
+ * (caller frees) and C_OK is returned; on failure (spm_encode missing or failing, no model
+ * in the file) C_ERR with a message in err. Not collective (serial HDF5 read). */
 int decode_encode_lines(const char *data_path, const char *const *lines, int n, int64_t **offsets,
                         int32_t **ids, char *err, size_t err_len);
 
@@ -92,7 +95,7 @@ int decode_translate_file(model *m, const data_file *f, const char *data_path, c
  * every rank. Collective on comm. */
 void decode_split(model *m, const data_file *f, data_split *s, int64_t max_sentences,
                   const decode_opts *o, MPI_Comm comm, char ***hyps, int64_t *n_hyps);
-/* Free n strings and the array. */
+/* Free n strings and the array. Not collective. */
 void decode_free_strings(char **s, int64_t n);
 
 #endif

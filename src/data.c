@@ -1031,3 +1031,52 @@ void data_batch_free(data_batch *b) {
   free(b->labels);
   memset(b, 0, sizeof *b);
 }
+
+/* ---- the SentencePiece model (raw-text encoding in decode_spm.c) --------------- */
+
+int data_read_spm_model(const char *data_path, unsigned char **bytes, size_t *n, char *err,
+                        size_t err_len) {
+  H5E_auto2_t old_fn;
+  void *old_data;
+  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  int rc = C_ERR;
+  hid_t file = -1, dset = -1, sp = -1;
+  *bytes = NULL;
+  file = H5Fopen(data_path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (file < 0) {
+    snprintf(err, err_len, "%s: cannot open the dataset file to read its SentencePiece model",
+             data_path);
+    goto done;
+  }
+  if (H5Lexists(file, "/vocab", H5P_DEFAULT) <= 0 ||
+      H5Lexists(file, "/vocab/spm_model", H5P_DEFAULT) <= 0) {
+    snprintf(err, err_len,
+             "%s: /vocab/spm_model is missing, so raw text cannot be encoded; rebuild the "
+             "dataset with data_prep/pack.py",
+             data_path);
+    goto done;
+  }
+  dset = H5Dopen2(file, "/vocab/spm_model", H5P_DEFAULT);
+  sp = dset >= 0 ? H5Dget_space(dset) : -1;
+  hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+  if (np <= 0) {
+    snprintf(err, err_len, "%s: /vocab/spm_model is empty or unreadable", data_path);
+    goto done;
+  }
+  *n = (size_t)np;
+  *bytes = common_malloc(*n);
+  if (H5Dread(dset, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, *bytes) < 0) {
+    snprintf(err, err_len, "%s: cannot read /vocab/spm_model as bytes", data_path);
+    free(*bytes);
+    *bytes = NULL;
+    goto done;
+  }
+  rc = C_OK;
+done:
+  if (sp >= 0) H5Sclose(sp);
+  if (dset >= 0) H5Dclose(dset);
+  if (file >= 0) H5Fclose(file);
+  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  return rc;
+}
