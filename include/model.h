@@ -8,6 +8,11 @@
  * allocation (llm.c style), carved into one dmat per named tensor; activations live in
  * an arena sized for the largest batch shape seen (it only grows, so after the first
  * few steps no step allocates).
+ *
+ * Sources: model_init.c (registry, stage plan, create/free, replicate), model_arena.c
+ * (activations), model_blocks.c (layers, forward and backward), model_stage.c (a stage's
+ * forward/backward, model_forward_backward), model_heads.c (encoder-only heads),
+ * model_decode.c (incremental decoding); src/model_internal.h is what they share.
  */
 #ifndef MPIFORMER_MODEL_H
 #define MPIFORMER_MODEL_H
@@ -30,7 +35,9 @@ typedef struct model_param {
 
 enum { MODEL_INIT_ZERO, MODEL_INIT_ONE, MODEL_INIT_NORMAL, MODEL_INIT_EMBED };
 
-typedef struct model_attn { model_param *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b; } model_attn;
+typedef struct model_attn {
+  model_param *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+} model_attn;
 typedef struct model_ln { model_param *w, *b; } model_ln;
 typedef struct model_layer {
   model_attn self, cross;             /* cross: decoder only */
@@ -74,8 +81,8 @@ typedef struct model {
                              * process row holds all of them (their gradients are summed over
                              * the process rows); matrices are split and come first */
   /* Pipeline stage (g->stage of g->pp; the whole model with pp = 1): encoder layers
-   * [enc_l0, enc_l1) and decoder layers [dec_l0, dec_l1) (model_stage_plan); the encoder embedding goes
-   * with encoder layer 0, the final LayerNorms with the last layers, the decoder
+   * [enc_l0, enc_l1) and decoder layers [dec_l0, dec_l1) (model_stage_plan); the encoder
+   * embedding goes with encoder layer 0, the final LayerNorms with the last layers, the decoder
    * embedding with decoder layer 0, the output projection and the loss with the last
    * stage. Parameters of other stages have empty local blocks (registry and checkpoint
    * list are the same on every stage). Flat layout: [0, norm_lo) the tied copies
@@ -86,7 +93,7 @@ typedef struct model {
    * the pipeline's pending messages while this rank computes). */
   void (*progress)(void *ctx);
   void *progress_ctx;
-  struct model_acts *acts;  /* activation arena (model.c) in use */
+  struct model_acts *acts;  /* activation arena (model_arena.c) in use */
   struct model_acts **slots;/* one arena per micro-batch in flight (model_use_slot) */
   int n_slots;
   uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
@@ -98,15 +105,16 @@ typedef struct model {
 void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos);
 
 /* Build the registry, allocate parameters and gradients, initialize from seed (layout
- * independent). Collective on nothing (every rank of a replica builds the same). */
+ * independent). Not collective (every rank of a replica builds the same). */
 model *model_create(const model_dims *dims, const grid *g, uint64_t seed);
+/* Free m, its arenas and its buffers (NULL is fine). Not collective. */
 void model_free(model *m);
 
-/* Look a parameter up by fairseq name (NULL if absent). */
+/* Look a parameter up by fairseq name (NULL if absent). Not collective. */
 model_param *model_find(model *m, const char *name);
 
 /* Dropout masks of the next forward derive from key (a function of seed, step and
- * micro-batch); train = 0 turns dropout off. */
+ * micro-batch); train = 0 turns dropout off. Not collective. */
 void model_set_mode(model *m, int train, uint64_t key);
 
 /* Forward of a batch: src (B,S), tgt_in (B,T), tgt_out (B,T) (the whole batch, on every
@@ -123,7 +131,9 @@ int64_t model_forward_backward(model *m, const int32_t *src, const int32_t *tgt_
  * column 0 is the pooled position) and labels (B) in [0, n_classes): adds the summed
  * cross-entropy into *loss_sum and the number of rows whose argmax is the label into
  * *n_correct; writes the argmax into pred (B) if not NULL. Returns B. If backward != 0 the
- * gradients of grad_scale * loss_sum are ACCUMULATED into m->grad_mem. Not collective. */
+ * gradients of grad_scale * loss_sum are ACCUMULATED into m->grad_mem. Collective on the
+ * TP grid (nothing with tp = 1): the logits' statistics and the predictions are gathered
+ * over it. */
 int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, int B, int S,
                        float grad_scale, int backward, double *loss_sum, int64_t *n_correct,
                        int32_t *pred);
@@ -132,7 +142,8 @@ int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, i
  * at each selected position, -1 elsewhere. logits = enc_out W_emb^T on the selected rows
  * only; adds the summed cross-entropy into *loss_sum and the number of selected rows
  * whose argmax is the target into *n_correct. Returns the number of selected positions.
- * Backward as model_classify. Not collective. */
+ * Backward as model_classify. Collective on the TP grid (nothing with tp = 1), as
+ * model_classify. */
 int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
                   float grad_scale, int backward, double *loss_sum, int64_t *n_correct);
 
@@ -178,7 +189,7 @@ int64_t model_stage_forward(model *m, const int32_t *src, const int32_t *tgt_in,
  * m->grad_mem. Collective on the TP grid. */
 void model_stage_backward(model *m, const float *g_in, float *g_out);
 
-/* Zero all gradients. */
+/* Zero all gradients. Not collective. */
 void model_zero_grad(model *m);
 
 /* A model on a one-rank grid holding the full parameters of m (gathered from its TP
@@ -191,14 +202,17 @@ model *model_replicate(model *m);
 typedef struct model_decoder model_decoder;
 
 /* Encode src (n_seq, S) and prepare n_seq * beam hypotheses (hyp i belongs to sentence
- * i / beam) for up to max_steps decoder steps. Dropout is off. */
+ * i / beam) for up to max_steps decoder steps. Dropout is off. Not collective (m on a
+ * one-rank grid, checked). */
 model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
                                    int max_steps);
 /* Feed tokens (n_hyp) as the decoder inputs of the next position (the first call gives
- * bos); writes log-probabilities (n_hyp, vocab). */
+ * bos); writes log-probabilities (n_hyp, vocab). Not collective. */
 void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, float *logprobs);
-/* Hypothesis i now continues the history of old hypothesis from[i] (n_hyp entries). */
+/* Hypothesis i now continues the history of old hypothesis from[i] (n_hyp entries). Not
+ * collective. */
 void model_decoder_reorder(model_decoder *st, const int *from);
+/* Free st (NULL is fine). Not collective. */
 void model_decoder_free(model_decoder *st);
 
 #endif
