@@ -322,4 +322,3 @@ void decode_batch(model *m, const int32_t *src, int n_seq, int S, const decode_o
   else
     decode_beam(m, src, n_seq, S, o, hyp, hyp_stride, hyp_len, score);
 }
-

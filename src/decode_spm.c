@@ -208,4 +208,3 @@ done:
   }
   return rc;
 }
-

@@ -23,12 +23,15 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   size_t nS = (size_t)B * S, nT = (size_t)B * T, nmax = nS > nT ? nS : nT;
   size_t Tmax = S > T ? S : T;
   /* only this stage's layers: streams [2 e0, 2 e1] and [3 d0, 3 d1] */
-  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0,
+      last = m->stage == m->n_stages - 1;
   int enc_last = has_enc && m->enc_l1 == D->n_enc;
   for (int i = 0; i <= 2 * D->n_enc; i++)
-    a->enc_s[i] = has_enc && i >= 2 * m->enc_l0 && i <= 2 * m->enc_l1 ? take(base, &c, nS * d) : NULL;
+    a->enc_s[i] =
+        has_enc && i >= 2 * m->enc_l0 && i <= 2 * m->enc_l1 ? take(base, &c, nS * d) : NULL;
   for (int i = 0; i <= 3 * D->n_dec; i++)
-    a->dec_s[i] = has_dec && i >= 3 * m->dec_l0 && i <= 3 * m->dec_l1 ? take(base, &c, nT * d) : NULL;
+    a->dec_s[i] =
+        has_dec && i >= 3 * m->dec_l0 && i <= 3 * m->dec_l1 ? take(base, &c, nT * d) : NULL;
   for (int l = m->enc_l0; l < m->enc_l1; l++)
     for (int j = 0; j < 2; j++) {
       sub_acts *s = &a->enc_sub[2 * l + j];
@@ -75,7 +78,9 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   a->enc_out = D->pre_ln || !enc_last ? take(base, &c, nS * d) : a->enc_s[2 * D->n_enc];
   a->enc_mean = take(base, &c, nS);
   a->enc_rstd = take(base, &c, nS);
-  a->dec_out = !(has_dec && last) ? NULL : D->pre_ln ? take(base, &c, nT * d) : a->dec_s[3 * D->n_dec];
+  a->dec_out = !(has_dec && last) ? NULL
+               : D->pre_ln        ? take(base, &c, nT * d)
+                                  : a->dec_s[3 * D->n_dec];
   a->dec_mean = take(base, &c, nT);
   a->dec_rstd = take(base, &c, nT);
   a->logits = take(base, &c, last ? nT * (size_t)m->vl : 0);
@@ -132,7 +137,7 @@ void model_acts_prepare(model *m, int B_global, int S, int T) {
 /* This process row's rows of x (B_global, L): rows [b0, b0 + a->B) (pad rows past the
  * batch filled with `fill`), copied into token slot `slot` (0..3) when pr > 1. */
 const int32_t *model_local_rows(model *m, int slot, const int32_t *x, int B_global, int L,
-                                 int32_t fill) {
+                                int32_t fill) {
   model_acts *a = m->acts;
   if (grid_pr(m) == 1 && !(m->g && m->g->pp > 1)) return x;
   int32_t *dst = a->tok + (size_t)slot * (a->tok_cap / 4);
@@ -159,12 +164,12 @@ void model_use_slot(model *m, int slot) {
   if (slot >= m->n_slots) {
     m->slots = realloc(m->slots, (size_t)(slot + 1) * sizeof *m->slots);
     CHECK(m->slots, "out of memory");
-    for (int i = m->n_slots; i <= slot; i++) m->slots[i] = acts_new(m);
+    for (int i = m->n_slots; i <= slot; i++)
+      m->slots[i] = acts_new(m);
     m->n_slots = slot + 1;
   }
   m->acts = m->slots[slot];
 }
-
 
 void model_acts_free(model *m) {
   for (int i = 0; i < m->n_slots; i++) {

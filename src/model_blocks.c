@@ -33,7 +33,7 @@
 /* y(n,out) = x(n,in) W^T + b through dmat_gemm (cblas on the 1x1 grid). n is this
  * process row's row count: the global activation has n * pr rows. */
 void model_linear_fwd(model *m, float *y, const float *x, const model_param *w,
-                       const model_param *b, int n) {
+                      const model_param *b, int n) {
   int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat X, Y;
   dmat_init(&X, m->g, rows, in, (float *)x);
@@ -48,7 +48,7 @@ void model_linear_fwd(model *m, float *y, const float *x, const model_param *w,
 /* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy (this process row's
  * rows: model_vec_grads_end sums them over the process column). */
 void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
-                       const model_param *b, int n) {
+                      const model_param *b, int n) {
   int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat DY, X;
   dmat_init(&DY, m->g, rows, out, (float *)dy);
@@ -64,7 +64,8 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
     int ol = DY.cols_local;
     for (int i = 0; i < n; i++) {
       const float *row = dy + (size_t)i * DY.ld;
-      for (int j = 0; j < ol; j++) db[j] += row[j];
+      for (int j = 0; j < ol; j++)
+        db[j] += row[j];
     }
   }
 }
@@ -72,7 +73,7 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
 /* LayerNorm of n local rows (this rank's dl columns): the local kernel on one process
  * column, else with row statistics all-reduced over the process row. */
 void model_ln_fwd(model *m, float *y, float *mean, float *rstd, const float *x, const model_ln *ln,
-                   int n) {
+                  int n) {
   if (grid_pc(m) == 1)
     ops_layernorm_forward(y, mean, rstd, x, ln->w->w.data, ln->b->w.data, n, m->dl, LN_EPS);
   else
@@ -81,7 +82,7 @@ void model_ln_fwd(model *m, float *y, float *mean, float *rstd, const float *x, 
 }
 
 void model_ln_bwd(model *m, float *dx, const float *dy, const float *x, const float *mean,
-                   const float *rstd, const model_ln *ln, int n) {
+                  const float *rstd, const model_ln *ln, int n) {
   if (grid_pc(m) == 1)
     ops_layernorm_backward(dx, ln->w->g.data, ln->b->g.data, dy, x, mean, rstd, ln->w->w.data, n,
                            m->dl);
@@ -102,8 +103,8 @@ static int argmax_row(const float *row, int n) {
  * process column, else vocabulary-parallel. argmax (n) may be NULL. The sums and the
  * count are this process row's. */
 int64_t model_xent(model *m, float *logits, const int32_t *targets, int n, int cols, int c0, int V,
-                    int pad, float eps, float grad_scale, int backward, double *loss_sum,
-                    double *nll_sum, int32_t *argmax) {
+                   int pad, float eps, float grad_scale, int backward, double *loss_sum,
+                   double *nll_sum, int32_t *argmax) {
   if (grid_pc(m) > 1) {
     const model_acts *a = m->acts;
     CHECK(n <= a->B * (a->S > a->T ? a->S : a->T), "model_xent: %d rows exceed the scratch", n);
@@ -111,7 +112,8 @@ int64_t model_xent(model *m, float *logits, const int32_t *targets, int n, int c
                       grad_scale, loss_sum, nll_sum, argmax, m->g->tp_row, m->acts->xent_scratch);
   }
   if (argmax)
-    for (int i = 0; i < n; i++) argmax[i] = argmax_row(logits + (size_t)i * V, V);
+    for (int i = 0; i < n; i++)
+      argmax[i] = argmax_row(logits + (size_t)i * V, V);
   return ops_xent(backward ? logits : NULL, logits, targets, n, V, pad, eps, grad_scale, loss_sum,
                   nll_sum);
 }
@@ -139,7 +141,8 @@ void model_vec_grads_end(model *m) {
 void model_tp_totals(model *m, double *sums, int n) {
   if (!m->g || m->g->tp == 1) return;
   if (m->g->pcol != 0)
-    for (int i = 0; i < n; i++) sums[i] = 0.0;
+    for (int i = 0; i < n; i++)
+      sums[i] = 0.0;
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_DOUBLE, MPI_SUM, m->g->tp_comm));
 }
 
@@ -147,7 +150,9 @@ void model_tp_totals(model *m, double *sums, int n) {
 static uint64_t site_key(const model *m, int site) {
   return ops_hash_key(m->dropout_key, 0x44524f50u /* "DROP" */, (uint64_t)site, 0);
 }
-static float p_if_train(const model *m, float p) { return m->train ? p : 0.0f; }
+static float p_if_train(const model *m, float p) {
+  return m->train ? p : 0.0f;
+}
 
 /* Which core function a sublayer runs. */
 enum { CORE_SELF, CORE_SELF_CAUSAL, CORE_CROSS, CORE_FFN };
@@ -182,10 +187,9 @@ static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   model_linear_fwd(m, s->k, src_kv, A->k_w, A->k_b, nk);
   model_linear_fwd(m, s->v, src_kv, A->v_w, A->v_b, nk);
   ops_attention_forward(s->o, d, s->probs, s->q, d, s->k, s->v, d,
-                        sl->kind == CORE_SELF_CAUSAL ? NULL : key_pad,
-                        sl->kind == CORE_SELF_CAUSAL, B, Tq, Tk, m->hl, D->d / D->heads,
-                        p_if_train(m, D->attn_dropout), site_key(m, sl->site + 1), m->acts->b0,
-                        m->h0, D->heads, m->acts->scratch);
+                        sl->kind == CORE_SELF_CAUSAL ? NULL : key_pad, sl->kind == CORE_SELF_CAUSAL,
+                        B, Tq, Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
+                        site_key(m, sl->site + 1), m->acts->b0, m->h0, D->heads, m->acts->scratch);
   model_linear_fwd(m, s->core, s->o, A->o_w, A->o_b, n);
 }
 
@@ -218,8 +222,8 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   memset(a->g_q, 0, (size_t)n * d * sizeof(float));
   memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
   memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
-  ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B,
-                         Tq, Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
+  ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
+                         Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
                          site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
   model_linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
   model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
@@ -227,9 +231,8 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
 }
 
 /* One sublayer forward: s_in -> s_out (n,d). */
-static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
-                         float *s_out, const float *kv, int B, int Tq, int Tk,
-                         const uint8_t *key_pad) {
+static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in, float *s_out,
+                         const float *kv, int B, int Tq, int Tk, const uint8_t *key_pad) {
   const model_dims *D = &m->dims;
   int n = B * Tq, d = m->dl;
   int64_t row0 = m->acts->b0 * Tq;
@@ -283,7 +286,9 @@ static sublayer dec_sublayer(const model *m, int l, int j) {
   const model_layer *L = &m->dec[l];
   static const int kinds[3] = {CORE_SELF_CAUSAL, CORE_CROSS, CORE_FFN};
   sublayer sl = {kinds[j], j == 0 ? &L->self : &L->cross, L,
-                 j == 0 ? &L->ln_self : j == 1 ? &L->ln_cross : &L->ln_ffn,
+                 j == 0   ? &L->ln_self
+                 : j == 1 ? &L->ln_cross
+                          : &L->ln_ffn,
                  (1 << 20) + (l * 3 + j) * 4};
   return sl;
 }
@@ -294,7 +299,8 @@ static sublayer dec_sublayer(const model *m, int l, int j) {
 static const float *embed_table(model *m, const model_param *E) {
   if (grid_pr(m) == 1) return E->w.data;
   const grid *g = m->g;
-  int *counts = common_calloc((size_t)g->pr, sizeof(int)), *displs = common_calloc((size_t)g->pr, sizeof(int));
+  int *counts = common_calloc((size_t)g->pr, sizeof(int)),
+      *displs = common_calloc((size_t)g->pr, sizeof(int));
   for (int p = 0; p < g->pr; p++) {
     counts[p] = common_int(dmat_block_count(E->w.rows, p, g->pr) * m->dl);
     displs[p] = common_int(dmat_block_start(E->w.rows, p, g->pr) * m->dl);
@@ -308,7 +314,7 @@ static const float *embed_table(model *m, const model_param *E) {
 
 /* Embedding + positions + dropout: s0 (B*T, dl), B and tok this process row's. */
 void model_embed_fwd(model *m, float *s0, const model_param *E, const int32_t *tok, int B, int T,
-                      int site) {
+                     int site) {
   const model_dims *D = &m->dims;
   int n = B * T;
   ops_embedding_forward(s0, tok, embed_table(m, E), n, m->dl, sqrtf((float)D->d));
@@ -320,7 +326,7 @@ void model_embed_fwd(model *m, float *s0, const model_param *E, const int32_t *t
 /* dE += the lookup's gradient: into E's block directly on one process row, else over the
  * whole (V, dl) table in a->table, reduce-scattered over the process column. */
 void model_embed_bwd(model *m, float *ds0, const model_param *E, const int32_t *tok, int B, int T,
-                      int site) {
+                     int site) {
   const model_dims *D = &m->dims;
   int n = B * T;
   ops_dropout(ds0, ds0, n, m->dl, m->acts->b0 * T, m->d0, D->d, p_if_train(m, D->dropout),
@@ -335,7 +341,8 @@ void model_embed_bwd(model *m, float *ds0, const model_param *E, const int32_t *
   memset(full, 0, (size_t)E->w.rows * m->dl * sizeof(float));
   ops_embedding_backward(full, ds0, tok, n, m->dl, scale, D->pad);
   int *counts = common_calloc((size_t)g->pr, sizeof(int));
-  for (int p = 0; p < g->pr; p++) counts[p] = common_int(dmat_block_count(E->w.rows, p, g->pr) * m->dl);
+  for (int p = 0; p < g->pr; p++)
+    counts[p] = common_int(dmat_block_count(E->w.rows, p, g->pr) * m->dl);
   MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, full, counts, MPI_FLOAT, MPI_SUM, g->tp_col));
   ops_acc(E->g.data, full, counts[g->prow]);
   free(counts);
@@ -357,7 +364,8 @@ void model_enc_layers_fwd(model *m, int l0, int l1, int B, int S) {
       if (m->progress) m->progress(m->progress_ctx);
     }
   if (l1 == D->n_enc && D->pre_ln)
-    model_ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final, B * S);
+    model_ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final,
+                 B * S);
 }
 
 /* Encoder forward over the arena's current local (B, S); output in a->enc_out. */
@@ -365,7 +373,8 @@ void model_encoder_fwd(model *m, const int32_t *src, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   CHECK(m->n_stages == 1, "model_encoder_fwd: the whole encoder is not on this pipeline stage");
-  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = src[i] == D->pad;
+  for (size_t i = 0; i < (size_t)B * S; i++)
+    a->src_pad[i] = src[i] == D->pad;
   model_embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
   model_enc_layers_fwd(m, 0, D->n_enc, B, S);
 }
@@ -382,7 +391,8 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   if (l1 == D->n_enc) {
     if (D->pre_ln) {
       memset(gs_out, 0, (size_t)nS * d * sizeof(float));
-      model_ln_bwd(m, gs_out, a->g_enc, a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd, &m->enc_final, nS);
+      model_ln_bwd(m, gs_out, a->g_enc, a->enc_s[2 * D->n_enc], a->enc_mean, a->enc_rstd,
+                   &m->enc_final, nS);
     } else {
       memcpy(gs_out, a->g_enc, (size_t)nS * d * sizeof(float));
     }
@@ -393,7 +403,9 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
       memset(gs_in, 0, (size_t)nS * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
                    B, S, S);
-      float *t = gs_out; gs_out = gs_in; gs_in = t;
+      float *t = gs_out;
+      gs_out = gs_in;
+      gs_in = t;
       if (m->progress) m->progress(m->progress_ctx);
     }
   return gs_out;
@@ -424,7 +436,9 @@ float *model_dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, i
       memset(gs_in, 0, (size_t)nT * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
                    a->g_enc, B, T, j == 1 ? S : T);
-      float *t = gs_out; gs_out = gs_in; gs_in = t;
+      float *t = gs_out;
+      gs_out = gs_in;
+      gs_in = t;
       if (m->progress) m->progress(m->progress_ctx);
     }
   return gs_out;

@@ -22,9 +22,9 @@ struct model_decoder {
   float **cross_k, **cross_v; /* per decoder layer: (n_hyp * S, d) */
   uint8_t *src_pad;           /* (n_hyp, S) */
   float *x, *y, *ln, *q, *o, *core, *h, *mean, *rstd; /* (n_hyp, d|F) and (n_hyp) */
-  float *kt, *vt;             /* this step's self-attention keys/values (n_hyp, d) */
+  float *kt, *vt; /* this step's self-attention keys/values (n_hyp, d) */
   float *probs, *scratch;
-  float *perm;                /* reorder scratch: (n_hyp, max(max_steps*d, S*d)) */
+  float *perm; /* reorder scratch: (n_hyp, max(max_steps*d, S*d)) */
 };
 
 model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int S, int beam,
@@ -50,7 +50,8 @@ model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int 
   }
   st->src_pad = common_malloc((size_t)n_hyp * S);
   float **bufs[] = {&st->x, &st->y, &st->ln, &st->q, &st->o, &st->core, &st->kt, &st->vt};
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) *bufs[i] = common_malloc(hd * sizeof(float));
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    *bufs[i] = common_malloc(hd * sizeof(float));
   st->h = common_malloc((size_t)n_hyp * D->ffn * sizeof(float));
   st->mean = common_malloc((size_t)n_hyp * sizeof(float));
   st->rstd = common_malloc((size_t)n_hyp * sizeof(float));
@@ -70,7 +71,8 @@ model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int 
   for (int l = 0; l < L; l++) {
     const model_attn *A = &m->dec[l].cross;
     for (int which = 0; which < 2; which++) {
-      model_linear_fwd(m, tmp, a->enc_out, which ? A->v_w : A->k_w, which ? A->v_b : A->k_b, n_seq * S);
+      model_linear_fwd(m, tmp, a->enc_out, which ? A->v_w : A->k_w, which ? A->v_b : A->k_b,
+                       n_seq * S);
       float *dst = which ? st->cross_v[l] : st->cross_k[l];
       for (int i = 0; i < n_hyp; i++)
         memcpy(dst + (size_t)i * S * d, tmp + (size_t)(i / beam) * S * d,
@@ -78,7 +80,8 @@ model_decoder *model_decoder_start(model *m, const int32_t *src, int n_seq, int 
     }
   }
   for (int i = 0; i < n_hyp; i++)
-    for (int s = 0; s < S; s++) st->src_pad[(size_t)i * S + s] = src[(size_t)(i / beam) * S + s] == D->pad;
+    for (int s = 0; s < S; s++)
+      st->src_pad[(size_t)i * S + s] = src[(size_t)(i / beam) * S + s] == D->pad;
   m->train = saved_train;
   return st;
 }
@@ -151,11 +154,14 @@ void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, floa
   int V = D->vocab;
   for (int i = 0; i < n; i++) { /* log_softmax in place */
     float *row = logprobs + (size_t)i * V, mx = row[0];
-    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 1; j < V; j++)
+      mx = row[j] > mx ? row[j] : mx;
     float sum = 0.0f; /* expf in float: the decoder's hot loop (relative error ~1e-5) */
-    for (int j = 0; j < V; j++) sum += expf(row[j] - mx);
+    for (int j = 0; j < V; j++)
+      sum += expf(row[j] - mx);
     float lse = mx + logf(sum);
-    for (int j = 0; j < V; j++) row[j] -= lse;
+    for (int j = 0; j < V; j++)
+      row[j] -= lse;
   }
   st->t++;
   m->train = saved_train;
@@ -163,7 +169,8 @@ void model_decoder_step(model *m, model_decoder *st, const int32_t *tokens, floa
 
 /* Gather rows: buf[i] = old[from[i]] for n items of `len` floats each. */
 static void permute_rows(float *data, float *tmp, const int *from, int n, size_t len) {
-  for (int i = 0; i < n; i++) memcpy(tmp + (size_t)i * len, data + (size_t)from[i] * len, len * sizeof(float));
+  for (int i = 0; i < n; i++)
+    memcpy(tmp + (size_t)i * len, data + (size_t)from[i] * len, len * sizeof(float));
   memcpy(data, tmp, (size_t)n * len * sizeof(float));
 }
 
@@ -186,7 +193,8 @@ void model_decoder_reorder(model_decoder *st, const int *from) {
     permute_rows(st->cross_v[l], st->perm, from, n, (size_t)st->S * st->d);
   }
   uint8_t *pad = common_malloc((size_t)n * st->S);
-  for (int i = 0; i < n; i++) memcpy(pad + (size_t)i * st->S, st->src_pad + (size_t)from[i] * st->S, (size_t)st->S);
+  for (int i = 0; i < n; i++)
+    memcpy(pad + (size_t)i * st->S, st->src_pad + (size_t)from[i] * st->S, (size_t)st->S);
   memcpy(st->src_pad, pad, (size_t)n * st->S);
   free(pad);
 }
@@ -203,9 +211,10 @@ void model_decoder_free(model_decoder *st) {
   free(st->self_v);
   free(st->cross_k);
   free(st->cross_v);
-  float *bufs[] = {st->x, st->y, st->ln, st->q, st->o, st->core, st->kt, st->vt, st->h,
-                   st->mean, st->rstd, st->probs, st->scratch, st->perm};
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+  float *bufs[] = {st->x,  st->y, st->ln,   st->q,    st->o,     st->core,    st->kt,
+                   st->vt, st->h, st->mean, st->rstd, st->probs, st->scratch, st->perm};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    free(bufs[i]);
   free(st->src_pad);
   free(st);
 }

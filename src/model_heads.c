@@ -47,13 +47,17 @@ static void cls_head_fwd(model *m, const int32_t *labels, int B_global, int S, f
   float *x = head_prepare(m, 3 * Bd + (size_t)B * (m->cl + 1) + 64);
   float *h = x + Bd, *logits = h + Bd;
   int32_t *arg = head_idx_prepare(m, 2 * (size_t)B * grid_pr(m));
-  for (int b = 0; b < B; b++) memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
+  for (int b = 0; b < B; b++)
+    memcpy(x + (size_t)b * d, a->enc_out + (size_t)b * S * d, d * sizeof(float));
   model_linear_fwd(m, h, x, m->cls_dense_w, m->cls_dense_b, B);
-  for (size_t i = 0; i < Bd; i++) h[i] = tanhf(h[i]);
+  for (size_t i = 0; i < Bd; i++)
+    h[i] = tanhf(h[i]);
   model_linear_fwd(m, logits, h, m->cls_out_w, m->cls_out_b, B); /* (B,C) */
   double t[2] = {0, 0};
-  model_xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &t[0], NULL, arg);
-  for (int b = 0; b < B; b++) t[1] += labels[b] >= 0 && arg[b] == labels[b];
+  model_xent(m, logits, labels, B, m->cl, m->c0, C, -1, 0.0f, grad_scale, backward, &t[0], NULL,
+             arg);
+  for (int b = 0; b < B; b++)
+    t[1] += labels[b] >= 0 && arg[b] == labels[b];
   model_tp_totals(m, t, 2);
   sums[0] += t[0], sums[1] += t[1];
   if (pred) { /* every process row's predictions, in batch order */
@@ -75,11 +79,13 @@ void model_cls_head_bwd(model *m) {
   float *x = a->head, *h = x + Bd, *logits = h + Bd, *g = logits + (size_t)B * (m->cl + 1);
   memset(g, 0, Bd * sizeof(float));
   model_linear_bwd(m, g, logits, h, m->cls_out_w, m->cls_out_b, B); /* g = dL/dh */
-  for (size_t i = 0; i < Bd; i++) g[i] *= 1.0f - h[i] * h[i];  /* through tanh */
+  for (size_t i = 0; i < Bd; i++)
+    g[i] *= 1.0f - h[i] * h[i]; /* through tanh */
   memset(a->g_enc, 0, (size_t)B * S * d * sizeof(float));
   memset(h, 0, Bd * sizeof(float)); /* dL/dx lands on row (b, 0) of enc_out */
   model_linear_bwd(m, h, g, x, m->cls_dense_w, m->cls_dense_b, B);
-  for (int b = 0; b < B; b++) memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
+  for (int b = 0; b < B; b++)
+    memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
 }
 
 /* Masked-LM head forward on a->enc_out (targets local, -1 where not selected): sums[0] +=
@@ -103,20 +109,23 @@ static int64_t mlm_head_fwd(model *m, const int32_t *targets, float grad_scale, 
     }
   int n = n_mine;
   if (grid_pr(m) > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &n, 1, MPI_INT, MPI_MAX, m->g->tp_col));
-  for (int i = n_mine; i < n; i++) tgt[i] = -1;
+  for (int i = n_mine; i < n; i++)
+    tgt[i] = -1;
   a->mlm_n = n, a->mlm_n_mine = n_mine;
   if (n == 0) return 0;
   /* scratch: x (n,dl) selected rows of enc_out, logits (n,vl), g (n,dl) */
   size_t nd = (size_t)n * d;
   float *x = head_prepare(m, 2 * nd + (size_t)n * (m->vl + 1) + 64);
   float *logits = x + nd;
-  for (int i = 0; i < n_mine; i++) memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
+  for (int i = 0; i < n_mine; i++)
+    memcpy(x + (size_t)i * d, a->enc_out + (size_t)rows[i] * d, d * sizeof(float));
   memset(x + (size_t)n_mine * d, 0, (size_t)(n - n_mine) * d * sizeof(float));
   model_linear_fwd(m, logits, x, m->out_proj, NULL, n); /* (n,V) = x W_emb^T */
   double t[3] = {0, 0, 0};
-  t[2] = (double)model_xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward, &t[0],
-                      NULL, arg);
-  for (int i = 0; i < n_mine; i++) t[1] += arg[i] == tgt[i];
+  t[2] = (double)model_xent(m, logits, tgt, n, m->vl, m->v0, V, -1, 0.0f, grad_scale, backward,
+                            &t[0], NULL, arg);
+  for (int i = 0; i < n_mine; i++)
+    t[1] += arg[i] == tgt[i];
   model_tp_totals(m, t, 3);
   sums[0] += t[0], sums[1] += t[1];
   return (int64_t)t[2];
@@ -134,14 +143,15 @@ void model_mlm_head_bwd(model *m) {
   const int32_t *rows = a->head_idx;
   memset(g, 0, nd * sizeof(float));
   model_linear_bwd(m, g, logits, x, m->out_proj, NULL, n);
-  for (int i = 0; i < n_mine; i++) memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
+  for (int i = 0; i < n_mine; i++)
+    memcpy(a->g_enc + (size_t)rows[i] * d, g + (size_t)i * d, d * sizeof(float));
 }
 
 /* The encoder-only archs' stage forward (see model_stage_forward): tokens (B,S) and
  * aux = labels (B) or MLM targets (B,S). */
 int64_t model_enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_t *aux_g,
-                                  int B_global, int S, float grad_scale, int backward,
-                                  const float *in_msg, float *out_msg, double *sums, int32_t *pred) {
+                                 int B_global, int S, float grad_scale, int backward,
+                                 const float *in_msg, float *out_msg, double *sums, int32_t *pred) {
   const model_dims *D = &m->dims;
   int cls = D->arch == MODEL_ARCH_CLASSIFIER;
   if (cls)
@@ -156,11 +166,15 @@ int64_t model_enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_
   int B = a->B, last = m->stage == m->n_stages - 1;
   size_t ne = (size_t)B * S * m->dl;
   const int32_t *tokens = model_local_rows(m, 0, tokens_g, B_global, S, D->pad);
-  const int32_t *aux = model_local_rows(m, 1, aux_g, B_global, cls ? 1 : S, -1); /* -1: padding rows */
+  const int32_t *aux =
+      model_local_rows(m, 1, aux_g, B_global, cls ? 1 : S, -1); /* -1: padding rows */
   a->src = tokens, a->key = m->dropout_key, a->train = m->train;
-  for (size_t i = 0; i < (size_t)B * S; i++) a->src_pad[i] = tokens[i] == D->pad;
-  if (m->enc_l0 == 0) model_embed_fwd(m, a->enc_s[0], m->enc_embed, tokens, B, S, SITE_ENC_EMBED);
-  else memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
+  for (size_t i = 0; i < (size_t)B * S; i++)
+    a->src_pad[i] = tokens[i] == D->pad;
+  if (m->enc_l0 == 0)
+    model_embed_fwd(m, a->enc_s[0], m->enc_embed, tokens, B, S, SITE_ENC_EMBED);
+  else
+    memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
   model_enc_layers_fwd(m, m->enc_l0, m->enc_l1, B, S);
   if (!last) {
     memcpy(out_msg, a->enc_s[2 * m->enc_l1], ne * sizeof(float));
@@ -168,20 +182,22 @@ int64_t model_enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_
   }
   double t[2] = {0, 0};
   int64_t count = B_global;
-  if (cls) cls_head_fwd(m, aux, B_global, S, grad_scale, backward, t, pred);
-  else count = mlm_head_fwd(m, aux, grad_scale, backward, t);
+  if (cls)
+    cls_head_fwd(m, aux, B_global, S, grad_scale, backward, t, pred);
+  else
+    count = mlm_head_fwd(m, aux, grad_scale, backward, t);
   sums[0] += t[0], sums[1] += t[0], sums[3] += t[1]; /* no label smoothing: nll = loss */
   return count;
 }
 
 int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_g, int B_global,
-                       int S, float grad_scale, int backward, double *loss_sum,
-                       int64_t *n_correct, int32_t *pred) {
+                       int S, float grad_scale, int backward, double *loss_sum, int64_t *n_correct,
+                       int32_t *pred) {
   CHECK(m->dims.arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
   CHECK(m->n_stages == 1, "model_classify: pp > 1 runs the stages (pipe.c)");
   double sums[4] = {0, 0, 0, 0};
   int64_t count = model_enc_only_stage_fwd(m, tokens_g, labels_g, B_global, S, grad_scale, backward,
-                                     NULL, NULL, sums, pred);
+                                           NULL, NULL, sums, pred);
   if (loss_sum) *loss_sum += sums[0];
   if (n_correct) *n_correct += (int64_t)sums[3];
   if (backward) model_stage_backward(m, NULL, NULL);
@@ -193,12 +209,11 @@ int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, i
   CHECK(m->dims.arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
   CHECK(m->n_stages == 1, "model_mlm: pp > 1 runs the stages (pipe.c)");
   double sums[4] = {0, 0, 0, 0};
-  int64_t count = model_enc_only_stage_fwd(m, tokens_g, targets_g, B_global, S, grad_scale, backward,
-                                     NULL, NULL, sums, NULL);
+  int64_t count = model_enc_only_stage_fwd(m, tokens_g, targets_g, B_global, S, grad_scale,
+                                           backward, NULL, NULL, sums, NULL);
   if (loss_sum) *loss_sum += sums[0];
   if (n_correct) *n_correct += (int64_t)sums[3];
   /* nothing selected: the gradient is zero (no backward, as before the pipeline) */
   if (backward && count > 0) model_stage_backward(m, NULL, NULL);
   return count;
 }
-

@@ -31,7 +31,9 @@ void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, 
   d->attn_dropout = (float)c->attn_dropout;
   d->act_dropout = (float)c->act_dropout;
   d->label_smoothing = (float)c->label_smoothing;
-  d->share = !strcmp(c->share_embeddings, "all") ? 2 : !strcmp(c->share_embeddings, "decoder_io") ? 1 : 0;
+  d->share = !strcmp(c->share_embeddings, "all")          ? 2
+             : !strcmp(c->share_embeddings, "decoder_io") ? 1
+                                                          : 0;
 }
 
 typedef struct reg_builder {
@@ -79,7 +81,8 @@ static model_param *reg_linear(reg_builder *rb, const char *prefix, int64_t out,
                                model_param **bias) {
   char name[112];
   join(name, sizeof name, prefix, ".weight");
-  model_param *w = reg_add(rb, name, out, in, 0, MODEL_INIT_NORMAL, sqrtf(2.0f / (float)(in + out)));
+  model_param *w =
+      reg_add(rb, name, out, in, 0, MODEL_INIT_NORMAL, sqrtf(2.0f / (float)(in + out)));
   join(name, sizeof name, prefix, ".bias");
   *bias = reg_add(rb, name, 1, out, 1, MODEL_INIT_ZERO, 0);
   return w;
@@ -138,7 +141,8 @@ static void param_init(model *m, model_param *p, int index, uint64_t seed) {
     for (int j = 0; j < p->w.cols_local; j++) {
       int64_t gi = p->w.row0 + i, gj = p->w.col0 + j;
       float v = 0.0f;
-      if (p->init == MODEL_INIT_ONE) v = 1.0f;
+      if (p->init == MODEL_INIT_ONE)
+        v = 1.0f;
       else if (p->init == MODEL_INIT_NORMAL || p->init == MODEL_INIT_EMBED)
         v = p->init_std * ops_hash_normal(key, (uint64_t)(gi * p->w.cols + gj));
       if (p->init == MODEL_INIT_EMBED && gi == m->dims.pad) v = 0.0f;
@@ -150,18 +154,22 @@ int model_stage_plan(const model_dims *D, int pp, int *first) {
   int nE = D->n_enc, n = D->n_enc + D->n_dec;
   if (pp < 1 || pp > n) return C_ERR;
   double d = D->d, F = D->ffn;
-  double *cost = common_calloc((size_t)n, sizeof(double)), *pre = common_calloc((size_t)n + 1, sizeof(double));
-  for (int l = 0; l < n; l++) cost[l] = l < nE ? 4 * d * d + 2 * d * F : 8 * d * d + 2 * d * F;
-  cost[0] += d;                            /* encoder embedding */
-  if (D->n_dec > 0) cost[nE] += d;         /* decoder embedding */
-  cost[n - 1] += (double)D->vocab * d;     /* output projection (or the MLM head) */
-  for (int l = 0; l < n; l++) pre[l + 1] = pre[l] + cost[l];
+  double *cost = common_calloc((size_t)n, sizeof(double)),
+         *pre = common_calloc((size_t)n + 1, sizeof(double));
+  for (int l = 0; l < n; l++)
+    cost[l] = l < nE ? 4 * d * d + 2 * d * F : 8 * d * d + 2 * d * F;
+  cost[0] += d;                        /* encoder embedding */
+  if (D->n_dec > 0) cost[nE] += d;     /* decoder embedding */
+  cost[n - 1] += (double)D->vocab * d; /* output projection (or the MLM head) */
+  for (int l = 0; l < n; l++)
+    pre[l + 1] = pre[l] + cost[l];
   /* best[k][i]: the smallest largest-stage cost of the first i layers in k stages */
   double *best = common_calloc((size_t)(pp + 1) * (n + 1), sizeof(double));
   int *cut = common_calloc((size_t)(pp + 1) * (n + 1), sizeof(int));
 #define BEST(k, i) best[(size_t)(k) * (n + 1) + (i)]
 #define CUT(k, i) cut[(size_t)(k) * (n + 1) + (i)]
-  for (int i = 0; i <= n; i++) BEST(1, i) = pre[i], CUT(1, i) = 0;
+  for (int i = 0; i <= n; i++)
+    BEST(1, i) = pre[i], CUT(1, i) = 0;
   for (int k = 2; k <= pp; k++)
     for (int i = k; i <= n; i++) {
       BEST(k, i) = -1;
@@ -171,7 +179,8 @@ int model_stage_plan(const model_dims *D, int pp, int *first) {
       }
     }
   first[pp] = n;
-  for (int k = pp; k >= 1; k--) first[k - 1] = CUT(k, first[k]);
+  for (int k = pp; k >= 1; k--)
+    first[k - 1] = CUT(k, first[k]);
 #undef BEST
 #undef CUT
   free(best);
@@ -186,7 +195,8 @@ static void set_owners(model_param *p, int stage, const int *st, int n) {
   int distinct = 0, lowest = st[0], mine = 0;
   for (int i = 0; i < n; i++) {
     int seen = 0;
-    for (int j = 0; j < i; j++) seen |= st[j] == st[i];
+    for (int j = 0; j < i; j++)
+      seen |= st[j] == st[i];
     distinct += !seen;
     lowest = st[i] < lowest ? st[i] : lowest;
     mine |= st[i] == stage;
@@ -207,10 +217,13 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   int pr = grid_pr(m), pc = grid_pc(m), pcol = g ? g->pcol : 0;
   CHECK(D->heads % pc == 0 && (pr == 1 || g->tp_col != MPI_COMM_NULL),
         "model_create: %d process columns do not divide heads=%d", pc, D->heads);
-  m->dl = common_int(dmat_block_count(d, pcol, pc)), m->d0 = common_int(dmat_block_start(d, pcol, pc));
+  m->dl = common_int(dmat_block_count(d, pcol, pc)),
+  m->d0 = common_int(dmat_block_start(d, pcol, pc));
   m->hl = D->heads / pc, m->h0 = pcol * m->hl;
-  m->fl = common_int(dmat_block_count(F, pcol, pc)), m->f0 = common_int(dmat_block_start(F, pcol, pc));
-  m->vl = common_int(dmat_block_count(V, pcol, pc)), m->v0 = common_int(dmat_block_start(V, pcol, pc));
+  m->fl = common_int(dmat_block_count(F, pcol, pc)),
+  m->f0 = common_int(dmat_block_start(F, pcol, pc));
+  m->vl = common_int(dmat_block_count(V, pcol, pc)),
+  m->v0 = common_int(dmat_block_start(V, pcol, pc));
   m->cl = common_int(dmat_block_count(D->n_classes, pcol, pc));
   m->c0 = common_int(dmat_block_start(D->n_classes, pcol, pc));
   CHECK(m->dl == m->hl * (D->d / D->heads), "model_create: the feature block is not whole heads");
@@ -226,7 +239,8 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
 #define CLAMP(x, hi) ((x) < 0 ? 0 : (x) > (hi) ? (hi) : (x))
   m->stage = stage, m->n_stages = pp;
   m->enc_l0 = CLAMP(first[stage], nE), m->enc_l1 = CLAMP(first[stage + 1], nE);
-  m->dec_l0 = CLAMP(first[stage] - nE, D->n_dec), m->dec_l1 = CLAMP(first[stage + 1] - nE, D->n_dec);
+  m->dec_l0 = CLAMP(first[stage] - nE, D->n_dec),
+  m->dec_l1 = CLAMP(first[stage + 1] - nE, D->n_dec);
 #undef CLAMP
   int st_dec0 = 0, st_enc_last = 0; /* the stages of decoder layer 0 and encoder layer nE-1 */
   for (int k = 0; k < pp; k++) {
@@ -254,9 +268,9 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
   if (D->pre_ln) m->enc_final = reg_ln(&rb, "encoder.layer_norm", d);
   if (D->arch == MODEL_ARCH_TRANSLATION) {
     rb.own = share == 1 ? stage == st_dec0 || stage == last : stage == st_dec0;
-    m->dec_embed = share == 2 ? m->enc_embed
-                              : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0,
-                                        MODEL_INIT_EMBED, estd);
+    m->dec_embed =
+        share == 2 ? m->enc_embed
+                   : reg_add(&rb, "decoder.embed_tokens.weight", V, d, 0, MODEL_INIT_EMBED, estd);
     int st_io[2] = {st_dec0, last};
     if (share == 1) set_owners(m->dec_embed, stage, st_io, 2);
     for (int i = 0; i < D->n_dec; i++) {
@@ -265,12 +279,12 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
     }
     rb.own = stage == last;
     if (D->pre_ln) m->dec_final = reg_ln(&rb, "decoder.layer_norm", d);
-    m->out_proj = share ? m->dec_embed
-                        : reg_add(&rb, "decoder.output_projection.weight", V, d, 0,
-                                  MODEL_INIT_EMBED, estd);
+    m->out_proj =
+        share ? m->dec_embed
+              : reg_add(&rb, "decoder.output_projection.weight", V, d, 0, MODEL_INIT_EMBED, estd);
   } else if (D->arch == MODEL_ARCH_CLASSIFIER) {
-    m->cls_dense_w = reg_linear(&rb, "classification_heads.sentence_classification_head.dense",
-                                d, d, &m->cls_dense_b);
+    m->cls_dense_w = reg_linear(&rb, "classification_heads.sentence_classification_head.dense", d,
+                                d, &m->cls_dense_b);
     m->cls_out_w = reg_linear(&rb, "classification_heads.sentence_classification_head.out_proj",
                               D->n_classes, d, &m->cls_out_b);
   } else {
@@ -323,7 +337,9 @@ void model_set_mode(model *m, int train, uint64_t key) {
   m->dropout_key = key;
 }
 
-void model_zero_grad(model *m) { memset(m->grad_mem, 0, (size_t)m->n_floats * sizeof(float)); }
+void model_zero_grad(model *m) {
+  memset(m->grad_mem, 0, (size_t)m->n_floats * sizeof(float));
+}
 
 model *model_replicate(model *m) {
   if (!m->g || (m->g->tp == 1 && m->g->pp == 1)) return m;
@@ -335,7 +351,8 @@ model *model_replicate(model *m) {
     owner[i] = m->params[i].pp_owned && !m->params[i].pp_copy ? g->stage : -1;
   if (g->pp > 1)
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, owner, m->n_params, MPI_INT, MPI_MAX, g->pp_comm));
-  int *counts = common_calloc((size_t)g->pc, sizeof(int)), *displs = common_calloc((size_t)g->pc, sizeof(int));
+  int *counts = common_calloc((size_t)g->pc, sizeof(int)),
+      *displs = common_calloc((size_t)g->pc, sizeof(int));
   for (int i = 0; i < m->n_params; i++) {
     model_param *p = &m->params[i], *q = &r->params[i];
     CHECK(owner[i] >= 0, "model_replicate: no stage holds %s", p->name);
@@ -352,12 +369,11 @@ model *model_replicate(model *m) {
       }
     }
     if (g->pp > 1)
-      MPI_CHECK(MPI_Bcast(q->w.data, common_int(q->w.rows * q->w.cols), MPI_FLOAT, owner[i],
-                          g->pp_comm));
+      MPI_CHECK(
+          MPI_Bcast(q->w.data, common_int(q->w.rows * q->w.cols), MPI_FLOAT, owner[i], g->pp_comm));
   }
   free(owner);
   free(counts);
   free(displs);
   return r;
 }
-

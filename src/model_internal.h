@@ -20,54 +20,58 @@
 /* ---- activation arena (model_arena.c) -------------------------------------------- */
 
 typedef struct sub_acts {
-  float *ln_out;       /* pre: LN(s_in) (n,d) */
-  float *resid;        /* post: s_in + D(F(s_in)) (n,d) */
-  float *mean, *rstd;  /* LN statistics (n) */
-  float *q, *k, *v;    /* attention: (n,d), (nk,d), (nk,d) */
-  float *probs;        /* attention: (B,H,Tq,Tk) */
-  float *o;            /* attention: heads concatenated (n,d) */
-  float *h, *hd;       /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
-  float *core;         /* F's output (n,d) */
+  float *ln_out;      /* pre: LN(s_in) (n,d) */
+  float *resid;       /* post: s_in + D(F(s_in)) (n,d) */
+  float *mean, *rstd; /* LN statistics (n) */
+  float *q, *k, *v;   /* attention: (n,d), (nk,d), (nk,d) */
+  float *probs;       /* attention: (B,H,Tq,Tk) */
+  float *o;           /* attention: heads concatenated (n,d) */
+  float *h, *hd;      /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
+  float *core;        /* F's output (n,d) */
 } sub_acts;
 
 typedef struct model_acts {
-  size_t cap;          /* floats allocated */
+  size_t cap; /* floats allocated */
   float *mem;
-  int B, S, T;         /* local batch: B sequences of this process row */
-  int64_t b0;          /* global index of its first sequence */
-  float **enc_s, **dec_s;   /* residual streams: 2*n_enc+1, 3*n_dec+1 entries */
+  int B, S, T;            /* local batch: B sequences of this process row */
+  int64_t b0;             /* global index of its first sequence */
+  float **enc_s, **dec_s; /* residual streams: 2*n_enc+1, 3*n_dec+1 entries */
   sub_acts *enc_sub, *dec_sub;
   float *enc_out, *enc_mean, *enc_rstd; /* Pre-LN final LN (else enc_out = last stream) */
   float *dec_out, *dec_mean, *dec_rstd;
-  float *logits;       /* (B*T, V), overwritten by dlogits */
+  float *logits; /* (B*T, V), overwritten by dlogits */
   /* backward scratch */
-  float *gs_a, *gs_b;  /* stream gradients (max(nS,nT), d) */
+  float *gs_a, *gs_b;                                     /* stream gradients (max(nS,nT), d) */
   float *g_core, *g_ln, *g_resid, *g_o, *g_q, *g_k, *g_v; /* (n, d) each (g_k, g_v: nk) */
-  float *g_h;          /* (n, F) */
-  float *g_enc;        /* (B*S, d) */
-  float *scratch;      /* attention scratch: 2 * Tmax * Tmax */
-  float *ln_scratch;   /* tpops_layernorm_backward: 2 * max(nS, nT) */
-  double *xent_scratch;/* tpops_xent: 4 * nT */
-  float *table;        /* pr > 1: an embedding table's rows gathered (V, dl), or its gradient */
-  float *vec_saved;    /* pr > 1: vector gradients from before this backward */
-  int32_t *tok;        /* pr > 1: this process row's token rows, 4 slots of (B, max(S,T)) */
+  float *g_h;                                             /* (n, F) */
+  float *g_enc;                                           /* (B*S, d) */
+  float *scratch;                                         /* attention scratch: 2 * Tmax * Tmax */
+  float *ln_scratch;    /* tpops_layernorm_backward: 2 * max(nS, nT) */
+  double *xent_scratch; /* tpops_xent: 4 * nT */
+  float *table;         /* pr > 1: an embedding table's rows gathered (V, dl), or its gradient */
+  float *vec_saved;     /* pr > 1: vector gradients from before this backward */
+  int32_t *tok;         /* pr > 1: this process row's token rows, 4 slots of (B, max(S,T)) */
   size_t tok_cap;
-  uint8_t *src_pad;    /* (B, S) */
+  uint8_t *src_pad; /* (B, S) */
   size_t src_pad_cap;
-  float *head;         /* encoder-only heads' scratch (head_prepare), grown only */
+  float *head; /* encoder-only heads' scratch (head_prepare), grown only */
   size_t head_cap;
-  int32_t *head_idx;   /* (rows) selected positions / targets of the MLM head */
+  int32_t *head_idx; /* (rows) selected positions / targets of the MLM head */
   size_t head_idx_cap;
   /* what the backward of a staged forward needs again (model_stage_forward) */
   const int32_t *src, *tgt_in; /* this process row's token rows */
-  uint64_t key;        /* dropout key of the forward */
+  uint64_t key;                /* dropout key of the forward */
   int train;
   int mlm_n, mlm_n_mine; /* masked-LM head: rows it ran on, of which this process row's */
 } model_acts;
 
 /* Process rows and columns of m's TP grid (1 and 1 without a grid). */
-static inline int grid_pr(const model *m) { return m->g ? m->g->pr : 1; }
-static inline int grid_pc(const model *m) { return m->g ? m->g->pc : 1; }
+static inline int grid_pr(const model *m) {
+  return m->g ? m->g->pr : 1;
+}
+static inline int grid_pc(const model *m) {
+  return m->g ? m->g->pc : 1;
+}
 
 /* Make the arena in use fit this process row's share of a batch of B_global sequences
  * (S, T); sets a->B, a->b0. Grows only. Not collective. */

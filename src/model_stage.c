@@ -18,7 +18,8 @@ void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64
   if ((side == 0 && m->stage == 0) || (side == 1 && m->stage == m->n_stages - 1)) return;
   /* the global layer index at the boundary: encoder stream inside the encoder, the
    * encoder output at the junction, the encoder output and the decoder stream after it */
-  int l = side == 0 ? (m->enc_l1 > m->enc_l0 ? m->enc_l0 : nE + m->dec_l0) : (m->enc_l1 < nE ? m->enc_l1 : nE + m->dec_l1);
+  int l = side == 0 ? (m->enc_l1 > m->enc_l0 ? m->enc_l0 : nE + m->dec_l0)
+                    : (m->enc_l1 < nE ? m->enc_l1 : nE + m->dec_l1);
   *n_enc = (int64_t)B * S * m->dl;
   *n_dec = l > nE ? (int64_t)B * T * m->dl : 0;
 }
@@ -29,7 +30,7 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
   const model_dims *D = &m->dims;
   if (D->arch != MODEL_ARCH_TRANSLATION)
     return model_enc_only_stage_fwd(m, src_g, tgt_out_g, B_global, S, grad_scale, backward, in_msg,
-                              out_msg, sums, NULL);
+                                    out_msg, sums, NULL);
   model_acts_prepare(m, B_global, S, T);
   model_acts *a = m->acts;
   int B = a->B, nS = B * S, nT = B * T, d = m->dl;
@@ -38,18 +39,24 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
   const int32_t *tgt_in = model_local_rows(m, 1, tgt_in_g, B_global, T, D->pad);
   const int32_t *tgt_out = model_local_rows(m, 2, tgt_out_g, B_global, T, D->pad);
   a->src = src, a->tgt_in = tgt_in, a->key = m->dropout_key, a->train = m->train;
-  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
-  for (size_t i = 0; i < (size_t)nS; i++) a->src_pad[i] = src[i] == D->pad;
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0,
+      last = m->stage == m->n_stages - 1;
+  for (size_t i = 0; i < (size_t)nS; i++)
+    a->src_pad[i] = src[i] == D->pad;
   if (has_enc) {
-    if (m->enc_l0 == 0) model_embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
-    else memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
+    if (m->enc_l0 == 0)
+      model_embed_fwd(m, a->enc_s[0], m->enc_embed, src, B, S, SITE_ENC_EMBED);
+    else
+      memcpy(a->enc_s[2 * m->enc_l0], in_msg, ne * sizeof(float));
     model_enc_layers_fwd(m, m->enc_l0, m->enc_l1, B, S);
   } else {
     memcpy(a->enc_out, in_msg, ne * sizeof(float));
   }
   if (has_dec) {
-    if (m->dec_l0 == 0) model_embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
-    else memcpy(a->dec_s[3 * m->dec_l0], in_msg + ne, nd * sizeof(float));
+    if (m->dec_l0 == 0)
+      model_embed_fwd(m, a->dec_s[0], m->dec_embed, tgt_in, B, T, SITE_DEC_EMBED);
+    else
+      memcpy(a->dec_s[3 * m->dec_l0], in_msg + ne, nd * sizeof(float));
     model_dec_layers_fwd(m, m->dec_l0, m->dec_l1, B, S, T);
   }
   if (!last) { /* the message for the next stage (model_stage_msg's layout) */
@@ -62,12 +69,13 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
     return 0;
   }
   if (D->pre_ln)
-    model_ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final, nT);
+    model_ln_fwd(m, a->dec_out, a->dec_mean, a->dec_rstd, a->dec_s[3 * D->n_dec], &m->dec_final,
+                 nT);
   /* logits (nT, V) = dec_out W_out^T */
   model_linear_fwd(m, a->logits, a->dec_out, m->out_proj, NULL, nT);
   double t[3] = {0, 0, 0};
   t[2] = (double)model_xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
-                      D->label_smoothing, grad_scale, backward, &t[0], &t[1], NULL);
+                            D->label_smoothing, grad_scale, backward, &t[0], &t[1], NULL);
   model_tp_totals(m, t, 3);
   sums[0] += t[0], sums[1] += t[1];
   return (int64_t)t[2];
@@ -79,15 +87,21 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
   m->dropout_key = a->key, m->train = a->train; /* the masks of this arena's forward */
   int B = a->B, S = a->S, T = a->T, nT = B * T, d = m->dl;
   size_t ne = (size_t)B * S * d, nd = (size_t)nT * d;
-  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0, last = m->stage == m->n_stages - 1;
+  int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0,
+      last = m->stage == m->n_stages - 1;
   model_vec_grads_begin(m);
   if (D->arch != MODEL_ARCH_TRANSLATION) { /* encoder layers, the head on the last stage */
-    if (!last) memcpy(a->gs_a, g_in, ne * sizeof(float));
-    else if (D->arch == MODEL_ARCH_CLASSIFIER) model_cls_head_bwd(m);
-    else model_mlm_head_bwd(m);
+    if (!last)
+      memcpy(a->gs_a, g_in, ne * sizeof(float));
+    else if (D->arch == MODEL_ARCH_CLASSIFIER)
+      model_cls_head_bwd(m);
+    else
+      model_mlm_head_bwd(m);
     float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
-    if (m->enc_l0 == 0) model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
-    else memcpy(g_out, gs, ne * sizeof(float));
+    if (m->enc_l0 == 0)
+      model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
+    else
+      memcpy(g_out, gs, ne * sizeof(float));
     model_vec_grads_end(m);
     return;
   }
@@ -98,7 +112,8 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
       model_linear_bwd(m, gs, a->logits, a->dec_out, m->out_proj, NULL, nT);
       if (D->pre_ln) {
         memset(a->gs_b, 0, nd * sizeof(float));
-        model_ln_bwd(m, a->gs_b, gs, a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd, &m->dec_final, nT);
+        model_ln_bwd(m, a->gs_b, gs, a->dec_s[3 * D->n_dec], a->dec_mean, a->dec_rstd,
+                     &m->dec_final, nT);
         gs = a->gs_b;
       }
       memset(a->g_enc, 0, ne * sizeof(float));
@@ -107,16 +122,22 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
       memcpy(a->g_enc, g_in, ne * sizeof(float));
     }
     gs = model_dec_layers_bwd(m, m->dec_l0, m->dec_l1, gs, B, S, T);
-    if (m->dec_l0 == 0) model_embed_bwd(m, gs, m->dec_embed, a->tgt_in, B, T, SITE_DEC_EMBED);
-    else memcpy(g_out + ne, gs, nd * sizeof(float));
+    if (m->dec_l0 == 0)
+      model_embed_bwd(m, gs, m->dec_embed, a->tgt_in, B, T, SITE_DEC_EMBED);
+    else
+      memcpy(g_out + ne, gs, nd * sizeof(float));
     if (!has_enc) memcpy(g_out, a->g_enc, ne * sizeof(float));
   }
   if (has_enc) {
-    if (m->enc_l1 < D->n_enc) memcpy(a->gs_a, g_in, ne * sizeof(float));
-    else if (!has_dec) memcpy(a->g_enc, g_in, ne * sizeof(float));
+    if (m->enc_l1 < D->n_enc)
+      memcpy(a->gs_a, g_in, ne * sizeof(float));
+    else if (!has_dec)
+      memcpy(a->g_enc, g_in, ne * sizeof(float));
     float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
-    if (m->enc_l0 == 0) model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
-    else memcpy(g_out, gs, ne * sizeof(float));
+    if (m->enc_l0 == 0)
+      model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
+    else
+      memcpy(g_out, gs, ne * sizeof(float));
   }
   model_vec_grads_end(m);
 }
@@ -134,4 +155,3 @@ int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tg
   if (backward) model_stage_backward(m, NULL, NULL);
   return ntok;
 }
-
