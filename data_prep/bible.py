@@ -4,7 +4,7 @@
 What it does:
   * runs `mod2imp` for spaRV1909eb (Reina-Valera 1909), engWEB2015eb (World English
     Bible) and engKJV2006eb (King James), and strips the OSIS markup of every verse
-    with the rules of /work/shared/DATA.md (see strip_osis below);
+    itself (`mod2imp -s` glues words around notes: see strip_osis below);
   * keeps the verses that have text in all three modules, minus the 14 chapters the
     Spanish module stores with Hebrew verse division and Matthew 23:13-14;
   * writes OUTDIR/bible.tsv (`key<TAB>es<TAB>web<TAB>kjv`, canonical book order) and,
@@ -58,7 +58,7 @@ BLOCK_TAGS = {"l", "lg", "lb", "div", "p", "chapter", "milestone", "list", "item
 # boundary (`</w><w>`, `</w><transChange>`).  Other inline tags are ignored: notably
 # `<q>`, a quotation container spanning many words whose boundaries are not word
 # boundaries (WEB `AM.</q><note/><q>”</q>` must give `AM.”`).  Measured: counting `q`
-# as a word tag adds 22 WEB words (740,808 against DATA.md's 740,786), counting only
+# as a word tag adds 22 WEB words (740,808 against the expected 740,786), counting only
 # `w` loses 577 Spanish words (`</w><transChange>` glued).
 WORD_TAGS = {"w", "transChange", "divineName", "seg", "foreign", "name", "hi", "rdg"}
 ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'"}
@@ -113,7 +113,7 @@ def _run_is_blank(tags, next_text):
 
 
 def strip_osis(raw):
-    """Plain text of one verse of OSIS markup (rules of DATA.md):
+    """Plain text of one verse of OSIS markup (data_prep/README.md lists the rules):
     cut after an end-of-book milestone (WEB appends its glossary to Rev 22:21), drop
     notes with their content, drop non-canonical titles and speaker labels (keep the
     text of <title canonical="true">), turn runs of tags into a blank or nothing,
@@ -272,7 +272,7 @@ def build(outdir, do_split, books=None):
 
 
 # ----------------------------------------------------------------------------------
-# Unit checks of the stripper on the cases DATA.md names.
+# Unit checks of the stripper on the known pitfalls of the three modules.
 
 SELFTEST_CASES = [
     # WEB Genesis 1:1: a footnote between two words must leave a blank ("Godcreated").

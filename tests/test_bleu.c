@@ -1,13 +1,14 @@
 // NP: 1
-/* test_bleu.c: bleu against sacreBLEU's own numbers (data in ../shared/bleu, or the
- * folder named by MPIFORMER_BLEU_DATA):
+/* test_bleu.c: bleu against sacreBLEU's own numbers (data in tests/data/bleu, which
+ * tests/data/bleu/README.md describes, or in the folder MPIFORMER_BLEU_DATA names):
  *   - tok13a.tsv: every tokenizer corner, string and token count;
  *   - cases.tsv + cases_stats.tsv: sacreBLEU's test-suite cases (score within the case's
  *     tolerance, the full-precision score, counts, totals and lengths exactly), except
  *     the 4 cases of the intl and char tokenizers, which this module does not have;
- *   - wmt17/expected.tsv: 16 WMT17 en-de systems under 13a/exp, none/exp, 13a/none,
- *     13a/floor 0.1, 13a/add-k 1 and 13a lowercased, the Moses multi-bleu line on the
- *     13a-tokenized files, and the 13a tokenizer against those files line by line;
+ *   - wmt17/expected.tsv: WMT17 en-de systems (3 here, all 16 in the full set) under
+ *     13a/exp, none/exp, 13a/none, 13a/floor 0.1, 13a/add-k 1 and 13a lowercased, the
+ *     Moses multi-bleu line on the 13a-tokenized files, and the 13a tokenizer against
+ *     those files line by line;
  *   - bleu_cli on one system (stdout captured), and its line-count error.
  */
 #include "bleu.h"
@@ -548,7 +549,9 @@ static void test_wmt17(void) {
          "%.3f s CPU\n",
          systems, n_scores, n_bit, t1 - t0);
   printf("wmt17: 13a tokenizer vs *.tok13a.de: %zu lines, %zu differ\n", tok_lines, tok_bad);
-  TEST_EXPECT(systems == 16, "wmt17: %d systems, want 16", systems);
+  TEST_EXPECT(systems >= 3 && (size_t)systems == n_lines - 1,
+              "wmt17: %d systems scored of %zu in expected.tsv, want all and at least 3", systems,
+              n_lines - 1);
   TEST_EXPECT(tok_bad == 0, "13a tokenizer differs on %zu WMT17 lines", tok_bad);
   free(buf);
   free(hdr);
@@ -706,7 +709,7 @@ static void test_cli(void) {
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   const char *env = getenv("MPIFORMER_BLEU_DATA");
-  snprintf(data_dir, sizeof data_dir, "%s", env && *env ? env : "../shared/bleu");
+  snprintf(data_dir, sizeof data_dir, "%s", env && *env ? env : "tests/data/bleu");
   test_tok13a();
   test_cases();
   test_lowercase();
