@@ -6,6 +6,8 @@
  */
 #include "optim.h"
 
+#include "debug.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -62,6 +64,10 @@ void optim_free(optim *o) {
 int64_t optim_state_bytes(const optim *o) { return 2 * (o->hi - o->lo) * (int64_t)sizeof(float); }
 
 double optim_sync_grads(optim *o, float *grads, float scale) {
+  DEBUG_AGREE(o->dp_comm, o->n, o->zero, o->step, debug_bits(scale), o->tp_comm != MPI_COMM_NULL,
+              o->pp_comm != MPI_COMM_NULL);
+  DEBUG_AGREE(o->tp_comm, o->step, debug_bits(scale), o->pp_comm != MPI_COMM_NULL);
+  DEBUG_AGREE(o->pp_comm, o->step, debug_bits(scale), o->tp_comm != MPI_COMM_NULL);
   if (o->dp > 1) {
     if (o->zero) {
       /* each rank receives the sum of its own slice, in place at grads + lo */
@@ -86,6 +92,7 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
 }
 
 void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef) {
+  DEBUG_AGREE(o->dp_comm, o->n, o->zero, o->step, debug_bits(lr), debug_bits(clip_coef));
   o->step++;
   const double b1 = o->beta1, b2 = o->beta2;
   const double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);

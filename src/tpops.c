@@ -6,13 +6,25 @@
  */
 #include "tpops.h"
 
+#include "debug.h"
+
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
+#ifdef MPIFORMER_DEBUG
+/* A checksum of the targets for DEBUG_AGREE: every column block of a row sees the same. */
+static int64_t tpops_targets_sum_(const int32_t *targets, int n) {
+  uint64_t h = 0;
+  for (int i = 0; i < n; i++) h = h * 1000003u + (uint32_t)targets[i];
+  return (int64_t)h;
+}
+#endif
+
 void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                              const float *b, int n, int dl, int d, float eps, MPI_Comm row_comm) {
   CHECK(y != x, "tpops_layernorm_forward: y may not alias x");
+  DEBUG_AGREE(row_comm, n, d, debug_bits(eps));
   for (int i = 0; i < n; i++) {
     const float *xr = x + (int64_t)i * dl;
     float s = 0.0f;
@@ -40,6 +52,7 @@ void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x,
 void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                               const float *mean, const float *rstd, const float *g, int n, int dl,
                               int d, MPI_Comm row_comm, float *scratch) {
+  DEBUG_AGREE(row_comm, n, d, dx != NULL); /* no dx: no all-reduce */
   for (int i = 0; i < n; i++) {
     const float *xr = x + (int64_t)i * dl, *dyr = dy + (int64_t)i * dl;
     float mu = mean[i], rs = rstd[i], s1 = 0.0f, s2 = 0.0f;
@@ -68,6 +81,8 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
                    int64_t v0, int64_t V, int pad, float eps, float grad_scale, double *loss_sum,
                    double *nll_sum, int32_t *argmax, MPI_Comm row_comm, double *scratch) {
   CHECK(V >= 2, "tpops_xent: V = %lld", (long long)V);
+  DEBUG_AGREE(row_comm, n, V, pad, debug_bits(eps), debug_bits(grad_scale),
+              tpops_targets_sum_(targets, n));
   const double epsi = (double)eps / (double)(V - 1);
   /* pass 1: row maxima (with their global index for argmax) */
   struct { float v; int i; } *mx = (void *)scratch; /* n pairs fit in 4n doubles */
