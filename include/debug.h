@@ -27,7 +27,7 @@
 
 #ifdef MPIFORMER_DEBUG
 #define DEBUG_AGREE(comm, ...)                                                                     \
-  debug_agree((comm), __func__, __FILE__, __LINE__, #__VA_ARGS__, (const int64_t[]){__VA_ARGS__}, \
+  debug_agree((comm), __func__, __FILE__, __LINE__, #__VA_ARGS__, (const int64_t[]){__VA_ARGS__},  \
               (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
 #else
 #define DEBUG_AGREE(comm, ...) ((void)0)

@@ -29,7 +29,8 @@ static void debug_value_name(const char *names, int i, char *buf, size_t len) {
     if (*p == ')' || *p == ']' || *p == '}') depth--;
     if (*p == '\0' || (*p == ',' && depth == 0)) {
       if (k == i) {
-        while (*start == ' ') start++;
+        while (*start == ' ')
+          start++;
         snprintf(buf, len, "%.*s", (int)(p - start), start);
         return;
       }
