@@ -12,7 +12,7 @@
  * in a build with -DMPIFORMER_DEBUG (make DEBUG=1) all-reduces the minimum and maximum of
  * each value over comm and, where they differ, prints on every rank
  *   [rank R] file:line: dmat_gemm: the ranks of the communicator passed different values:
- *   value 2 of 3 (k): min 16, max 24, this rank 24
+ *   value 3 of 3 (k): min 16, max 24, this rank 24
  * and calls MPI_Abort. In other builds it compiles to nothing: the arguments are not even
  * evaluated, so they may be as dear as a checksum. Values are int64_t; a float or double
  * goes through debug_bits (its bit pattern: equal means bitwise equal). A comm of

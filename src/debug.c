@@ -61,7 +61,7 @@ void debug_agree(MPI_Comm comm, const char *fn, const char *file, int line, cons
     fprintf(stderr,
             "[rank %d] %s:%d: %s: the ranks of the communicator passed different values: "
             "value %d of %d (%s): min %lld, max %lld, this rank %lld\n",
-            common_rank(), file, line, fn, i, n, name, (long long)lo, (long long)hi,
+            common_rank(), file, line, fn, i + 1, n, name, (long long)lo, (long long)hi,
             (long long)vals[i]);
     bad = 1;
   }
