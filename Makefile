@@ -2,14 +2,15 @@
 #
 #   make            build bin/mpiformer and the test programs
 #   make deps       install the Debian packages that are missing (idempotent)
-#   make test       deps + build + every test in tests/ (WERROR=1 in CI)
+#   make test       deps + build + every test in tests/ (WERROR=1 in CI), the layout tests
+#                   also in a DEBUG=1 tree, $(BUILD)-debug (tests/test_debug_build.sh)
 #   make demo       deps + build + Bible data + a short 2-rank training + BLEU + plot
 #   make bench      figures, not pass/fail
 #   make study      the small-scale warm-up study (gradnorm, translation, classification)
 #   make report     runs/ -> runs/report.md and PNG plots
 #
-# Switches: V=1 (echo commands), WERROR=1, DEBUG=1, SANITIZER=address|undefined,
-# BUILD=dir (objects go there; default build/).
+# Switches: V=1 (echo commands), WERROR=1, DEBUG=1 (-O0, and the collective-argument checks
+# of debug.h), SANITIZER=address|undefined, BUILD=dir (objects go there; default build/).
 
 BUILD     ?= build
 BIN       ?= bin
@@ -78,7 +79,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all
-	@BUILD=$(BUILD) tests/run_tests.sh
+	@BUILD=$(BUILD) WERROR=$(WERROR) tests/run_tests.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -96,7 +97,7 @@ report:
 	@scripts/report.sh
 
 clean:
-	rm -rf $(BUILD) $(BIN)
+	rm -rf $(BUILD) $(BUILD)-debug $(BIN)
 
 format:
 	clang-format -i src/*.c include/*.h tests/*.c tests/*.h

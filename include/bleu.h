@@ -61,19 +61,20 @@ typedef struct bleu_result {
  * Owned by the caller, one per thread. */
 typedef struct bleu_ctx bleu_ctx;
 
-/* sacreBLEU defaults: 13a, exp, order 4, no effective order, no lowercasing. */
+/* sacreBLEU defaults: 13a, exp, order 4, no effective order, no lowercasing. Not collective. */
 void bleu_opts_default(bleu_opts *o);
 
 /* Check the options (order range, smooth value); on a problem write a message to
- * err and return C_ERR (-1), else C_OK (0). */
+ * err and return C_ERR (-1), else C_OK (0). Not collective. */
 int bleu_opts_check(const bleu_opts *o, char *err, size_t err_len);
 
-/* Zero the statistics for o->max_order. */
+/* Zero the statistics for o->max_order. Not collective. */
 void bleu_stats_init(bleu_stats *s, const bleu_opts *o);
 
-/* s += t (same max_order). */
+/* s += t (same max_order). Not collective. */
 void bleu_stats_merge(bleu_stats *s, const bleu_stats *t);
 
+/* Create and free a scratch context (bleu_ctx). Not collective. */
 bleu_ctx *bleu_ctx_create(void);
 void bleu_ctx_destroy(bleu_ctx *c);
 
@@ -83,7 +84,7 @@ void bleu_ctx_destroy(bleu_ctx *c);
  * joins the tokens (split on Python's Unicode whitespace) with single spaces. `in` is
  * a NUL-terminated UTF-8 string; the result (NUL-terminated) goes to out[0..cap).
  * Returns the length of the full result; if that is >= cap the output was truncated
- * (as snprintf). The result is never longer than 2 * strlen(in). */
+ * (as snprintf). The result is never longer than 2 * strlen(in). Not collective. */
 size_t bleu_tokenize_13a(const char *in, char *out, size_t cap);
 
 /* Lowercase UTF-8 as Python's str.lower(). Checked against Python 3.11 code point by
@@ -92,10 +93,11 @@ size_t bleu_tokenize_13a(const char *in, char *out, size_t cap);
  * Additional, U+1E9E -> U+00DF) and fullwidth A-Z; partly for Latin Extended-B (the
  * regular pairs) and Greek (U+0386..U+03AB; no final-sigma rule); other characters are
  * copied unchanged. Same return and truncation rule as bleu_tokenize_13a; the result is
- * never longer than 3/2 * strlen(in). */
+ * never longer than 3/2 * strlen(in). Not collective. */
 size_t bleu_lowercase(const char *in, char *out, size_t cap);
 
-/* Number of tokens of `s` split as Python's str.split() (Unicode whitespace). */
+/* Number of tokens of `s` split as Python's str.split() (Unicode whitespace). Not
+ * collective. */
 size_t bleu_count_tokens(const char *s);
 
 /* Add one segment: hypothesis `hyp` and its n_refs references (NUL-terminated UTF-8;
@@ -111,10 +113,11 @@ void bleu_add_segment(bleu_ctx *c, bleu_stats *s, const bleu_opts *o, const char
 void bleu_score(const bleu_stats *s, const bleu_opts *o, bleu_result *r);
 
 /* sacreBLEU's line "BLEU = 20.80 54.4/26.6/14.9/8.7 (BP = 1.000 ratio = 1.026 hyp_len
- * = 62880 ref_len = 61287)" with the score printed with 2 decimals. Returns as snprintf. */
+ * = 62880 ref_len = 61287)" with the score printed with 2 decimals. Returns as snprintf.
+ * Not collective. */
 int bleu_format(const bleu_result *r, char *buf, size_t len);
 
-/* Same with `width` decimals for the score (sacreBLEU's -w). */
+/* Same with `width` decimals for the score (sacreBLEU's -w). Not collective. */
 int bleu_format_width(const bleu_result *r, int width, char *buf, size_t len);
 
 /* Score a whole corpus: hyps[n_segments], refs[n_refs][n_segments] (reference stream

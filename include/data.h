@@ -11,9 +11,9 @@
  * /<split>/label (int32, n, each in [0, n_classes)); here side 0 is a and side 1 is b.
  *
  * A rank opens the file, reads the offsets of a split (8 bytes a sentence: that is
- * with a pair file's 4-byte labels, the only per-sentence data every rank holds), plans the batches of an epoch from
- * the lengths alone, and then reads only the token hyperslabs of the batches it is
- * given. No rank reads a whole split's tokens.
+ * with a pair file's 4-byte labels, the only per-sentence data every rank holds), plans
+ * the batches of an epoch from the lengths alone, and then reads only the token
+ * hyperslabs of the batches it is given. No rank reads a whole split's tokens.
  */
 #ifndef MPIFORMER_DATA_H
 #define MPIFORMER_DATA_H
@@ -31,16 +31,17 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
 /* Close. Collective on the comm given to data_open. */
 void data_close(data_file *f);
 
+/* The file's vocabulary size and special token ids. Not collective. */
 int data_vocab_size(const data_file *f);
 int data_pad_id(const data_file *f);
 int data_bos_id(const data_file *f);
 int data_eos_id(const data_file *f);
 int data_unk_id(const data_file *f);
-/* The root attribute "task" ("" when absent: a translation file). */
+/* The root attribute "task" ("" when absent: a translation file). Not collective. */
 const char *data_task(const data_file *f);
-/* n_classes of a pair_classification file (>= 2), 0 for other files. */
+/* n_classes of a pair_classification file (>= 2), 0 for other files. Not collective. */
 int data_n_classes(const data_file *f);
-/* The SentencePiece piece of token id (e.g. "▁the"); "" when out of range. */
+/* The SentencePiece piece of token id (e.g. "▁the"); "" when out of range. Not collective. */
 const char *data_piece(const data_file *f, int id);
 
 /* Open split "train"|"valid"|"test": reads both sides' offsets on every rank and
@@ -50,10 +51,13 @@ const char *data_piece(const data_file *f, int id);
  * here, not mid-epoch. /<split>/<side>/text is optional. NULL (with err, the same text on
  * every rank) when the split is missing or malformed. Collective on the file's comm. */
 data_split *data_split_open(data_file *f, const char *split, char *err, size_t err_len);
-/* Close (every split before data_close). Call it on every rank of the file's comm. */
+/* Close (every split before data_close). Collective on the file's comm (parallel HDF5
+ * closes datasets collectively). */
 void data_split_close(data_split *s);
+/* Number of sentences (pairs) in the split. Not collective. */
 int64_t data_split_size(const data_split *s);
-/* Stored length (tokens, without bos/eos) of sentence i on side 0 (src) or 1 (tgt). */
+/* Stored length (tokens, without bos/eos) of sentence i on side 0 (src) or 1 (tgt). Not
+ * collective. */
 int data_split_len(const data_split *s, int side, int64_t i);
 /* Label of pair i of a pair_classification split; -1 for other files. Not collective. */
 int data_split_label(const data_split *s, int64_t i);
@@ -87,6 +91,7 @@ void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int m
  * 0: no cap; the caller truncates to it). Not collective. */
 void data_plan_make_pairs(data_plan *p, const data_split *s, int64_t max_tokens, int max_len,
                           int shuffle, uint64_t seed, int64_t epoch);
+/* Free the plan's arrays. Not collective. */
 void data_plan_free(data_plan *p);
 
 /* One batch, padded. src gets eos appended; tgt_in = bos + tgt, tgt_out = tgt + eos.
@@ -110,8 +115,9 @@ typedef struct data_batch {
  * split at a time. Aborts (CHECK) on a read error. */
 void data_batch_load(data_split *s, const data_plan *p, int64_t b, data_batch *out);
 /* Same for an explicit list of n sentence indices (any order, repeats allowed; row j
- * is ids[j]) (decoding, tests). */
+ * is ids[j]) (decoding, tests). Not collective. */
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out);
+/* Free the batch's buffers. Not collective. */
 void data_batch_free(data_batch *b);
 
 /* Read /vocab/spm_model, the SentencePiece model's bytes, of the dataset file data_path

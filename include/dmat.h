@@ -37,7 +37,7 @@ int64_t dmat_block_start(int64_t n, int p, int np);
  * to fill in later). Not collective. */
 void dmat_init(dmat *m, const grid *g, int64_t rows, int64_t cols, float *data);
 
-/* Local element count (rows_local * cols_local). */
+/* Local element count (rows_local * cols_local). Not collective. */
 static inline int64_t dmat_local_size(const dmat *m) {
   return (int64_t)m->rows_local * m->cols_local;
 }
@@ -47,14 +47,16 @@ static inline int64_t dmat_local_size(const dmat *m) {
  * on the same grid, each with its own block distribution; nothing is redistributed.
  * tp > 1: ScaLAPACK psgemm, collective on tp_comm (every rank of the TP grid calls it with
  * the same arguments). tp == 1: one cblas_sgemm, not collective. Shapes are checked; k == 0
- * gives C = beta C (0 when beta is 0), m == 0 or n == 0 does nothing. */
+ * gives C = beta C (0 when beta is 0), m == 0 or n == 0 does nothing. DEBUG=1 builds check
+ * that the TP grid's ranks agree on trans_a, trans_b, m, n, k, alpha and beta. */
 void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dmat *b, float beta,
                dmat *c);
 
 /* Every rank of the TP grid receives the whole global matrix: full (rows x cols, row-major,
  * ld = cols, caller-owned, must not alias m->data) gets all blocks. Collective on tp_comm
  * (MPI_Allgatherv of the packed blocks into a rows x cols scratch allocated per call, then
- * a local rearrangement); on a 1x1 grid a local copy. Empty blocks are fine. */
+ * a local rearrangement); on a 1x1 grid a local copy, not collective. Empty blocks are fine.
+ * DEBUG=1 builds check that the TP grid's ranks agree on rows and cols. */
 void dmat_gather(const dmat *m, float *full);
 
 /* Copy this rank's block out of the whole global matrix `full` (rows x cols, row-major,

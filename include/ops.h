@@ -17,19 +17,19 @@
 
 /* ---- LayerNorm over the last dimension ---------------------------------------- */
 /* y(n,d) = (x - mean) * rstd * g(d) + b(d); mean(n), rstd(n) = 1/sqrt(var + eps) saved for
- * backward (var is the biased variance, as PyTorch). y may not alias x. */
+ * backward (var is the biased variance, as PyTorch). y may not alias x. Not collective. */
 void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                            const float *b, int n, int d, float eps);
 /* dx(n,d) += rstd * (dxhat - mean_row(dxhat) - xhat * mean_row(dxhat * xhat)) with
  * dxhat = dy * g, dg(d) += sum_rows dy * xhat, db(d) += sum_rows dy. dx, dg and db may
- * each be NULL (not wanted). */
+ * each be NULL (not wanted). Not collective. */
 void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *g, int n, int d);
 
 /* ---- ReLU ------------------------------------------------------------------------ */
-/* y(n) = max(x, 0); y may alias x. */
+/* y(n) = max(x, 0); y may alias x. Not collective. */
 void ops_relu_forward(float *y, const float *x, int64_t n);
-/* dx(n) += dy * (y > 0), y = the forward output. */
+/* dx(n) += dy * (y > 0), y = the forward output. Not collective. */
 void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
 
 /* ---- Dropout (inverted, layout-independent) -------------------------------------- */
@@ -38,18 +38,22 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
  * ops_hash_uniform(key, global_index) < p; kept ones are scaled by 1/(1-p).
  * y(rows,cols) = mask(x); y may alias x. p == 0 copies (or does nothing when y == x);
  * p == 1 gives zeros.
- * Backward is the same function applied to dy with the same key (then add into dx). */
+ * Backward is the same function applied to dy with the same key (then add into dx).
+ * Not collective. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key);
 /* A uniform float in [0,1) from a 64-bit key and a counter: splitmix64's output number
  * `counter` of the stream seeded with `key`, i.e. z = key + (counter + 1) * 0x9e3779b97f4a7c15,
  * z = (z ^ z>>30) * 0xbf58476d1ce4e5b9, z = (z ^ z>>27) * 0x94d049bb133111eb, z ^= z>>31
- * (mod 2^64), then (z >> 40) * 2^-24 (a multiple of 2^-24; easy to reproduce in numpy). */
+ * (mod 2^64), then (z >> 40) * 2^-24 (a multiple of 2^-24; easy to reproduce in numpy).
+ * Not collective. */
 float ops_hash_uniform(uint64_t key, uint64_t counter);
 /* A standard normal float from (key, counter): Box-Muller on u1 = uniform(key, 2c) and
- * u2 = uniform(key, 2c + 1): sqrt(-2 ln(1 - u1)) * cos(2 pi u2) (1 - u1 > 0: no log(0)). */
+ * u2 = uniform(key, 2c + 1): sqrt(-2 ln(1 - u1)) * cos(2 pi u2) (1 - u1 > 0: no log(0)).
+ * Not collective. */
 float ops_hash_normal(uint64_t key, uint64_t counter);
-/* Mix several 64-bit values into one key (for key = f(seed, step, layer, site)). */
+/* Mix several 64-bit values into one key (for key = f(seed, step, layer, site)). Not
+ * collective. */
 uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
 
 /* ---- Multi-head scaled dot-product attention -------------------------------------- */
@@ -69,35 +73,35 @@ uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
  * sequences split over process rows and heads over process columns every element keeps
  * the mask it has on one process; a single process passes b0 = 0, h0 = 0, Hg = H).
  * Columns of out beyond H*dh (when ldo > H*dh) are not touched.
- * scratch: at least Tq * Tk floats. */
+ * scratch: at least Tq * Tk floats. Not collective. */
 void ops_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
                            const float *k, const float *v, int ldk, const uint8_t *key_pad,
-                           int causal, int B, int Tq, int Tk, int H, int dh, float p,
-                           uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
+                           int causal, int B, int Tq, int Tk, int H, int dh, float p, uint64_t key,
+                           int64_t b0, int h0, int Hg, float *scratch);
 /* dq(B*Tq, ldq) +=, dk(B*Tk, ldk) +=, dv(B*Tk, ldk) += given dout(B*Tq, ldo) and the
  * forward's inputs and probs (same p, key, b0, h0, Hg: the dropout mask is regenerated). dq, dk
  * and dv may each be NULL (not wanted); dk and dv may be column slices of one array, like
- * k and v. scratch: at least 2 * Tq * Tk floats. */
+ * k and v. scratch: at least 2 * Tq * Tk floats. Not collective. */
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
                             const float *probs, const float *q, int ldq, const float *k,
-                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
-                            float p, uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
+                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
+                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
 
 /* ---- Embedding and sinusoidal positions ------------------------------------------- */
-/* y(n,d) = scale * table[tokens[i]] (table(V,d)). */
+/* y(n,d) = scale * table[tokens[i]] (table(V,d)). Not collective. */
 void ops_embedding_forward(float *y, const int32_t *tokens, const float *table, int n, int d,
                            float scale);
-/* dtable[tokens[i]] += scale * dy[i] for every i whose token is not `pad`. */
+/* dtable[tokens[i]] += scale * dy[i] for every i whose token is not `pad`. Not collective. */
 void ops_embedding_backward(float *dtable, const float *dy, const int32_t *tokens, int n, int d,
                             float scale, int pad);
 /* y(B*T, d) += PE(pos0 + t) for row b*T + t, with half = d/2 and
  * PE(p)[i] = sin(p * exp(-i * ln(10000)/(half-1))) for i < half,
  * PE(p)[half+i] = cos(p * exp(-i * ln(10000)/(half-1))), i < half (d even, d >= 4).
  * Evaluated in float like fairseq's SinusoidalPositionalEmbedding (whose positions start
- * at padding_idx + 1: pass that as pos0 to match it). */
+ * at padding_idx + 1: pass that as pos0 to match it). Not collective. */
 void ops_positions_add(float *y, int B, int T, int d, int pos0);
 /* The same on a column block: y(B*T, cols) with row stride ld holds global columns
- * [col0, col0 + cols) of the d features (a process column's share). */
+ * [col0, col0 + cols) of the d features (a process column's share). Not collective. */
 void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int cols, int pos0);
 
 /* ---- Label-smoothed softmax cross-entropy ----------------------------------------- */
@@ -108,13 +112,15 @@ void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int
  * Adds the row sums into *loss_sum and *nll_sum (double) and returns the number of
  * non-pad rows. Writes dlogits(n, V) = grad_scale * d(loss)/d(logits)
  * = grad_scale * (softmax - w), w_t = 1 - eps, w_j = eps_i otherwise; dlogits may alias
- * logits (it is written row by row after that row's loss is taken) or be NULL (loss only). */
-int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V,
-                 int pad, float eps, float grad_scale, double *loss_sum, double *nll_sum);
+ * logits (it is written row by row after that row's loss is taken) or be NULL (loss only).
+ * Not collective. */
+int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
+                 float eps, float grad_scale, double *loss_sum, double *nll_sum);
 
 /* ---- Small vector helpers --------------------------------------------------------- */
-void ops_add(float *y, const float *a, const float *b, int64_t n);   /* y = a + b */
-void ops_acc(float *y, const float *x, int64_t n);                   /* y += x */
-void ops_scale(float *y, float s, int64_t n);                        /* y *= s */
+/* Elementwise on n floats. Not collective. */
+void ops_add(float *y, const float *a, const float *b, int64_t n); /* y = a + b */
+void ops_acc(float *y, const float *x, int64_t n);                 /* y += x */
+void ops_scale(float *y, float s, int64_t n);                      /* y *= s */
 
 #endif

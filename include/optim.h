@@ -16,21 +16,22 @@
 typedef struct optim {
   int adamw;
   double beta1, beta2, eps, weight_decay;
-  int64_t n;           /* floats in the flat buffers (local to the TP block) */
-  int64_t lo, hi;      /* this rank's slice: moments cover [lo, hi) */
-  float *exp_avg;      /* (hi - lo) */
-  float *exp_avg_sq;   /* (hi - lo) */
+  int64_t n;         /* floats in the flat buffers (local to the TP block) */
+  int64_t lo, hi;    /* this rank's slice: moments cover [lo, hi) */
+  float *exp_avg;    /* (hi - lo) */
+  float *exp_avg_sq; /* (hi - lo) */
   int zero, dp, dp_rank;
   MPI_Comm dp_comm;
-  MPI_Comm tp_comm;     /* the grad norm also sums over it (MPI_COMM_NULL: not) */
-  MPI_Comm pp_comm;     /* ... and over the pipeline stages (MPI_COMM_NULL: not) */
-  int64_t norm_lo;      /* the grad norm counts flat indices in [norm_lo, norm_hi) */
+  MPI_Comm tp_comm; /* the grad norm also sums over it (MPI_COMM_NULL: not) */
+  MPI_Comm pp_comm; /* ... and over the pipeline stages (MPI_COMM_NULL: not) */
+  int64_t norm_lo;  /* the grad norm counts flat indices in [norm_lo, norm_hi) */
   int64_t norm_hi;
   int *counts, *displs; /* zero=1: the dp slices, for reduce-scatter/all-gather */
   int64_t step;         /* updates done (bias correction) */
 } optim;
 
-/* Moments for n local floats, sliced over dp_comm when c->zero. Collective on nothing. */
+/* Moments for n local floats, sliced over dp_comm when c->zero (reads its size and rank).
+ * Not collective. */
 void optim_init(optim *o, const config *c, int64_t n, MPI_Comm dp_comm);
 /* Tensor parallelism: the model is split over tp_comm, so the global grad norm sums over
  * it too, and this rank counts only flat indices below norm_hi (the rest are copies of
@@ -40,22 +41,27 @@ void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi);
  * over pp_comm, and this rank skips flat indices below norm_lo (tied embedding copies
  * whose first holder is an earlier stage: model.norm_lo). Not collective. */
 void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo);
+/* Free the moments and the slice tables. Not collective. */
 void optim_free(optim *o);
 
-/* Bytes of Adam state this rank holds, and what it would hold with zero = 0. */
+/* Bytes of Adam state this rank holds. Not collective. */
 int64_t optim_state_bytes(const optim *o);
 
 /* Sum grads over dp_comm and multiply by scale (1 / global target tokens); with zero=1
  * only the slice [lo, hi) is reduced (reduce-scatter). Returns the global L2 norm of the
  * scaled gradient (over the slice owners: every rank gets the same value).
- * Collective on dp_comm. */
+ * Collective on dp_comm, and on tp_comm and pp_comm where optim_set_tp / optim_set_pp set
+ * them (the norm's sum). DEBUG=1 builds check n, zero, the step and scale. */
 double optim_sync_grads(optim *o, float *grads, float scale);
 
 /* One Adam(W) update of [lo, hi) with learning rate lr; grads multiplied by clip_coef
- * first; with zero=1 the parameters are all-gathered afterwards. Collective on dp_comm. */
+ * first; with zero=1 the parameters are all-gathered afterwards. Collective on dp_comm
+ * (every replica calls it for every update, zero or not: DEBUG=1 builds check n, zero, the
+ * step, lr and clip_coef). */
 void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef);
 
-/* The learning rate of update `step` (1-based) in `epoch` (1-based) under c's schedule. */
+/* The learning rate of update `step` (1-based) in `epoch` (1-based) under c's schedule.
+ * Not collective. */
 double optim_lr(const config *c, int64_t step, int64_t epoch);
 
 #endif

@@ -1103,7 +1103,8 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
   char last[CKPT_MSG] = "";
   for (char *name = strtok(list, "\n"); name && rc != C_OK; name = strtok(NULL, "\n")) {
     char full[CKPT_PATH];
-    snprintf(full, sizeof full, "%s/%s", d, name);
+    if (snprintf(full, sizeof full, "%s/%s", d, name) >= (int)sizeof full)
+      continue; /* too long to exist; every rank skips it (same list) */
     tried++;
     hid_t file = open_ckpt(full, comm, msg);
     if (file >= 0) {

@@ -26,6 +26,8 @@
  */
 #include "dmat.h"
 
+#include "debug.h"
+
 #include <cblas.h>
 #include <string.h>
 
@@ -114,6 +116,8 @@ void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dma
   int tp = dmat_tp(c);
   CHECK((a->g == c->g && b->g == c->g) || (tp == 1 && dmat_tp(a) == 1 && dmat_tp(b) == 1),
         "dmat_gemm: A, B and C must be distributed over the same grid");
+  if (tp > 1)
+    DEBUG_AGREE(c->g->tp_comm, trans_a, trans_b, m, n, k, debug_bits(alpha), debug_bits(beta));
   if (m == 0 || n == 0) return;
   if (k == 0) { /* op(A) op(B) is an m x n matrix of zeros: C = beta C, locally */
     for (int i = 0; i < c->rows_local; i++) {
@@ -154,6 +158,7 @@ void dmat_gather(const dmat *m, float *full) {
     return;
   }
   const grid *g = m->g;
+  DEBUG_AGREE(g->tp_comm, m->rows, m->cols);
   int tp = g->tp;
   int64_t n_global = m->rows * m->cols;
   int64_t n_local = dmat_local_size(m);

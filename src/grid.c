@@ -8,6 +8,8 @@
  */
 #include "grid.h"
 
+#include "debug.h"
+
 #include <string.h>
 
 /* The BLACS C interface has no header; these are the prototypes libscalapack exports. */
@@ -20,6 +22,7 @@ int Csys2blacs_handle(MPI_Comm comm);
 void Cfree_blacs_system_handle(int handle);
 
 int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_len) {
+  DEBUG_AGREE(MPI_COMM_WORLD, tp, pr, pc, pp);
   memset(g, 0, sizeof *g);
   g->blacs_ctx = -1; /* so that grid_destroy of a refused layout frees nothing twice */
   g->dp_comm = g->pp_comm = g->tp_comm = g->tp_row = g->tp_col = MPI_COMM_NULL;
@@ -80,6 +83,7 @@ int grid_create(grid *g, int tp, int pr, int pc, int pp, char *err, size_t err_l
 }
 
 void grid_destroy(grid *g) {
+  DEBUG_AGREE(g->world, g->dp, g->pp, g->tp, g->pr, g->pc, g->blacs_ctx >= 0);
   if (g->blacs_ctx >= 0) Cblacs_gridexit(g->blacs_ctx);
   g->blacs_ctx = -1;
   MPI_Comm *comms[] = {&g->tp_col, &g->tp_row, &g->tp_comm, &g->pp_comm, &g->dp_comm, &g->world};

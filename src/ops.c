@@ -487,7 +487,8 @@ void ops_positions_add(float *y, int B, int T, int d, int pos0) {
 
 void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int cols, int pos0) {
   CHECK(d % 2 == 0 && d >= 4, "ops_positions_add: d = %d must be even and >= 4", d);
-  CHECK(col0 >= 0 && cols >= 0 && col0 + cols <= d && ld >= cols, "ops_positions_add_cols: bad block");
+  CHECK(col0 >= 0 && cols >= 0 && col0 + cols <= d && ld >= cols,
+        "ops_positions_add_cols: bad block");
   int half = d / 2;
   float c = (float)(-log(10000.0) / (double)(half - 1));
   for (int t = 0; t < T; t++) {
@@ -496,7 +497,8 @@ void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int
       int i = col0 + j < half ? col0 + j : col0 + j - half;
       float a = pos * expf((float)i * c);
       float v = col0 + j < half ? sinf(a) : cosf(a);
-      for (int b = 0; b < B; b++) y[((int64_t)b * T + t) * ld + j] += v;
+      for (int b = 0; b < B; b++)
+        y[((int64_t)b * T + t) * ld + j] += v;
     }
   }
 }

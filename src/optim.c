@@ -6,6 +6,8 @@
  */
 #include "optim.h"
 
+#include "debug.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -59,9 +61,15 @@ void optim_free(optim *o) {
   memset(o, 0, sizeof *o);
 }
 
-int64_t optim_state_bytes(const optim *o) { return 2 * (o->hi - o->lo) * (int64_t)sizeof(float); }
+int64_t optim_state_bytes(const optim *o) {
+  return 2 * (o->hi - o->lo) * (int64_t)sizeof(float);
+}
 
 double optim_sync_grads(optim *o, float *grads, float scale) {
+  DEBUG_AGREE(o->dp_comm, o->n, o->zero, o->step, debug_bits(scale), o->tp_comm != MPI_COMM_NULL,
+              o->pp_comm != MPI_COMM_NULL);
+  DEBUG_AGREE(o->tp_comm, o->step, debug_bits(scale), o->pp_comm != MPI_COMM_NULL);
+  DEBUG_AGREE(o->pp_comm, o->step, debug_bits(scale), o->tp_comm != MPI_COMM_NULL);
   if (o->dp > 1) {
     if (o->zero) {
       /* each rank receives the sum of its own slice, in place at grads + lo */
@@ -69,7 +77,8 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
       /* MPI_Reduce_scatter in place leaves the result at the start of the buffer */
       if (o->lo > 0) memmove(grads + o->lo, grads, (size_t)(o->hi - o->lo) * sizeof(float));
     } else {
-      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads, common_int(o->n), MPI_FLOAT, MPI_SUM, o->dp_comm));
+      MPI_CHECK(
+          MPI_Allreduce(MPI_IN_PLACE, grads, common_int(o->n), MPI_FLOAT, MPI_SUM, o->dp_comm));
     }
   }
   double sq = 0.0;
@@ -86,6 +95,7 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
 }
 
 void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef) {
+  DEBUG_AGREE(o->dp_comm, o->n, o->zero, o->step, debug_bits(lr), debug_bits(clip_coef));
   o->step++;
   const double b1 = o->beta1, b2 = o->beta2;
   const double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
@@ -99,8 +109,10 @@ void optim_update(optim *o, float *params, const float *grads, double lr, float 
   int64_t n = o->hi - o->lo;
   for (int64_t i = 0; i < n; i++) {
     float g = gr[i] * clip_coef;
-    if (!o->adamw) g += wd * p[i];
-    else p[i] *= decay;
+    if (!o->adamw)
+      g += wd * p[i];
+    else
+      p[i] *= decay;
     m[i] = fb1 * m[i] + (1.0f - fb1) * g;
     v[i] = fb2 * v[i] + (1.0f - fb2) * g * g;
     p[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
@@ -131,8 +143,10 @@ double optim_lr(const config *c, int64_t step, int64_t epoch) {
     while (*p) {
       long e = strtol(p, (char **)&p, 10);
       if (epoch >= e && e > 0) f *= c->lr_decay_factor;
-      if (*p == ',') p++;
-      else if (*p) break;
+      if (*p == ',')
+        p++;
+      else if (*p)
+        break;
     }
     return lr * warm * f;
   }

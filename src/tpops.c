@@ -6,24 +6,39 @@
  */
 #include "tpops.h"
 
+#include "debug.h"
+
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
+#ifdef MPIFORMER_DEBUG
+/* A checksum of the targets for DEBUG_AGREE: every column block of a row sees the same. */
+static int64_t tpops_targets_sum_(const int32_t *targets, int n) {
+  uint64_t h = 0;
+  for (int i = 0; i < n; i++)
+    h = h * 1000003u + (uint32_t)targets[i];
+  return (int64_t)h;
+}
+#endif
+
 void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                              const float *b, int n, int dl, int d, float eps, MPI_Comm row_comm) {
   CHECK(y != x, "tpops_layernorm_forward: y may not alias x");
+  DEBUG_AGREE(row_comm, n, d, debug_bits(eps));
   for (int i = 0; i < n; i++) {
     const float *xr = x + (int64_t)i * dl;
     float s = 0.0f;
-    for (int j = 0; j < dl; j++) s += xr[j];
+    for (int j = 0; j < dl; j++)
+      s += xr[j];
     mean[i] = s;
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean, n, MPI_FLOAT, MPI_SUM, row_comm));
   for (int i = 0; i < n; i++) {
     const float *xr = x + (int64_t)i * dl;
     float mu = mean[i] / (float)d, v = 0.0f;
-    for (int j = 0; j < dl; j++) v += (xr[j] - mu) * (xr[j] - mu);
+    for (int j = 0; j < dl; j++)
+      v += (xr[j] - mu) * (xr[j] - mu);
     mean[i] = mu;
     rstd[i] = v;
   }
@@ -33,13 +48,15 @@ void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x,
     float *yr = y + (int64_t)i * dl;
     float mu = mean[i], rs = 1.0f / sqrtf(rstd[i] / (float)d + eps);
     rstd[i] = rs;
-    for (int j = 0; j < dl; j++) yr[j] = (xr[j] - mu) * rs * g[j] + b[j];
+    for (int j = 0; j < dl; j++)
+      yr[j] = (xr[j] - mu) * rs * g[j] + b[j];
   }
 }
 
 void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                               const float *mean, const float *rstd, const float *g, int n, int dl,
                               int d, MPI_Comm row_comm, float *scratch) {
+  DEBUG_AGREE(row_comm, n, d, dx != NULL); /* no dx: no all-reduce */
   for (int i = 0; i < n; i++) {
     const float *xr = x + (int64_t)i * dl, *dyr = dy + (int64_t)i * dl;
     float mu = mean[i], rs = rstd[i], s1 = 0.0f, s2 = 0.0f;
@@ -60,7 +77,8 @@ void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, 
     float *dxr = dx + (int64_t)i * dl;
     float mu = mean[i], rs = rstd[i];
     float m1 = scratch[2 * i] / (float)d, m2 = scratch[2 * i + 1] / (float)d;
-    for (int j = 0; j < dl; j++) dxr[j] += rs * (dyr[j] * g[j] - m1 - (xr[j] - mu) * rs * m2);
+    for (int j = 0; j < dl; j++)
+      dxr[j] += rs * (dyr[j] * g[j] - m1 - (xr[j] - mu) * rs * m2);
   }
 }
 
@@ -68,9 +86,14 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
                    int64_t v0, int64_t V, int pad, float eps, float grad_scale, double *loss_sum,
                    double *nll_sum, int32_t *argmax, MPI_Comm row_comm, double *scratch) {
   CHECK(V >= 2, "tpops_xent: V = %lld", (long long)V);
+  DEBUG_AGREE(row_comm, n, V, pad, debug_bits(eps), debug_bits(grad_scale),
+              tpops_targets_sum_(targets, n));
   const double epsi = (double)eps / (double)(V - 1);
   /* pass 1: row maxima (with their global index for argmax) */
-  struct { float v; int i; } *mx = (void *)scratch; /* n pairs fit in 4n doubles */
+  struct {
+    float v;
+    int i;
+  } *mx = (void *)scratch; /* n pairs fit in 4n doubles */
   for (int i = 0; i < n; i++) {
     const float *z = logits + (int64_t)i * Vl;
     float m = -FLT_MAX;

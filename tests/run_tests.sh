@@ -2,6 +2,8 @@
 # Run every test: each compiled tests/test_*.c under mpirun with the rank counts its
 # "// NP: 1 2" line names (default 1), then every tests/test_*.sh script. Prints one
 # line per run and the closing "N passed, N failed" (counted in test runs).
+# test_debug_build.sh builds a DEBUG=1 tree beside $BUILD and runs the layout tests in it
+# (WERROR from the environment is passed on to that build).
 # Usage: tests/run_tests.sh [PATTERN]   (only tests whose name contains PATTERN)
 set -u
 cd "$(dirname "$0")/.."
