@@ -15,12 +15,14 @@
 #include "grid.h"
 #include "model.h"
 #include "optim.h"
+#include "task.h"
 
 typedef struct session {
   config cfg;
   grid g;
   data_file *data;
   model *model;
+  task task;            /* the arch's batches and forward call (task.h), made once here */
   optim opt;            /* only when with_optim */
   int with_optim;
   ckpt_tensor *tensors; /* one per model parameter: what this rank reads */

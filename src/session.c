@@ -8,8 +8,6 @@
 
 #include <cblas.h>
 
-#include "task.h"
-
 static int rank0(void) { return common_rank() == 0; }
 
 void session_say(const session *s, const char *fmt, ...) {
@@ -131,18 +129,17 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     grid_destroy(&s->g);
     return C_ERR;
   }
-  task tk; /* does the dataset fit the arch? (a classifier needs a pair file) */
-  if (task_init(&tk, c, s->data, err, sizeof err) != C_OK) {
+  model_dims dims; /* arch parsed here, once */
+  model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
+                         data_bos_id(s->data), data_eos_id(s->data));
+  dims.n_classes = data_n_classes(s->data);
+  /* does the dataset fit the arch? (a classifier needs a pair file) */
+  if (task_init(&s->task, c, dims.arch, s->data, err, sizeof err) != C_OK) {
     say_error(err);
     data_close(s->data);
     grid_destroy(&s->g);
     return C_ERR;
   }
-  task_free(&tk);
-  model_dims dims;
-  model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
-                         data_bos_id(s->data), data_eos_id(s->data));
-  dims.n_classes = data_n_classes(s->data);
   s->model = model_create(&dims, &s->g, (uint64_t)c->seed);
   s->with_optim = with_optim;
   if (with_optim) {
@@ -231,6 +228,7 @@ void session_close(session *s) {
   free(s->meta.config_text);
   if (s->with_optim) optim_free(&s->opt);
   model_free(s->model);
+  task_free(&s->task);
   if (s->data) data_close(s->data);
   grid_destroy(&s->g);
   memset(s, 0, sizeof *s);

@@ -27,7 +27,6 @@
 
 #include "evaluate.h"
 #include "metrics.h"
-#include "ops.h"
 #include "pipe.h"
 #include "session.h"
 #include "task.h"
@@ -77,7 +76,7 @@ typedef struct trainer {
   const grid *g;
   int rank0;
   data_split *split; /* the training split */
-  task tk;
+  task *tk; /* the session's */
   metrics mt;
   decode_opts dopt; /* BLEU at evaluation */
   pipe_sched pipe;  /* pp > 1: the 1F1B schedule of each update */
@@ -90,27 +89,8 @@ typedef struct trainer {
   int64_t start_step, attempt;      /* step at start; updates tried (skipped ones too) */
   int64_t last_eval_step;           /* -1: none yet */
   double wall_at_start;             /* t.wall at start (the ETA's rate) */
-  double interval[TASK_NSUMS], interval_t0; /* sums since the last log line, its start */
+  double interval[MODEL_NSUMS], interval_t0; /* sums since the last log line, its start */
 } trainer;
-
-/* pp > 1: what pipe_run's loader needs to hand out micro-batch j of this replica. */
-typedef struct train_loader {
-  task *tk;
-  data_split *split;
-  const data_plan *plan;
-  int64_t first, step, epoch; /* first batch of this replica's micro-batches */
-  uint64_t seed;
-} train_loader;
-
-static void train_load(void *ctx, int j, pipe_batch *b) {
-  train_loader *x = ctx;
-  int64_t bi = x->first + j;
-  memset(b, 0, sizeof *b);
-  if (bi >= x->plan->n_batches) return; /* past the epoch's end: skipped by every stage */
-  task_pipe_batch(x->tk, x->split, x->plan, bi,
-                  ops_hash_key(x->seed, (uint64_t)x->step + 1, (uint64_t)x->epoch, (uint64_t)bi),
-                  b);
-}
 
 /* ---- set-up, banner, checkpoints and evaluation --------------------------------------- */
 
@@ -142,11 +122,7 @@ static int train_setup(trainer *tr, int argc, char **argv) {
     session_close(s);
     return C_ERR;
   }
-  if (task_init(&tr->tk, tr->c, s->data, err, sizeof err) != C_OK) { /* session_open checked it */
-    data_split_close(tr->split);
-    session_close(s);
-    return C_ERR;
-  }
+  tr->tk = &s->task;
   write_config(s);
   char path[1100];
   snprintf(path, sizeof path, "%s/metrics.jsonl", tr->c->out);
@@ -177,7 +153,6 @@ static int train_setup(trainer *tr, int argc, char **argv) {
 
 static void train_teardown(trainer *tr) {
   pipe_free(&tr->pipe);
-  task_free(&tr->tk);
   data_plan_free(&tr->plan);
   data_split_close(tr->split);
   metrics_close(&tr->mt);
@@ -269,7 +244,7 @@ static void train_plan_epoch(trainer *tr) {
   if (tr->plan_epoch == tr->t.epoch) return;
   int64_t n_dropped = 0;
   data_plan_free(&tr->plan);
-  task_plan(&tr->tk, &tr->plan, tr->split, 1, (uint64_t)tr->c->seed, tr->t.epoch, &n_dropped);
+  task_plan(tr->tk, &tr->plan, tr->split, 1, (uint64_t)tr->c->seed, tr->t.epoch, &n_dropped);
   if (tr->rank0 && tr->plan_epoch < 0 && n_dropped > 0)
     printf("dropped %lld training pairs longer than max_src_len/max_tgt_len\n",
            (long long)n_dropped);
@@ -313,33 +288,25 @@ static int train_update(trainer *tr) {
   train_state *t = &tr->t;
   double step_t0 = common_now();
   model_zero_grad(s->model);
-  double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
-  if (g->pp > 1) {
-    /* the replica's micro-batches through its stages; the last stage has the loss */
-    int64_t first = t->cursor + (int64_t)g->dp_rank * c->update_freq;
-    train_loader ld = {&tr->tk, tr->split, &tr->plan, first,
-                       t->step, t->epoch, (uint64_t)c->seed};
-    pipe_run(&tr->pipe, (int)c->update_freq, train_load, &ld, sums);
-    pipe_reduce_tied(&tr->pipe);
-  }
-  for (int j = 0; j < c->update_freq && g->pp == 1; j++) {
-    int64_t b = t->cursor + (int64_t)g->dp_rank * c->update_freq + j;
-    if (b >= tr->plan.n_batches) continue;
-    task_run_batch(&tr->tk, s->model, tr->split, &tr->plan, b, 1,
-                   ops_hash_key((uint64_t)c->seed, (uint64_t)t->step + 1, (uint64_t)t->epoch,
-                                (uint64_t)b),
-                   sums);
-  }
+  /* this replica's update_freq batches from the cursor, in the 1F1B order with pp > 1 */
+  task_pass pass = {.split = tr->split,
+                    .plan = &tr->plan,
+                    .first = t->cursor + (int64_t)g->dp_rank * c->update_freq,
+                    .stride = 1,
+                    .n = (int)c->update_freq,
+                    .dropout = 1,
+                    .backward = 1,
+                    .seed = (uint64_t)c->seed,
+                    .step = t->step + 1,
+                    .epoch = t->epoch,
+                    .poison = test_nan_hit(g, ++tr->attempt)};
+  double sums[MODEL_NSUMS]; /* the world's totals: the same on every rank */
+  task_step_run(tr->tk, s->model, &tr->pipe, g, &pass, sums);
   t->cursor += tr->per_step;
-  if (test_nan_hit(g, ++tr->attempt)) sums[0] = NAN;
-  /* the stages' sums (the last stage has the loss), then the replicas': every rank of
-   * the world holds the same sums, so the finiteness verdict below is the same on all */
-  if (g->pp > 1)
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
-  float scale = sums[2] > 0 ? (float)(1.0 / sums[2]) : 0.0f;
+  double count = sums[MODEL_SUM_COUNT];
+  float scale = count > 0 ? (float)(1.0 / count) : 0.0f;
   double gnorm = optim_sync_grads(&s->opt, s->model->grad_mem, scale);
-  if (!(isfinite(sums[0]) && isfinite(gnorm))) {
+  if (!(isfinite(sums[MODEL_SUM_LOSS]) && isfinite(gnorm))) {
     train_nonfinite(tr, step_t0);
     return 0;
   }
@@ -348,10 +315,10 @@ static int train_update(trainer *tr) {
   tr->lr = optim_lr(c, t->step + 1, t->epoch);
   optim_update(&s->opt, s->model->param_mem, s->model->grad_mem, tr->lr, clip);
   t->step++;
-  t->tokens_seen += (int64_t)sums[2];
+  t->tokens_seen += (int64_t)count;
   t->wall += common_now() - step_t0;
   tr->gnorm = gnorm;
-  for (int i = 0; i < TASK_NSUMS; i++) tr->interval[i] += sums[i];
+  for (int i = 0; i < MODEL_NSUMS; i++) tr->interval[i] += sums[i];
   return 1;
 }
 
@@ -379,12 +346,12 @@ static double train_eta(const trainer *tr) {
 static void train_log(trainer *tr) {
   const train_state *t = &tr->t;
   if (t->step % tr->c->log_interval != 0) return;
-  double *iv = tr->interval;
-  double now = common_now(), tps = iv[2] / (now - tr->interval_t0);
-  double loss = iv[0] / iv[2], nll = iv[1] / iv[2];
+  const double *iv = tr->interval;
+  double n = iv[MODEL_SUM_COUNT], now = common_now(), tps = n / (now - tr->interval_t0);
+  double loss = iv[MODEL_SUM_LOSS] / n, nll = iv[MODEL_SUM_NLL] / n;
   char acc[64] = "";
-  if (task_has_accuracy(&tr->tk))
-    snprintf(acc, sizeof acc, ",\"accuracy\":%.6f", iv[2] > 0 ? iv[TASK_CORRECT] / iv[2] : 0.0);
+  if (task_has_accuracy(tr->tk))
+    snprintf(acc, sizeof acc, ",\"accuracy\":%.6f", n > 0 ? iv[MODEL_SUM_CORRECT] / n : 0.0);
   metrics_write(&tr->mt,
                 "\"type\":\"train\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f,\"loss\":%.6f,"
                 "\"nll\":%.6f,\"ppl\":%.4f,\"lr\":%.6e,\"gnorm\":%.6f,\"tokens_per_s\":%.1f,"
