@@ -87,7 +87,7 @@ void pipe_free(pipe_sched *p);
 void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums);
 
 /* Forward only (evaluation) of one batch through the stages: sums as pipe_run. Collective
- * on pp_comm. */
+ * on pp_comm (and the TP grid). */
 void pipe_forward(pipe_sched *p, const pipe_batch *b, double *sums);
 
 /* Sum the gradients of the tensors held by several stages (tied embeddings) over pp_comm

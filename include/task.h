@@ -104,7 +104,8 @@ void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint
 
 /* Build the model input rows of the loaded batch t->raw (exposed for tests): classifier
  * rows `bos a eos b eos` truncated to max_len (longest side first), or MLM rows with
- * their targets (key: the mask key). Returns the rows; *width gets the row width. */
+ * their targets (key: the mask key). Returns the rows; *width gets the row width. Not
+ * collective. */
 int task_make_inputs(task *t, uint64_t key, int *width);
 
 /* init_from: read the encoder.* tensors of checkpoint spec (a file, or a run's ckpt/

@@ -40,52 +40,38 @@ static int mkdir_p(const char *path) {
   return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
+/* 1 when this rank writes parameter p (and its moments) into a checkpoint. Every rank of a
+ * replica reads all it holds, but writes less: a vector sits on every TP process row, and
+ * process row 0 writes it; with pp > 1 another stage's tensors are empty blocks here, and a
+ * tied embedding held by several stages is written by its first holder (p->pp_copy = 0). */
+static int writes_here(const model_param *p, const grid *g) {
+  if (p->is_vector && g->prow != 0) return 0;
+  return p->pp_owned && !p->pp_copy;
+}
+
+/* The checkpoint's tensor lists: what this rank reads (tensors) and writes (save_tensors):
+ * each parameter's block, and the Adam moments the optimizer says this rank names. */
 static void build_tensors(session *s) {
   model *m = s->model;
   s->n_tensors = m->n_params;
   s->tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
+  s->save_tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
   for (int i = 0; i < m->n_params; i++) {
     model_param *p = &m->params[i];
     ckpt_tensor *t = &s->tensors[i];
     t->name = p->name;
     t->param = &p->w;
     t->is_vector = p->is_vector;
-    t->write_param = s->g.dp_rank == 0;
-    if (s->with_optim) {
-      /* intersect the param's local range [offset, offset + size) with the optimizer slice */
-      int64_t a = p->offset, b = p->offset + dmat_local_size(&p->w);
-      int64_t lo = a > s->opt.lo ? a : s->opt.lo, hi = b < s->opt.hi ? b : s->opt.hi;
-      int owns = s->opt.zero ? 1 : s->g.dp_rank == 0;
-      if (hi > lo && owns) {
-        t->opt_lo = lo - a;
-        t->opt_hi = hi - a;
-        t->exp_avg = s->opt.exp_avg + (lo - s->opt.lo);
-        t->exp_avg_sq = s->opt.exp_avg_sq + (lo - s->opt.lo);
-      } else {
-        /* an empty range still says "this run has optimizer state" */
-        t->opt_lo = t->opt_hi = 0;
-        t->exp_avg = s->opt.exp_avg;
-        t->exp_avg_sq = s->opt.exp_avg_sq;
-      }
+    t->write_param = s->g.dp_rank == 0; /* one replica writes */
+    if (s->with_optim)
+      optim_moments_of(&s->opt, p->offset, dmat_local_size(&p->w), &t->opt_lo, &t->opt_hi,
+                       &t->exp_avg, &t->exp_avg_sq);
+    s->save_tensors[i] = *t;
+    if (!writes_here(p, &s->g)) {
+      s->save_tensors[i].write_param = 0;
+      s->save_tensors[i].opt_lo = s->save_tensors[i].opt_hi = 0;
     }
   }
-  /* a vector sits on every TP process row: process row 0 writes it and its moments */
-  s->save_tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
-  memcpy(s->save_tensors, s->tensors, (size_t)m->n_params * sizeof(ckpt_tensor));
-  for (int i = 0; i < m->n_params && s->g.prow != 0; i++)
-    if (m->params[i].is_vector) {
-      ckpt_tensor *t = &s->save_tensors[i];
-      t->write_param = 0;
-      t->opt_lo = t->opt_hi = 0;
-    }
-  /* pipeline: another stage's tensors are empty blocks here; a tied embedding held by
-   * several stages is written (with its moments) by the first, the others read it */
-  for (int i = 0; i < m->n_params; i++)
-    if (!m->params[i].pp_owned || m->params[i].pp_copy) {
-      ckpt_tensor *t = &s->save_tensors[i];
-      t->write_param = 0;
-      t->opt_lo = t->opt_hi = 0;
-    }
 }
 
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {

@@ -1,8 +1,10 @@
 /* task.c: the per-task parts of training and evaluation (task.h): batch planning, model
- * inputs (pair concatenation and truncation, masked-LM masking) and the forward call.
+ * inputs (pair concatenation and truncation, masked-LM masking) and the forward call; and
+ * task_step_run, which runs a pass of batches on any layout (one rank, TP, pipeline
+ * stages) and all-reduces its sums, for the training loop, evaluation and dump alike.
  *
- * Not here: the loop, gradient sums over ranks, the optimizer (train.c), the model
- * itself (model.c), reading the file (data.c).
+ * Not here: the loop and the optimizer with its gradient sums over ranks (train.c,
+ * optim.c), the model itself (model.c), reading the file (data.c, ckpt.c).
  *
  * Pair rows. Row j is `bos a eos b eos`. When a + b + 3 exceeds max_len the longer side
  * loses its last token until it fits (ties: a), HuggingFace's "longest_first".
@@ -20,7 +22,6 @@
  */
 #include "task.h"
 
-#include <hdf5.h>
 #include <math.h>
 #include <string.h>
 
@@ -298,33 +299,16 @@ void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_
 int task_init_from(const char *spec, const ckpt_tensor *tensors, int n, int *n_loaded,
                    MPI_Comm comm, char *err, size_t err_len) {
   char path[1100], msg[1024];
-  int none_found = 0, rank;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  int none_found = 0;
   *n_loaded = 0;
   if (ckpt_resolve(spec, spec, path, sizeof path, &none_found, comm, msg, sizeof msg) != C_OK) {
     snprintf(err, err_len, "init_from=%s: %s", spec, msg);
     return C_ERR;
   }
-  /* which encoder tensors does the file hold? (rank 0 looks, everyone is told) */
-  uint8_t *has = common_calloc((size_t)n, 1);
-  if (rank == 0) {
-    H5E_auto2_t old_fn;
-    void *old_data;
-    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f >= 0) {
-      char link[160];
-      for (int i = 0; i < n; i++) {
-        if (strncmp(tensors[i].name, "encoder.", 8) != 0) continue;
-        snprintf(link, sizeof link, "/model/%s", tensors[i].name);
-        has[i] = H5Lexists(f, "/model", H5P_DEFAULT) > 0 && H5Lexists(f, link, H5P_DEFAULT) > 0;
-      }
-      H5Fclose(f);
-    }
-    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
-  }
-  MPI_CHECK(MPI_Bcast(has, n, MPI_UINT8_T, 0, comm));
+  uint8_t *has = common_calloc((size_t)n, 1); /* which tensors does the file hold? */
+  ckpt_has_tensors(path, tensors, n, has, comm);
+  for (int i = 0; i < n; i++) /* the encoder's only */
+    if (strncmp(tensors[i].name, "encoder.", 8) != 0) has[i] = 0;
   ckpt_tensor *sub = common_calloc((size_t)n, sizeof *sub);
   int k = 0;
   for (int i = 0; i < n; i++)
