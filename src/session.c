@@ -74,6 +74,56 @@ static void build_tensors(session *s) {
   }
 }
 
+/* Load the checkpoint spec names ("none" or "": none; "auto": the newest good one in
+ * cfg.out/ckpt, if any), or else the encoder of init_from. C_ERR (reported) on every rank
+ * when it cannot be loaded. Collective on the world. */
+static int load_checkpoint(session *s, const char *spec) {
+  const config *c = &s->cfg;
+  char err[2048];
+  if (strcmp(spec, "none") != 0 && spec[0]) {
+    char dir[1100], path[1100];
+    snprintf(dir, sizeof dir, "%s/ckpt", c->out);
+    int none_found = 0, is_auto = strcmp(spec, "auto") == 0;
+    if (ckpt_resolve(spec, dir, path, sizeof path, &none_found, s->g.world, err, sizeof err) !=
+        C_OK) {
+      if (!(is_auto && none_found)) {
+        say_error(err);
+        return C_ERR;
+      }
+    } else {
+      int has_optim = 0;
+      if (ckpt_load(path, s->tensors, s->n_tensors, &s->meta, &has_optim, s->g.world, err,
+                    sizeof err) != C_OK) {
+        say_error(err);
+        return C_ERR;
+      }
+      if (s->with_optim && !has_optim)
+        session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
+      if (s->with_optim) s->opt.step = s->meta.step;
+      /* With zero=0 only dp rank 0's tensor list names the moments (one replica writes
+       * them), so only it read them: give every replica the same moments. */
+      if (s->with_optim && has_optim && !s->opt.zero && s->g.dp > 1) {
+        int64_t n = s->opt.hi - s->opt.lo;
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg_sq, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+      }
+      s->resumed = 1;
+      snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
+    }
+  }
+  /* a fresh run may start its encoder from another run's checkpoint (e.g. masked-LM) */
+  if (!s->resumed && c->init_from[0]) {
+    int n_loaded = 0;
+    if (task_init_from(c->init_from, s->tensors, s->n_tensors, &n_loaded, s->g.world, err,
+                       sizeof err) != C_OK) {
+      say_error(err);
+      return C_ERR;
+    }
+    session_say(s, "init_from %s: loaded %d encoder tensors", c->init_from, n_loaded);
+  }
+  return C_OK;
+}
+
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {
   int n_rest = 0;
   for (int i = 0; i < argc; i++) {
@@ -137,52 +187,9 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
   }
   build_tensors(s);
 
-  /* checkpoint */
-  if (!ckpt_spec) ckpt_spec = c->resume;
-  if (strcmp(ckpt_spec, "none") != 0 && ckpt_spec[0]) {
-    char dir[1100], path[1100];
-    snprintf(dir, sizeof dir, "%s/ckpt", c->out);
-    int none_found = 0;
-    int is_auto = strcmp(ckpt_spec, "auto") == 0;
-    if (ckpt_resolve(ckpt_spec, dir, path, sizeof path, &none_found, s->g.world,
-                     err, sizeof err) != C_OK) {
-      if (!(is_auto && none_found)) {
-        say_error(err);
-        session_close(s);
-        return C_ERR;
-      }
-    } else {
-      int has_optim = 0;
-      if (ckpt_load(path, s->tensors, s->n_tensors, &s->meta, &has_optim, s->g.world, err,
-                    sizeof err) != C_OK) {
-        say_error(err);
-        session_close(s);
-        return C_ERR;
-      }
-      if (with_optim && !has_optim)
-        session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
-      if (with_optim) s->opt.step = s->meta.step;
-      /* With zero=0 only dp rank 0's tensor list names the moments (one replica writes
-       * them), so only it read them: give every replica the same moments. */
-      if (with_optim && has_optim && !s->opt.zero && s->g.dp > 1) {
-        int64_t n = s->opt.hi - s->opt.lo;
-        MPI_CHECK(MPI_Bcast(s->opt.exp_avg, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
-        MPI_CHECK(MPI_Bcast(s->opt.exp_avg_sq, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
-      }
-      s->resumed = 1;
-      snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
-    }
-  }
-  /* a fresh run may start its encoder from another run's checkpoint (e.g. masked-LM) */
-  if (!s->resumed && c->init_from[0]) {
-    int n_loaded = 0;
-    if (task_init_from(c->init_from, s->tensors, s->n_tensors, &n_loaded, s->g.world, err,
-                       sizeof err) != C_OK) {
-      say_error(err);
-      session_close(s);
-      return C_ERR;
-    }
-    session_say(s, "init_from %s: loaded %d encoder tensors", c->init_from, n_loaded);
+  if (load_checkpoint(s, ckpt_spec ? ckpt_spec : c->resume) != C_OK) {
+    session_close(s);
+    return C_ERR;
   }
   if (rank0()) mkdir_p(c->out); /* a failure is reported below, on every rank */
   MPI_CHECK(MPI_Barrier(s->g.world));
