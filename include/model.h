@@ -45,7 +45,16 @@ typedef struct model_layer {
   model_param *fc1_w, *fc1_b, *fc2_w, *fc2_b;
 } model_layer;
 
+/* The architecture (config key arch), parsed once by model_dims_from_config: transformer,
+ * encoder_classifier, encoder_mlm. The task (task.h) and every caller use this enum. */
 enum { MODEL_ARCH_TRANSLATION, MODEL_ARCH_CLASSIFIER, MODEL_ARCH_MLM };
+
+/* The sums a forward adds into its `sums` array (model_stage_forward; pipe_run and
+ * task_step_run pass them on, summed over micro-batches and ranks): the summed loss, the
+ * summed nll (equal to the loss without label smoothing), what the loss is averaged over
+ * (target tokens, sentences or masked positions) and the argmax hits (accuracy; 0 for
+ * translation). */
+enum { MODEL_SUM_LOSS, MODEL_SUM_NLL, MODEL_SUM_COUNT, MODEL_SUM_CORRECT, MODEL_NSUMS };
 
 typedef struct model_dims {
   int arch;          /* MODEL_ARCH_*; the encoder-only ones force n_dec = 0 */
@@ -175,9 +184,9 @@ void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64
  * gets the whole batch. in_msg: the previous stage's message (NULL on the first stage);
  * out_msg receives the message for the next stage (unused on the last). The last stage
  * runs the loss (and with backward != 0 leaves the logits' gradient for the backward),
- * adds sums[0] += loss, sums[1] += nll, sums[3] += correct (encoder-only heads) and
- * returns what the loss is averaged over (target tokens, sentences, masked positions);
- * other stages return 0 and add nothing. The tokens, the dropout key and mode are kept in
+ * adds sums[MODEL_SUM_LOSS] += loss, sums[MODEL_SUM_NLL] += nll, sums[MODEL_SUM_CORRECT] +=
+ * correct (encoder-only heads) and returns what the loss is averaged over (the caller adds
+ * it into sums[MODEL_SUM_COUNT]); other stages return 0 and add nothing. The tokens, the dropout key and mode are kept in
  * the arena for the backward. Collective on the TP grid. */
 int64_t model_stage_forward(model *m, const int32_t *src, const int32_t *tgt_in,
                             const int32_t *tgt_out, int B, int S, int T, float grad_scale,

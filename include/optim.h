@@ -44,6 +44,15 @@ void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo);
 /* Free the moments and the slice tables. Not collective. */
 void optim_free(optim *o);
 
+/* The Adam moments of the flat local range [off, off + n) (one tensor's block) that this
+ * rank names in a checkpoint (ckpt_tensor's opt_lo/opt_hi/exp_avg/exp_avg_sq): the part of
+ * the range inside its slice [lo, hi) with zero = 1; with zero = 0 all of it on dp rank 0,
+ * none on the other replicas (they hold the same moments). *lo, *hi are relative to off;
+ * *exp_avg, *exp_avg_sq point at the moment of off + *lo. An empty part gives *lo = *hi = 0
+ * and the start of the moments (non-NULL: "this run has optimizer state"). Not collective. */
+void optim_moments_of(const optim *o, int64_t off, int64_t n, int64_t *lo, int64_t *hi,
+                      float **exp_avg, float **exp_avg_sq);
+
 /* Bytes of Adam state this rank holds. Not collective. */
 int64_t optim_state_bytes(const optim *o);
 

@@ -49,7 +49,7 @@ typedef struct pipe_batch {
 } pipe_batch;
 
 /* Fill *b with micro-batch j of the update (0 <= j < M). The buffers stay valid until
- * the next call. */
+ * the next call. Not collective (every stage calls it for every j, in order). */
 typedef void (*pipe_load_fn)(void *ctx, int j, pipe_batch *b);
 
 typedef struct pipe_sched {
@@ -76,16 +76,18 @@ typedef struct pipe_sched {
 /* Set up for model m on grid g (m's stage is g->stage); hooks m->progress (pipe_free
  * restores the previous hook: nest pipe_init/pipe_free pairs). Not collective. */
 void pipe_init(pipe_sched *p, const grid *g, model *m, double timeout);
+/* Free the buffers and restore m's progress hook. Not collective. */
 void pipe_free(pipe_sched *p);
 
 /* One update's forwards and backwards of M micro-batches in the 1F1B order; gradients
- * are accumulated into m->grad_mem (not zeroed here); the last stage adds loss, nll,
- * count and correct into sums[0..3] (TASK_NSUMS order; other stages add nothing). Returns when all
- * this stage's sends have completed. Collective on pp_comm (and the TP grid). */
+ * are accumulated into m->grad_mem (not zeroed here); the last stage adds into
+ * sums[MODEL_NSUMS] (model.h's MODEL_SUM_*: loss, nll, count, correct; other stages add
+ * nothing). Returns when all this stage's sends have completed. Collective on pp_comm
+ * (and the TP grid). */
 void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums);
 
 /* Forward only (evaluation) of one batch through the stages: sums as pipe_run. Collective
- * on pp_comm. */
+ * on pp_comm (and the TP grid). */
 void pipe_forward(pipe_sched *p, const pipe_batch *b, double *sums);
 
 /* Sum the gradients of the tensors held by several stages (tied embeddings) over pp_comm

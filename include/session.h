@@ -15,12 +15,14 @@
 #include "grid.h"
 #include "model.h"
 #include "optim.h"
+#include "task.h"
 
 typedef struct session {
   config cfg;
   grid g;
   data_file *data;
   model *model;
+  task task;            /* the arch's batches and forward call (task.h), made once here */
   optim opt;            /* only when with_optim */
   int with_optim;
   ckpt_tensor *tensors; /* one per model parameter: what this rank reads */
@@ -40,21 +42,26 @@ typedef struct session_extra {
 } session_extra;
 
 /* Take "name=value" arguments of the extras out of argv (value copied, given set); the
- * other arguments go to rest (argc entries; may be NULL). Returns their number. */
+ * other arguments go to rest (argc entries; may be NULL). Returns their number. Not
+ * collective. */
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest);
 
 /* argv: "CONFIG [key=value...]" (extras first removed). with_optim: create the
- * optimizer. ckpt_spec: NULL = the config's `resume`; "none" = fresh model; "auto" = newest good checkpoint in
- * cfg.out/ckpt if any (fresh otherwise); a path = that checkpoint (must load).
+ * optimizer. ckpt_spec: NULL = the config's `resume`; "none" = fresh model; "auto" =
+ * newest good checkpoint in cfg.out/ckpt if any (fresh otherwise); a path = that
+ * checkpoint (must load). Makes the task (s->task) once for every caller.
  * Collective on MPI_COMM_WORLD. */
 int session_open(session *s, int argc, char **argv, session_extra *extras, int n_extras,
                  int with_optim, const char *ckpt_spec);
+/* Free everything session_open made (the grid's communicators, the dataset). Collective on
+ * MPI_COMM_WORLD. */
 void session_close(session *s);
 
-/* Save a checkpoint of the current state into cfg.out/ckpt. Collective. */
+/* Save a checkpoint of the current state into cfg.out/ckpt. Collective on the session's
+ * world (s->g.world). */
 int session_save(session *s, const ckpt_meta *meta);
 
-/* Print a message on rank 0 only (stderr). */
+/* Print a message on rank 0 only (stderr). Not collective. */
 void session_say(const session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -8,10 +8,11 @@
  *   masked-LM           (arch=encoder_mlm)         rows `bos a eos`, `bos b eos`, BERT
  *                                                  masking -> model_mlm
  *
- * Every task reports the same four sums, added over micro-batches and ranks: TASK_LOSS
- * (summed loss), TASK_NLL (summed nll: equal to the loss without label smoothing),
- * TASK_COUNT (what the loss is averaged over: target tokens, sentences or masked
- * positions) and TASK_CORRECT (argmax hits, for accuracy; 0 for translation).
+ * Every task reports the same four sums, added over micro-batches and ranks, indexed by
+ * model.h's MODEL_SUM_LOSS, MODEL_SUM_NLL, MODEL_SUM_COUNT and MODEL_SUM_CORRECT (the
+ * model produces them). task_step_run runs a pass of batches on any layout (one rank, a
+ * TP grid, pipeline stages, dp replicas) and reduces the sums, for train.c, evaluate.c
+ * and `mpiformer dump` alike.
  */
 #ifndef MPIFORMER_TASK_H
 #define MPIFORMER_TASK_H
@@ -22,15 +23,13 @@
 #include "model.h"
 #include "pipe.h"
 
-enum { TASK_TRANSLATION, TASK_CLASSIFY, TASK_MLM };
-enum { TASK_LOSS, TASK_NLL, TASK_COUNT, TASK_CORRECT, TASK_NSUMS };
 
 /* Masked-LM: the mask symbol (the vocabulary has none; the corpus has no <unk>) and the
  * BERT split of the selected positions (80% mask, 10% random word, 10% unchanged). */
 #define TASK_MLM_MASK_ID 1
 
 typedef struct task {
-  int kind;    /* TASK_* */
+  int kind;    /* MODEL_ARCH_* */
   int max_len; /* longest model input row (truncation), from max_src_len/max_positions */
   int64_t max_tokens;
   int max_src_len, max_tgt_len; /* translation: training pairs longer are dropped */
@@ -41,13 +40,16 @@ typedef struct task {
   size_t cap;
 } task;
 
-/* The task of a validated config on dataset f. Returns C_OK, or C_ERR with err set when
- * the dataset does not fit the arch (a classifier needs a pair_classification file).
- * Not collective (every rank reaches the same verdict). */
-int task_init(task *t, const config *c, const data_file *f, char *err, size_t err_len);
+/* The task of a validated config on dataset f, for arch (MODEL_ARCH_*, model_dims's: the
+ * config's arch is parsed once, by model_dims_from_config). Made once per run, by
+ * session_open. Returns C_OK, or C_ERR with err set when the dataset does not fit the arch
+ * (a classifier needs a pair_classification file). Not collective (every rank reaches the
+ * same verdict). */
+int task_init(task *t, const config *c, int arch, const data_file *f, char *err, size_t err_len);
+/* Free t's buffers. Not collective. */
 void task_free(task *t);
 
-/* 1 when the task reports accuracy (classifier, masked-LM). */
+/* 1 when the task reports accuracy (classifier, masked-LM). Not collective. */
 int task_has_accuracy(const task *t);
 
 /* Plan the batches of an epoch of split s (train != 0: shuffled by (seed, epoch) and long
@@ -56,12 +58,42 @@ int task_has_accuracy(const task *t);
 void task_plan(task *t, data_plan *p, const data_split *s, int train, uint64_t seed, int64_t epoch,
                int64_t *n_dropped);
 
-/* Load batch b of plan p, set the model's mode (train: dropout on, backward) with key
- * (a function of seed, step, epoch and b; it also keys the MLM masks, so a restart
- * sees the same masks), run it and ADD its sums into sums[TASK_NSUMS]. With train the
- * gradients of the summed loss are accumulated into m->grad_mem. Not collective. */
-void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int train,
-                    uint64_t key, double *sums);
+/* Load batch b of plan p, set the model's mode (dropout on or off) with key (a function
+ * of seed, step, epoch and b; it also keys the MLM masks, so a restart sees the same
+ * masks), run it and ADD its sums into sums[MODEL_NSUMS]. With backward the gradients of
+ * the summed loss are accumulated into m->grad_mem. Collective on m's TP grid (the
+ * forward all-gathers over it; nothing with tp = 1). */
+void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int dropout,
+                    int backward, uint64_t key, double *sums);
+
+/* A pass of batches through the model (task_step_run): this replica's batches first,
+ * first + stride, ..., n of them; those past the plan's end are skipped (with pp > 1 and
+ * backward they still take their place in the schedule, empty, on every stage).
+ * Training: dropout and backward, the n micro-batches of one update (stride 1). Evaluation:
+ * neither. `mpiformer dump`: backward only. The keys of batch b: with dropout,
+ * ops_hash_key(seed, step, epoch, b) (step: the update's number, 1-based); without,
+ * ops_hash_key(seed, "VALI", b, 0), so the masked-LM masks of batch b are the same at
+ * every evaluation. */
+typedef struct task_pass {
+  data_split *split;
+  const data_plan *plan;
+  int64_t first, stride;
+  int n;
+  int dropout, backward;
+  uint64_t seed;
+  int64_t step, epoch;
+  int poison; /* tests/test_nan.sh: this rank's loss sum becomes NaN before the reduction */
+} task_pass;
+
+/* Run pass p and set sums[MODEL_NSUMS] to its totals over the whole world: with pp = 1
+ * task_run_batch per batch, with pp > 1 the pipeline (pipe_run for a backward pass, then
+ * pipe_reduce_tied; pipe_forward per batch otherwise) on ps (unused with pp = 1); the sums
+ * are then all-reduced over pp_comm (the last stage has the loss) and dp_comm, so every
+ * rank gets the same totals. Gradients (backward) are accumulated, not zeroed, and not
+ * reduced over dp (optim_sync_grads does that). Collective on g's world (pp_comm, dp_comm
+ * and the TP grid). */
+void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
+                   double sums[MODEL_NSUMS]);
 
 /* pp > 1: load batch b of plan p and describe its model inputs for pipe_run/pipe_forward
  * (translation: the batch itself; the encoder-only tasks: the rows and labels/targets of
@@ -72,7 +104,8 @@ void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint
 
 /* Build the model input rows of the loaded batch t->raw (exposed for tests): classifier
  * rows `bos a eos b eos` truncated to max_len (longest side first), or MLM rows with
- * their targets (key: the mask key). Returns the rows; *width gets the row width. */
+ * their targets (key: the mask key). Returns the rows; *width gets the row width. Not
+ * collective. */
 int task_make_inputs(task *t, uint64_t key, int *width);
 
 /* init_from: read the encoder.* tensors of checkpoint spec (a file, or a run's ckpt/

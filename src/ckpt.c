@@ -1131,3 +1131,30 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
   }
   return rc;
 }
+
+/* ---- which tensors a checkpoint holds (init_from) ------------------------------------ */
+
+void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has,
+                      MPI_Comm comm) {
+  int rank;
+  MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  memset(has, 0, (size_t)n);
+  if (rank == 0) { /* rank 0 looks, everyone is told; HDF5's error stack stays quiet */
+    H5E_auto2_t old_fn;
+    void *old_data;
+    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f >= 0) {
+      char link[160];
+      int has_model = H5Lexists(f, "/model", H5P_DEFAULT) > 0;
+      for (int i = 0; i < n && has_model; i++) {
+        snprintf(link, sizeof link, "/model/%s", t[i].name);
+        has[i] = H5Lexists(f, link, H5P_DEFAULT) > 0;
+      }
+      H5Fclose(f);
+    }
+    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  }
+  MPI_CHECK(MPI_Bcast(has, n, MPI_UINT8_T, 0, comm));
+}

@@ -7,7 +7,6 @@
 
 #include "bleu.h"
 #include "metrics.h"
-#include "ops.h"
 #include "pipe.h"
 #include "task.h"
 
@@ -22,42 +21,33 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
     return C_ERR;
   }
   model *m = s->model;
-  task tk;
-  CHECK(task_init(&tk, &s->cfg, s->data, err, sizeof err) == C_OK, "%s", err);
-  if (tk.kind != TASK_TRANSLATION) with_bleu = 0;
-  data_plan plan;
-  task_plan(&tk, &plan, sp, 0, 0, 0, NULL);
-  double sums[TASK_NSUMS] = {0}; /* loss, nll, tokens (sentences, masked), correct */
   int rank = s->g.world_rank;
-  /* the masked-LM masks of batch b are the same at every evaluation (fixed key); a TP grid
-   * runs each of its replica's batches together and every rank gets the batch totals */
-  if (s->g.pp > 1) { /* each batch forward through the stages; the last has the loss */
-    pipe_sched ps;
-    pipe_init(&ps, &s->g, m, s->cfg.pp_timeout);
-    for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp) {
-      pipe_batch pb;
-      task_pipe_batch(&tk, sp, &plan, b,
-                      ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
-                      &pb);
-      pipe_forward(&ps, &pb, sums);
-    }
-    pipe_free(&ps);
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.pp_comm));
-  } else {
-    for (int64_t b = s->g.dp_rank; b < plan.n_batches; b += s->g.dp)
-      task_run_batch(&tk, m, sp, &plan, b, 0,
-                     ops_hash_key((uint64_t)s->cfg.seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0),
-                     sums);
-  }
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, TASK_NSUMS, MPI_DOUBLE, MPI_SUM, s->g.dp_comm));
-  r->has_accuracy = task_has_accuracy(&tk);
-  r->accuracy = sums[2] > 0 ? sums[TASK_CORRECT] / sums[2] : 0;
-  r->n_correct = (int64_t)sums[TASK_CORRECT];
-  task_free(&tk);
-  r->n_tokens = (int64_t)sums[2];
+  task *tk = &s->task;
+  if (tk->kind != MODEL_ARCH_TRANSLATION) with_bleu = 0;
+  data_plan plan;
+  task_plan(tk, &plan, sp, 0, 0, 0, NULL);
+  /* this replica's batches dp_rank, dp_rank + dp, ...; the masked-LM masks of batch b are
+   * the same at every evaluation (fixed key); a TP grid runs each of its replica's batches
+   * together, pipeline stages forward each batch in turn */
+  task_pass pass = {.split = sp,
+                    .plan = &plan,
+                    .first = s->g.dp_rank,
+                    .stride = s->g.dp,
+                    .n = common_int((plan.n_batches - s->g.dp_rank + s->g.dp - 1) / s->g.dp),
+                    .seed = (uint64_t)s->cfg.seed};
+  pipe_sched ps;
+  pipe_init(&ps, &s->g, m, s->cfg.pp_timeout);
+  double sums[MODEL_NSUMS]; /* the world's totals */
+  task_step_run(tk, m, &ps, &s->g, &pass, sums);
+  pipe_free(&ps);
+  double n = sums[MODEL_SUM_COUNT];
+  r->has_accuracy = task_has_accuracy(tk);
+  r->accuracy = n > 0 ? sums[MODEL_SUM_CORRECT] / n : 0;
+  r->n_correct = (int64_t)sums[MODEL_SUM_CORRECT];
+  r->n_tokens = (int64_t)n;
   r->n_sentences = data_split_size(sp);
-  r->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
-  r->nll = sums[2] > 0 ? sums[1] / sums[2] : 0;
+  r->loss = n > 0 ? sums[MODEL_SUM_LOSS] / n : 0;
+  r->nll = n > 0 ? sums[MODEL_SUM_NLL] / n : 0;
   r->ppl = exp(r->nll);
   data_plan_free(&plan);
 

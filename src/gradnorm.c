@@ -49,9 +49,7 @@ int gradnorm_main(int argc, char **argv) {
     return 1;
   }
   config *c = &s.cfg;
-  task tk;
-  /* session_open checked that the dataset fits the arch */
-  CHECK(task_init(&tk, c, s.data, err, sizeof err) == C_OK, "%s", err);
+  task *tk = &s.task;
   model_dims dims = s.model->dims;
   dims.dropout = dims.attn_dropout = dims.act_dropout = 0; /* the theory's model has none */
   int L_enc = dims.n_enc, L_dec = dims.n_dec, L = L_enc + L_dec;
@@ -69,13 +67,13 @@ int gradnorm_main(int argc, char **argv) {
       CHECK(w2[l], "gradnorm: no parameter %s", name);
     }
     data_plan plan;
-    task_plan(&tk, &plan, train, 1, (uint64_t)(c->seed + seed), 1, NULL);
+    task_plan(tk, &plan, train, 1, (uint64_t)(c->seed + seed), 1, NULL);
     for (int b = s.g.dp_rank; b < batches && b < plan.n_batches; b += s.g.dp) { /* per replica */
-      double sums[TASK_NSUMS] = {0};
+      double sums[MODEL_NSUMS] = {0};
       model_zero_grad(s.model);
       /* key: the masked-LM masks of (seed, batch); no dropout to key */
       uint64_t key = ops_hash_key((uint64_t)(c->seed + seed), (uint64_t)b, 0, 0);
-      task_run_batch(&tk, s.model, train, &plan, b, 1, key, sums);
+      task_run_batch(tk, s.model, train, &plan, b, 1, 1, key, sums);
       double *sq = common_calloc((size_t)L, sizeof(double));
       for (int l = 0; l < L; l++) { /* this rank's block of the matrix, then the TP grid's sum */
         int64_t cnt = dmat_local_size(&w2[l]->g);
@@ -83,7 +81,7 @@ int gradnorm_main(int argc, char **argv) {
       }
       MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sq, L, MPI_DOUBLE, MPI_SUM, s.g.tp_comm));
       if (s.g.tp_rank == 0) /* one rank per replica adds: the gradient of the mean loss */
-        for (int l = 0; l <= L; l++) sum[l] += l < L ? sqrt(sq[l]) / sums[TASK_COUNT] : 1;
+        for (int l = 0; l <= L; l++) sum[l] += l < L ? sqrt(sq[l]) / sums[MODEL_SUM_COUNT] : 1;
       free(sq);
     }
     data_plan_free(&plan);
@@ -111,7 +109,6 @@ int gradnorm_main(int argc, char **argv) {
   }
   free(sum);
   free(w2);
-  task_free(&tk);
   data_split_close(train);
   session_close(&s);
   return 0;

@@ -126,28 +126,25 @@ static int cmd_dump(int argc, char **argv) {
     session_close(&s);
     return 1;
   }
-  task tk;
-  CHECK(task_init(&tk, &s.cfg, s.data, err, sizeof err) == C_OK, "%s", err);
+  task *tk = &s.task;
   data_plan plan;
-  task_plan(&tk, &plan, sp, 0, 0, 0, NULL); /* in order, as eval */
+  task_plan(tk, &plan, sp, 0, 0, 0, NULL); /* in order, as eval */
   int64_t b = atoll(ex[3].value);
   CHECK(b >= 0 && b < plan.n_batches, "dump: batch %lld out of range (%lld batches)", (long long)b,
         (long long)plan.n_batches);
-  pipe_batch pb;
-  task_pipe_batch(&tk, sp, &plan, b, 0, &pb); /* the model's inputs of batch b */
+  /* batch b forward and backward without dropout (dp rank 0 runs it; the others add
+   * nothing), the same code path as training and evaluation */
+  task_pass pass = {.split = sp, .plan = &plan, .first = b, .stride = 1, .n = s.g.dp_rank == 0,
+                    .backward = 1, .seed = (uint64_t)s.cfg.seed};
   model *m = s.model;
-  model_set_mode(m, 0, 0);
   model_zero_grad(m);
-  double loss = 0, nll = 0;
-  int64_t n = 0, correct = 0;
-  int clf = tk.kind == TASK_CLASSIFY;
-  if (clf) {
-    n = model_classify(m, pb.src, pb.tgt_out, pb.B, pb.S, 1.0f, 1, &loss, &correct, NULL);
-    nll = loss;
-  } else {
-    n = model_forward_backward(m, pb.src, pb.tgt_in, pb.tgt_out, pb.B, pb.S, pb.T, 1.0f, 1, &loss,
-                               &nll);
-  }
+  double sums[MODEL_NSUMS];
+  task_step_run(tk, m, NULL, &s.g, &pass, sums); /* pp = 1 */
+  double loss = sums[MODEL_SUM_LOSS], nll = sums[MODEL_SUM_NLL];
+  int64_t n = (int64_t)sums[MODEL_SUM_COUNT], correct = (int64_t)sums[MODEL_SUM_CORRECT];
+  int clf = tk->kind == MODEL_ARCH_CLASSIFIER;
+  pipe_batch pb;
+  task_pipe_batch(tk, sp, &plan, b, 0, &pb); /* the model's inputs of batch b, to write */
   for (int64_t i = 0; i < m->n_floats; i++) m->grad_mem[i] /= (float)n; /* of the mean loss */
   if (s.g.world_rank == 0) {
     hid_t f = H5Fcreate(ex[1].value, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -175,7 +172,6 @@ static int cmd_dump(int argc, char **argv) {
            (long long)n);
   }
   data_plan_free(&plan);
-  task_free(&tk);
   data_split_close(sp);
   session_close(&s);
   return 0;

@@ -35,10 +35,10 @@ static int32_t *head_idx_prepare(model *m, size_t n) {
 }
 
 /* Classifier head forward on a->enc_out (this process row's B rows, labels local, -1 on
- * padding rows): sums[0] += loss, sums[1] += correct (batch totals). With backward the
+ * padding rows): totals[0] += loss, totals[1] += correct (batch totals). With backward the
  * logits' gradient stays in the head scratch for model_cls_head_bwd. */
 static void cls_head_fwd(model *m, const int32_t *labels, int B_global, int S, float grad_scale,
-                         int backward, double *sums, int32_t *pred) {
+                         int backward, double *totals, int32_t *pred) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int d = m->dl, C = D->n_classes, B = a->B;
@@ -59,7 +59,7 @@ static void cls_head_fwd(model *m, const int32_t *labels, int B_global, int S, f
   for (int b = 0; b < B; b++)
     t[1] += labels[b] >= 0 && arg[b] == labels[b];
   model_tp_totals(m, t, 2);
-  sums[0] += t[0], sums[1] += t[1];
+  totals[0] += t[0], totals[1] += t[1];
   if (pred) { /* every process row's predictions, in batch order */
     int32_t *all = arg;
     if (grid_pr(m) > 1) {
@@ -88,11 +88,11 @@ void model_cls_head_bwd(model *m) {
     memcpy(a->g_enc + (size_t)b * S * d, h + (size_t)b * d, d * sizeof(float));
 }
 
-/* Masked-LM head forward on a->enc_out (targets local, -1 where not selected): sums[0] +=
- * loss, sums[1] += correct; returns the selected positions of the batch. The selection
+/* Masked-LM head forward on a->enc_out (targets local, -1 where not selected): totals[0] +=
+ * loss, totals[1] += correct; returns the selected positions of the batch. The selection
  * (rows, their number) stays in the arena for model_mlm_head_bwd. */
 static int64_t mlm_head_fwd(model *m, const int32_t *targets, float grad_scale, int backward,
-                            double *sums) {
+                            double *totals) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int d = m->dl, V = D->vocab, B = a->B, S = a->S;
@@ -127,7 +127,7 @@ static int64_t mlm_head_fwd(model *m, const int32_t *targets, float grad_scale, 
   for (int i = 0; i < n_mine; i++)
     t[1] += arg[i] == tgt[i];
   model_tp_totals(m, t, 3);
-  sums[0] += t[0], sums[1] += t[1];
+  totals[0] += t[0], totals[1] += t[1];
   return (int64_t)t[2];
 }
 
@@ -186,7 +186,8 @@ int64_t model_enc_only_stage_fwd(model *m, const int32_t *tokens_g, const int32_
     cls_head_fwd(m, aux, B_global, S, grad_scale, backward, t, pred);
   else
     count = mlm_head_fwd(m, aux, grad_scale, backward, t);
-  sums[0] += t[0], sums[1] += t[0], sums[3] += t[1]; /* no label smoothing: nll = loss */
+  sums[MODEL_SUM_LOSS] += t[0], sums[MODEL_SUM_NLL] += t[0]; /* no label smoothing: nll = loss */
+  sums[MODEL_SUM_CORRECT] += t[1];
   return count;
 }
 
@@ -195,11 +196,11 @@ int64_t model_classify(model *m, const int32_t *tokens_g, const int32_t *labels_
                        int32_t *pred) {
   CHECK(m->dims.arch == MODEL_ARCH_CLASSIFIER, "model_classify: not a classifier");
   CHECK(m->n_stages == 1, "model_classify: pp > 1 runs the stages (pipe.c)");
-  double sums[4] = {0, 0, 0, 0};
+  double sums[MODEL_NSUMS] = {0};
   int64_t count = model_enc_only_stage_fwd(m, tokens_g, labels_g, B_global, S, grad_scale, backward,
                                            NULL, NULL, sums, pred);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[3];
+  if (loss_sum) *loss_sum += sums[MODEL_SUM_LOSS];
+  if (n_correct) *n_correct += (int64_t)sums[MODEL_SUM_CORRECT];
   if (backward) model_stage_backward(m, NULL, NULL);
   return count;
 }
@@ -208,11 +209,11 @@ int64_t model_mlm(model *m, const int32_t *tokens_g, const int32_t *targets_g, i
                   float grad_scale, int backward, double *loss_sum, int64_t *n_correct) {
   CHECK(m->dims.arch == MODEL_ARCH_MLM, "model_mlm: not a masked-LM");
   CHECK(m->n_stages == 1, "model_mlm: pp > 1 runs the stages (pipe.c)");
-  double sums[4] = {0, 0, 0, 0};
+  double sums[MODEL_NSUMS] = {0};
   int64_t count = model_enc_only_stage_fwd(m, tokens_g, targets_g, B_global, S, grad_scale,
                                            backward, NULL, NULL, sums, NULL);
-  if (loss_sum) *loss_sum += sums[0];
-  if (n_correct) *n_correct += (int64_t)sums[3];
+  if (loss_sum) *loss_sum += sums[MODEL_SUM_LOSS];
+  if (n_correct) *n_correct += (int64_t)sums[MODEL_SUM_CORRECT];
   /* nothing selected: the gradient is zero (no backward, as before the pipeline) */
   if (backward && count > 0) model_stage_backward(m, NULL, NULL);
   return count;

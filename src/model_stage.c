@@ -77,7 +77,7 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
   t[2] = (double)model_xent(m, a->logits, tgt_out, nT, m->vl, m->v0, D->vocab, D->pad,
                             D->label_smoothing, grad_scale, backward, &t[0], &t[1], NULL);
   model_tp_totals(m, t, 3);
-  sums[0] += t[0], sums[1] += t[1];
+  sums[MODEL_SUM_LOSS] += t[0], sums[MODEL_SUM_NLL] += t[1];
   return (int64_t)t[2];
 }
 
@@ -147,11 +147,11 @@ int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tg
                                float grad_scale, int backward, double *loss_sum, double *nll_sum) {
   CHECK(m->dims.arch == MODEL_ARCH_TRANSLATION, "model_forward_backward: not a translation model");
   CHECK(m->n_stages == 1, "model_forward_backward: pp > 1 runs the stages (pipe.c)");
-  double sums[4] = {0, 0, 0, 0};
+  double sums[MODEL_NSUMS] = {0};
   int64_t ntok = model_stage_forward(m, src_g, tgt_in_g, tgt_out_g, B_global, S, T, grad_scale,
                                      backward, NULL, NULL, sums);
-  if (loss_sum) *loss_sum += sums[0];
-  if (nll_sum) *nll_sum += sums[1];
+  if (loss_sum) *loss_sum += sums[MODEL_SUM_LOSS];
+  if (nll_sum) *nll_sum += sums[MODEL_SUM_NLL];
   if (backward) model_stage_backward(m, NULL, NULL);
   return ntok;
 }

@@ -152,3 +152,19 @@ double optim_lr(const config *c, int64_t step, int64_t epoch) {
   }
   return lr * warm; /* constant */
 }
+
+void optim_moments_of(const optim *o, int64_t off, int64_t n, int64_t *lo, int64_t *hi,
+                      float **exp_avg, float **exp_avg_sq) {
+  /* intersect [off, off + n) with this rank's slice [o->lo, o->hi) */
+  int64_t a = off > o->lo ? off : o->lo, b = off + n < o->hi ? off + n : o->hi;
+  int names = o->zero ? 1 : o->dp_rank == 0; /* zero = 0: one replica names the moments */
+  if (b > a && names) {
+    *lo = a - off, *hi = b - off;
+    *exp_avg = o->exp_avg + (a - o->lo);
+    *exp_avg_sq = o->exp_avg_sq + (a - o->lo);
+  } else { /* an empty range still says "this run has optimizer state" */
+    *lo = *hi = 0;
+    *exp_avg = o->exp_avg;
+    *exp_avg_sq = o->exp_avg_sq;
+  }
+}

@@ -8,8 +8,6 @@
 
 #include <cblas.h>
 
-#include "task.h"
-
 static int rank0(void) { return common_rank() == 0; }
 
 void session_say(const session *s, const char *fmt, ...) {
@@ -42,52 +40,88 @@ static int mkdir_p(const char *path) {
   return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
+/* 1 when this rank writes parameter p (and its moments) into a checkpoint. Every rank of a
+ * replica reads all it holds, but writes less: a vector sits on every TP process row, and
+ * process row 0 writes it; with pp > 1 another stage's tensors are empty blocks here, and a
+ * tied embedding held by several stages is written by its first holder (p->pp_copy = 0). */
+static int writes_here(const model_param *p, const grid *g) {
+  if (p->is_vector && g->prow != 0) return 0;
+  return p->pp_owned && !p->pp_copy;
+}
+
+/* The checkpoint's tensor lists: what this rank reads (tensors) and writes (save_tensors):
+ * each parameter's block, and the Adam moments the optimizer says this rank names. */
 static void build_tensors(session *s) {
   model *m = s->model;
   s->n_tensors = m->n_params;
   s->tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
+  s->save_tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
   for (int i = 0; i < m->n_params; i++) {
     model_param *p = &m->params[i];
     ckpt_tensor *t = &s->tensors[i];
     t->name = p->name;
     t->param = &p->w;
     t->is_vector = p->is_vector;
-    t->write_param = s->g.dp_rank == 0;
-    if (s->with_optim) {
-      /* intersect the param's local range [offset, offset + size) with the optimizer slice */
-      int64_t a = p->offset, b = p->offset + dmat_local_size(&p->w);
-      int64_t lo = a > s->opt.lo ? a : s->opt.lo, hi = b < s->opt.hi ? b : s->opt.hi;
-      int owns = s->opt.zero ? 1 : s->g.dp_rank == 0;
-      if (hi > lo && owns) {
-        t->opt_lo = lo - a;
-        t->opt_hi = hi - a;
-        t->exp_avg = s->opt.exp_avg + (lo - s->opt.lo);
-        t->exp_avg_sq = s->opt.exp_avg_sq + (lo - s->opt.lo);
-      } else {
-        /* an empty range still says "this run has optimizer state" */
-        t->opt_lo = t->opt_hi = 0;
-        t->exp_avg = s->opt.exp_avg;
-        t->exp_avg_sq = s->opt.exp_avg_sq;
-      }
+    t->write_param = s->g.dp_rank == 0; /* one replica writes */
+    if (s->with_optim)
+      optim_moments_of(&s->opt, p->offset, dmat_local_size(&p->w), &t->opt_lo, &t->opt_hi,
+                       &t->exp_avg, &t->exp_avg_sq);
+    s->save_tensors[i] = *t;
+    if (!writes_here(p, &s->g)) {
+      s->save_tensors[i].write_param = 0;
+      s->save_tensors[i].opt_lo = s->save_tensors[i].opt_hi = 0;
     }
   }
-  /* a vector sits on every TP process row: process row 0 writes it and its moments */
-  s->save_tensors = common_calloc((size_t)m->n_params, sizeof(ckpt_tensor));
-  memcpy(s->save_tensors, s->tensors, (size_t)m->n_params * sizeof(ckpt_tensor));
-  for (int i = 0; i < m->n_params && s->g.prow != 0; i++)
-    if (m->params[i].is_vector) {
-      ckpt_tensor *t = &s->save_tensors[i];
-      t->write_param = 0;
-      t->opt_lo = t->opt_hi = 0;
+}
+
+/* Load the checkpoint spec names ("none" or "": none; "auto": the newest good one in
+ * cfg.out/ckpt, if any), or else the encoder of init_from. C_ERR (reported) on every rank
+ * when it cannot be loaded. Collective on the world. */
+static int load_checkpoint(session *s, const char *spec) {
+  const config *c = &s->cfg;
+  char err[2048];
+  if (strcmp(spec, "none") != 0 && spec[0]) {
+    char dir[1100], path[1100];
+    snprintf(dir, sizeof dir, "%s/ckpt", c->out);
+    int none_found = 0, is_auto = strcmp(spec, "auto") == 0;
+    if (ckpt_resolve(spec, dir, path, sizeof path, &none_found, s->g.world, err, sizeof err) !=
+        C_OK) {
+      if (!(is_auto && none_found)) {
+        say_error(err);
+        return C_ERR;
+      }
+    } else {
+      int has_optim = 0;
+      if (ckpt_load(path, s->tensors, s->n_tensors, &s->meta, &has_optim, s->g.world, err,
+                    sizeof err) != C_OK) {
+        say_error(err);
+        return C_ERR;
+      }
+      if (s->with_optim && !has_optim)
+        session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
+      if (s->with_optim) s->opt.step = s->meta.step;
+      /* With zero=0 only dp rank 0's tensor list names the moments (one replica writes
+       * them), so only it read them: give every replica the same moments. */
+      if (s->with_optim && has_optim && !s->opt.zero && s->g.dp > 1) {
+        int64_t n = s->opt.hi - s->opt.lo;
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+        MPI_CHECK(MPI_Bcast(s->opt.exp_avg_sq, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
+      }
+      s->resumed = 1;
+      snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
     }
-  /* pipeline: another stage's tensors are empty blocks here; a tied embedding held by
-   * several stages is written (with its moments) by the first, the others read it */
-  for (int i = 0; i < m->n_params; i++)
-    if (!m->params[i].pp_owned || m->params[i].pp_copy) {
-      ckpt_tensor *t = &s->save_tensors[i];
-      t->write_param = 0;
-      t->opt_lo = t->opt_hi = 0;
+  }
+  /* a fresh run may start its encoder from another run's checkpoint (e.g. masked-LM) */
+  if (!s->resumed && c->init_from[0]) {
+    int n_loaded = 0;
+    if (task_init_from(c->init_from, s->tensors, s->n_tensors, &n_loaded, s->g.world, err,
+                       sizeof err) != C_OK) {
+      say_error(err);
+      return C_ERR;
     }
+    session_say(s, "init_from %s: loaded %d encoder tensors", c->init_from, n_loaded);
+  }
+  return C_OK;
 }
 
 int session_take_extras(int argc, char **argv, session_extra *extras, int n_extras, char **rest) {
@@ -131,18 +165,17 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     grid_destroy(&s->g);
     return C_ERR;
   }
-  task tk; /* does the dataset fit the arch? (a classifier needs a pair file) */
-  if (task_init(&tk, c, s->data, err, sizeof err) != C_OK) {
+  model_dims dims; /* arch parsed here, once */
+  model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
+                         data_bos_id(s->data), data_eos_id(s->data));
+  dims.n_classes = data_n_classes(s->data);
+  /* does the dataset fit the arch? (a classifier needs a pair file) */
+  if (task_init(&s->task, c, dims.arch, s->data, err, sizeof err) != C_OK) {
     say_error(err);
     data_close(s->data);
     grid_destroy(&s->g);
     return C_ERR;
   }
-  task_free(&tk);
-  model_dims dims;
-  model_dims_from_config(&dims, c, data_vocab_size(s->data), data_pad_id(s->data),
-                         data_bos_id(s->data), data_eos_id(s->data));
-  dims.n_classes = data_n_classes(s->data);
   s->model = model_create(&dims, &s->g, (uint64_t)c->seed);
   s->with_optim = with_optim;
   if (with_optim) {
@@ -154,52 +187,9 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
   }
   build_tensors(s);
 
-  /* checkpoint */
-  if (!ckpt_spec) ckpt_spec = c->resume;
-  if (strcmp(ckpt_spec, "none") != 0 && ckpt_spec[0]) {
-    char dir[1100], path[1100];
-    snprintf(dir, sizeof dir, "%s/ckpt", c->out);
-    int none_found = 0;
-    int is_auto = strcmp(ckpt_spec, "auto") == 0;
-    if (ckpt_resolve(ckpt_spec, dir, path, sizeof path, &none_found, s->g.world,
-                     err, sizeof err) != C_OK) {
-      if (!(is_auto && none_found)) {
-        say_error(err);
-        session_close(s);
-        return C_ERR;
-      }
-    } else {
-      int has_optim = 0;
-      if (ckpt_load(path, s->tensors, s->n_tensors, &s->meta, &has_optim, s->g.world, err,
-                    sizeof err) != C_OK) {
-        say_error(err);
-        session_close(s);
-        return C_ERR;
-      }
-      if (with_optim && !has_optim)
-        session_say(s, "warning: %s has no optimizer state; Adam moments start at zero", path);
-      if (with_optim) s->opt.step = s->meta.step;
-      /* With zero=0 only dp rank 0's tensor list names the moments (one replica writes
-       * them), so only it read them: give every replica the same moments. */
-      if (with_optim && has_optim && !s->opt.zero && s->g.dp > 1) {
-        int64_t n = s->opt.hi - s->opt.lo;
-        MPI_CHECK(MPI_Bcast(s->opt.exp_avg, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
-        MPI_CHECK(MPI_Bcast(s->opt.exp_avg_sq, common_int(n), MPI_FLOAT, 0, s->g.dp_comm));
-      }
-      s->resumed = 1;
-      snprintf(s->ckpt_path, sizeof s->ckpt_path, "%s", path);
-    }
-  }
-  /* a fresh run may start its encoder from another run's checkpoint (e.g. masked-LM) */
-  if (!s->resumed && c->init_from[0]) {
-    int n_loaded = 0;
-    if (task_init_from(c->init_from, s->tensors, s->n_tensors, &n_loaded, s->g.world, err,
-                       sizeof err) != C_OK) {
-      say_error(err);
-      session_close(s);
-      return C_ERR;
-    }
-    session_say(s, "init_from %s: loaded %d encoder tensors", c->init_from, n_loaded);
+  if (load_checkpoint(s, ckpt_spec ? ckpt_spec : c->resume) != C_OK) {
+    session_close(s);
+    return C_ERR;
   }
   if (rank0()) mkdir_p(c->out); /* a failure is reported below, on every rank */
   MPI_CHECK(MPI_Barrier(s->g.world));
@@ -231,6 +221,7 @@ void session_close(session *s) {
   free(s->meta.config_text);
   if (s->with_optim) optim_free(&s->opt);
   model_free(s->model);
+  task_free(&s->task);
   if (s->data) data_close(s->data);
   grid_destroy(&s->g);
   memset(s, 0, sizeof *s);

@@ -1,8 +1,10 @@
 /* task.c: the per-task parts of training and evaluation (task.h): batch planning, model
- * inputs (pair concatenation and truncation, masked-LM masking) and the forward call.
+ * inputs (pair concatenation and truncation, masked-LM masking) and the forward call; and
+ * task_step_run, which runs a pass of batches on any layout (one rank, TP, pipeline
+ * stages) and all-reduces its sums, for the training loop, evaluation and dump alike.
  *
- * Not here: the loop, gradient sums over ranks, the optimizer (train.c), the model
- * itself (model.c), reading the file (data.c).
+ * Not here: the loop and the optimizer with its gradient sums over ranks (train.c,
+ * optim.c), the model itself (model.c), reading the file (data.c, ckpt.c).
  *
  * Pair rows. Row j is `bos a eos b eos`. When a + b + 3 exceeds max_len the longer side
  * loses its last token until it fits (ties: a), HuggingFace's "longest_first".
@@ -20,16 +22,15 @@
  */
 #include "task.h"
 
-#include <hdf5.h>
+#include <math.h>
 #include <string.h>
 
 #include "ops.h"
 
-int task_init(task *t, const config *c, const data_file *f, char *err, size_t err_len) {
+int task_init(task *t, const config *c, int arch, const data_file *f, char *err,
+              size_t err_len) {
   memset(t, 0, sizeof *t);
-  t->kind = !strcmp(c->arch, "encoder_classifier") ? TASK_CLASSIFY
-            : !strcmp(c->arch, "encoder_mlm")      ? TASK_MLM
-                                                   : TASK_TRANSLATION;
+  t->kind = arch;
   t->max_tokens = c->max_tokens;
   t->max_src_len = (int)c->max_src_len;
   t->max_tgt_len = (int)c->max_tgt_len;
@@ -38,14 +39,14 @@ int task_init(task *t, const config *c, const data_file *f, char *err, size_t er
   t->mlm_prob = (float)c->mlm_prob;
   t->pad = data_pad_id(f), t->bos = data_bos_id(f), t->eos = data_eos_id(f);
   t->vocab = data_vocab_size(f);
-  if (t->kind == TASK_CLASSIFY && data_n_classes(f) < 2) {
+  if (t->kind == MODEL_ARCH_CLASSIFIER && data_n_classes(f) < 2) {
     snprintf(err, err_len,
              "arch=encoder_classifier needs a sentence-pair classification dataset (root "
              "attribute task=\"pair_classification\", e.g. data_prep/paraphrase.py); %s is not one",
              c->data);
     return C_ERR;
   }
-  if (t->kind != TASK_TRANSLATION && t->max_len < 8) {
+  if (t->kind != MODEL_ARCH_TRANSLATION && t->max_len < 8) {
     snprintf(err, err_len,
              "arch=%s: the longest row max_src_len (or max_positions) = %d is "
              "below 8 tokens",
@@ -56,7 +57,7 @@ int task_init(task *t, const config *c, const data_file *f, char *err, size_t er
   const int sp[4] = {t->pad, data_unk_id(f), t->bos, t->eos};
   for (int i = 0; i < 4; i++)
     first_word = sp[i] + 1 > first_word ? sp[i] + 1 : first_word;
-  if (t->kind == TASK_MLM && (TASK_MLM_MASK_ID != data_unk_id(f) || first_word >= t->vocab)) {
+  if (t->kind == MODEL_ARCH_MLM && (TASK_MLM_MASK_ID != data_unk_id(f) || first_word >= t->vocab)) {
     snprintf(err, err_len,
              "arch=encoder_mlm uses <unk> (id %d) as the mask, but %s has unk_id "
              "%d or no word ids",
@@ -74,15 +75,15 @@ void task_free(task *t) {
 }
 
 int task_has_accuracy(const task *t) {
-  return t->kind != TASK_TRANSLATION;
+  return t->kind != MODEL_ARCH_TRANSLATION;
 }
 
 void task_plan(task *t, data_plan *p, const data_split *s, int train, uint64_t seed, int64_t epoch,
                int64_t *n_dropped) {
   if (n_dropped) *n_dropped = 0;
-  if (t->kind == TASK_CLASSIFY) {
+  if (t->kind == MODEL_ARCH_CLASSIFIER) {
     data_plan_make_pairs(p, s, t->max_tokens, t->max_len, train, seed, epoch);
-  } else if (t->kind == TASK_MLM) {
+  } else if (t->kind == MODEL_ARCH_MLM) {
     int64_t mt = t->max_tokens / 2 > 0 ? t->max_tokens / 2 : 1;
     data_plan_make(p, s, mt, 0, 0, train, seed, epoch, NULL);
   } else if (train) {
@@ -113,7 +114,7 @@ static int row_len(const int32_t *row, int width, int eos) {
 int task_make_inputs(task *t, uint64_t key, int *width) {
   const data_batch *r = &t->raw;
   int n = r->n_seq, L = t->max_len;
-  if (t->kind == TASK_CLASSIFY) {
+  if (t->kind == MODEL_ARCH_CLASSIFIER) {
     int W = 0;
     for (int j = 0; j < n; j++) {
       int la = row_len(r->src + (size_t)j * r->src_len, r->src_len, t->eos);
@@ -200,28 +201,30 @@ int task_make_inputs(task *t, uint64_t key, int *width) {
   return rows;
 }
 
-void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int train,
-                    uint64_t key, double *sums) {
+void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_t b, int dropout,
+                    int backward, uint64_t key, double *sums) {
   data_batch_load(s, p, b, &t->raw);
-  model_set_mode(m, train, key);
-  if (t->kind == TASK_TRANSLATION) {
+  model_set_mode(m, dropout, key);
+  if (t->kind == MODEL_ARCH_TRANSLATION) {
     const data_batch *r = &t->raw;
-    sums[TASK_COUNT] +=
+    sums[MODEL_SUM_COUNT] +=
         (double)model_forward_backward(m, r->src, r->tgt_in, r->tgt_out, r->n_seq, r->src_len,
-                                       r->tgt_len, 1.0f, train, &sums[TASK_LOSS], &sums[TASK_NLL]);
+                                       r->tgt_len, 1.0f, backward, &sums[MODEL_SUM_LOSS],
+                                       &sums[MODEL_SUM_NLL]);
     return;
   }
   int W = 0, rows = task_make_inputs(t, key, &W);
   double loss = 0;
   int64_t correct = 0, count;
-  if (t->kind == TASK_CLASSIFY)
-    count = model_classify(m, t->tok, t->raw.labels, rows, W, 1.0f, train, &loss, &correct, NULL);
+  if (t->kind == MODEL_ARCH_CLASSIFIER)
+    count =
+        model_classify(m, t->tok, t->raw.labels, rows, W, 1.0f, backward, &loss, &correct, NULL);
   else
-    count = model_mlm(m, t->tok, t->tgt, rows, W, 1.0f, train, &loss, &correct);
-  sums[TASK_LOSS] += loss;
-  sums[TASK_NLL] += loss; /* no label smoothing in the encoder-only heads */
-  sums[TASK_COUNT] += (double)count;
-  sums[TASK_CORRECT] += (double)correct;
+    count = model_mlm(m, t->tok, t->tgt, rows, W, 1.0f, backward, &loss, &correct);
+  sums[MODEL_SUM_LOSS] += loss;
+  sums[MODEL_SUM_NLL] += loss; /* no label smoothing in the encoder-only heads */
+  sums[MODEL_SUM_COUNT] += (double)count;
+  sums[MODEL_SUM_CORRECT] += (double)correct;
 }
 
 void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint64_t key,
@@ -231,47 +234,81 @@ void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint
   out->key = key;
   out->valid = 1;
   const data_batch *r = &t->raw;
-  if (t->kind == TASK_TRANSLATION) {
+  if (t->kind == MODEL_ARCH_TRANSLATION) {
     out->src = r->src, out->tgt_in = r->tgt_in, out->tgt_out = r->tgt_out;
     out->B = r->n_seq, out->S = r->src_len, out->T = r->tgt_len;
     return;
   }
   int W = 0, rows = task_make_inputs(t, key, &W);
   out->src = t->tok;
-  out->tgt_out = t->kind == TASK_CLASSIFY ? r->labels : t->tgt;
+  out->tgt_out = t->kind == MODEL_ARCH_CLASSIFIER ? r->labels : t->tgt;
   out->B = rows, out->S = W, out->T = 0;
+}
+
+/* The key of batch b in pass p (task_pass). */
+static uint64_t pass_key(const task_pass *p, int64_t b) {
+  if (p->dropout)
+    return ops_hash_key(p->seed, (uint64_t)p->step, (uint64_t)p->epoch, (uint64_t)b);
+  return ops_hash_key(p->seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0);
+}
+
+/* pp > 1: pipe_run's loader of micro-batch j of a pass. */
+typedef struct pass_loader {
+  task *t;
+  const task_pass *p;
+} pass_loader;
+
+static void pass_load(void *ctx, int j, pipe_batch *b) {
+  const pass_loader *x = ctx;
+  const task_pass *p = x->p;
+  int64_t bi = p->first + j * p->stride;
+  memset(b, 0, sizeof *b);
+  if (bi >= p->plan->n_batches) return; /* past the epoch's end: skipped by every stage */
+  task_pipe_batch(x->t, p->split, p->plan, bi, pass_key(p, bi), b);
+}
+
+void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
+                   double sums[MODEL_NSUMS]) {
+  for (int i = 0; i < MODEL_NSUMS; i++) sums[i] = 0.0;
+  if (g->pp > 1 && p->backward) {
+    /* the replica's micro-batches through its stages; the last stage has the loss */
+    pass_loader ld = {t, p};
+    pipe_run(ps, p->n, pass_load, &ld, sums);
+    pipe_reduce_tied(ps);
+  } else {
+    for (int i = 0; i < p->n; i++) {
+      int64_t b = p->first + i * p->stride;
+      if (b >= p->plan->n_batches) continue;
+      if (g->pp == 1) {
+        task_run_batch(t, m, p->split, p->plan, b, p->dropout, p->backward, pass_key(p, b), sums);
+        continue;
+      }
+      pipe_batch pb; /* forward through the stages */
+      task_pipe_batch(t, p->split, p->plan, b, pass_key(p, b), &pb);
+      pipe_forward(ps, &pb, sums);
+    }
+  }
+  if (p->poison) sums[MODEL_SUM_LOSS] = NAN;
+  /* the stages' sums (the last stage has the loss), then the replicas': every rank of the
+   * world holds the same sums, so a verdict on them (finiteness) is the same on all */
+  if (g->pp > 1)
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, MODEL_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, MODEL_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
 }
 
 int task_init_from(const char *spec, const ckpt_tensor *tensors, int n, int *n_loaded,
                    MPI_Comm comm, char *err, size_t err_len) {
   char path[1100], msg[1024];
-  int none_found = 0, rank;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  int none_found = 0;
   *n_loaded = 0;
   if (ckpt_resolve(spec, spec, path, sizeof path, &none_found, comm, msg, sizeof msg) != C_OK) {
     snprintf(err, err_len, "init_from=%s: %s", spec, msg);
     return C_ERR;
   }
-  /* which encoder tensors does the file hold? (rank 0 looks, everyone is told) */
-  uint8_t *has = common_calloc((size_t)n, 1);
-  if (rank == 0) {
-    H5E_auto2_t old_fn;
-    void *old_data;
-    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f >= 0) {
-      char link[160];
-      for (int i = 0; i < n; i++) {
-        if (strncmp(tensors[i].name, "encoder.", 8) != 0) continue;
-        snprintf(link, sizeof link, "/model/%s", tensors[i].name);
-        has[i] = H5Lexists(f, "/model", H5P_DEFAULT) > 0 && H5Lexists(f, link, H5P_DEFAULT) > 0;
-      }
-      H5Fclose(f);
-    }
-    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
-  }
-  MPI_CHECK(MPI_Bcast(has, n, MPI_UINT8_T, 0, comm));
+  uint8_t *has = common_calloc((size_t)n, 1); /* which tensors does the file hold? */
+  ckpt_has_tensors(path, tensors, n, has, comm);
+  for (int i = 0; i < n; i++) /* the encoder's only */
+    if (strncmp(tensors[i].name, "encoder.", 8) != 0) has[i] = 0;
   ckpt_tensor *sub = common_calloc((size_t)n, sizeof *sub);
   int k = 0;
   for (int i = 0; i < n; i++)

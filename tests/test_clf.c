@@ -144,7 +144,7 @@ static void check_inputs(void) {
   int32_t tout[N * TL] = {30, 31, 32, 3, 0, 0, 40, 41, 42, 43, 44, 3};
   r->n_seq = N, r->src_len = SL, r->tgt_len = TL, r->src = src, r->tgt_out = tout;
   /* classifier, longest first: a = 7, b = 3 -> cap 10: a loses 3 (7+3+3=13 -> 4+3+3) */
-  t.kind = TASK_CLASSIFY, t.max_len = 10;
+  t.kind = MODEL_ARCH_CLASSIFIER, t.max_len = 10;
   int W = 0, rows = task_make_inputs(&t, 0, &W);
   const int32_t want0[10] = {2, 10, 11, 12, 13, 3, 30, 31, 32, 3};
   const int32_t want1[10] = {2, 20, 21, 3, 40, 41, 42, 43, 44, 3};
@@ -152,7 +152,7 @@ static void check_inputs(void) {
   TEST_EXPECT(!memcmp(t.tok, want0, sizeof want0), "pair row 0 truncated wrongly");
   TEST_EXPECT(!memcmp(t.tok + 10, want1, sizeof want1), "pair row 1 truncated wrongly");
   /* masked-LM over many keys: selection rate, split, determinism, specials untouched */
-  t.kind = TASK_MLM, t.max_len = 64;
+  t.kind = MODEL_ARCH_MLM, t.max_len = 64;
   int64_t words = 0, sel = 0, masked = 0, kept = 0, random = 0, special_bad = 0, det_bad = 0;
   for (uint64_t key = 1; key <= 4000; key++) {
     rows = task_make_inputs(&t, key, &W);
