@@ -136,8 +136,11 @@ int train_main(int argc, char **argv) {
   int rank0 = g->world_rank == 0;
   char err[1024];
   data_split *train = data_split_open(s.data, "train", err, sizeof err);
-  if (!train) {
+  data_split *valid = train ? data_split_open(s.data, "valid", err, sizeof err) : NULL;
+  data_split_close(valid); /* opened to refuse a missing or empty one now, not at validation */
+  if (!train || !valid) {
     if (rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    data_split_close(train);
     session_close(&s);
     return 1;
   }
