@@ -91,31 +91,40 @@ typedef struct config {
 #undef CONFIG_FIELD
   /* derived */
   int tp_pr, tp_pc;
+  /* warnings of the reading ("file:line: text" lines): config_from_args prints them */
+  char warnings[2048];
 } config;
 
-/* Fill every key with its default. Not collective. */
+/* Fill every key with its default (and clear the warnings). Not collective. */
 void config_defaults(config *c);
 
-/* Read FILE (key = value lines, '#' comments, blank lines) into c. Returns 0, or -1
- * with a message in err naming the file, line and key. Not collective (every rank reads
+/* Read FILE (UTF-8 "key = value" lines, '#' comments, blank lines; the rules for what
+ * editors put into text are in docs/CONFIG.md) into c. Returns C_OK, or C_ERR with a
+ * message in err naming the file and line and rendering any invisible or non-ASCII
+ * character visibly (\u00a0). An empty file, a file of only comments, a directory, and a
+ * key set twice are errors. Warnings go to c->warnings. Not collective (every rank reads
  * the same file and so reaches the same verdict). */
 int config_load_file(config *c, const char *path, char *err, size_t err_len);
 
-/* Apply one "key=value" override. Returns 0, or -1 with err set. */
+/* Apply one "key=value" (a command-line override, or any later setting wins). Returns
+ * C_OK, or C_ERR with err set (where: "command line" or "file:line"). Not collective. */
 int config_set(config *c, const char *key_value, const char *where, char *err, size_t err_len);
 
 /* Check the combination (heads divide d_model, d_model even, tp_grid shape, schedule
- * keys, ...) and derive tp_pr/tp_pc. Returns 0, or -1 with err set. */
+ * keys, ...) and derive tp_pr/tp_pc. Returns C_OK, or C_ERR with err set. Not collective. */
 int config_validate(config *c, char *err, size_t err_len);
 
 /* Parse the common command line shape "CONFIG [key=value ...]": defaults, the file (if
- * argv[0] does not contain '='), overrides, validation. Returns 0 or -1 with err. */
+ * argv[0] does not contain '='), overrides, validation; prints the warnings of the
+ * reading to stderr from world rank 0 only. Returns C_OK, or C_ERR with err set. Not
+ * collective (no communication; every rank parses the same arguments alike). */
 int config_from_args(config *c, int argc, char **argv, char *err, size_t err_len);
 
-/* Print the key table as a Markdown table (docs/CONFIG.md is this output). */
+/* Print the key table as a Markdown table (docs/CONFIG.md is this output). Not collective. */
 void config_print_keys(FILE *f);
 
-/* Write every key as "key = value" lines into buf (malloc'd, caller frees). */
+/* Write every key as "key = value" lines into buf (malloc'd, caller frees). Not
+ * collective. */
 char *config_dump(const config *c);
 
 #endif
