@@ -197,7 +197,9 @@ static void char_describe(uint32_t c, char *out, size_t len) {
   char a = lookalike_of(c, &script);
   if (a && !strcmp(script, "fullwidth")) snprintf(out, len, "fullwidth form of '%c'", a);
   else if (a) snprintf(out, len, "%s letter like '%c'", script, a);
-  else if (is_invisible(c)) snprintf(out, len, "invisible space or format character");
+  else if ((c >= 0x2000 && c <= 0x200A) || c == 0x205F || c == 0x1680)
+    snprintf(out, len, "Unicode space");
+  else if (is_invisible(c)) snprintf(out, len, "invisible format character");
   else if (c < 0x20 || c == 0x7F) snprintf(out, len, "control character");
   else snprintf(out, len, "not ASCII");
 }
