@@ -31,10 +31,11 @@ typedef struct key_info {
 } key_info;
 
 #define KI_INT(name, def, lo, hi, help)                                                            \
-  {#name, T_INT, offsetof(config, name), NULL, (double)(def), (double)(lo), (double)(hi), NULL, help},
+  {#name, T_INT, offsetof(config, name), NULL, (double)(def), (double)(lo), (double)(hi),          \
+   NULL,  help},
 #define KI_FLOAT(name, def, lo, hi, help)                                                          \
-  {#name, T_FLOAT, offsetof(config, name), NULL, (double)(def), (double)(lo), (double)(hi), NULL,  \
-   help},
+  {#name, T_FLOAT, offsetof(config, name), NULL, (double)(def), (double)(lo), (double)(hi),        \
+   NULL,  help},
 #define KI_STR(name, def, lo, hi, help)                                                            \
   {#name, T_STR, offsetof(config, name), def, 0, 0, 0, lo, help},
 #define KI(name, type, def, lo, hi, help) KI_##type(name, def, lo, hi, help)
@@ -46,9 +47,12 @@ void config_defaults(config *c) {
   memset(c, 0, sizeof *c);
   for (size_t i = 0; i < n_keys; i++) {
     char *field = (char *)c + keys[i].offset;
-    if (keys[i].type == T_INT) *(int64_t *)field = (int64_t)keys[i].def_num;
-    else if (keys[i].type == T_FLOAT) *(double *)field = keys[i].def_num;
-    else snprintf(field, 256, "%s", keys[i].def_str);
+    if (keys[i].type == T_INT)
+      *(int64_t *)field = (int64_t)keys[i].def_num;
+    else if (keys[i].type == T_FLOAT)
+      *(double *)field = keys[i].def_num;
+    else
+      snprintf(field, 256, "%s", keys[i].def_str);
   }
 }
 
@@ -57,8 +61,10 @@ static int edit_distance(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   if (la > 63 || lb > 63) return 99;
   int d[64][64];
-  for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
-  for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+  for (size_t i = 0; i <= la; i++)
+    d[i][0] = (int)i;
+  for (size_t j = 0; j <= lb; j++)
+    d[0][j] = (int)j;
   for (size_t i = 1; i <= la; i++)
     for (size_t j = 1; j <= lb; j++) {
       int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
@@ -115,8 +121,8 @@ static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
 /* Characters that show as nothing or as a space: Unicode spaces, zero-width characters,
  * the BOM, the soft hyphen and the bidirectional controls (ASCII space and tab excluded). */
 static int is_invisible(uint32_t c) {
-  return c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || c == 0x202F ||
-         c == 0x205F || c == 0x3000 || c == 0x2060 || c == 0xFEFF || c == 0xAD || c == 0x180E ||
+  return c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || c == 0x202F || c == 0x205F ||
+         c == 0x3000 || c == 0x2060 || c == 0xFEFF || c == 0xAD || c == 0x180E ||
          (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069);
 }
 
@@ -195,13 +201,18 @@ static void char_describe(uint32_t c, char *out, size_t len) {
     }
   const char *script = NULL;
   char a = lookalike_of(c, &script);
-  if (a && !strcmp(script, "fullwidth")) snprintf(out, len, "fullwidth form of '%c'", a);
-  else if (a) snprintf(out, len, "%s letter like '%c'", script, a);
+  if (a && !strcmp(script, "fullwidth"))
+    snprintf(out, len, "fullwidth form of '%c'", a);
+  else if (a)
+    snprintf(out, len, "%s letter like '%c'", script, a);
   else if ((c >= 0x2000 && c <= 0x200A) || c == 0x205F || c == 0x1680)
     snprintf(out, len, "Unicode space");
-  else if (is_invisible(c)) snprintf(out, len, "invisible format character");
-  else if (c < 0x20 || c == 0x7F) snprintf(out, len, "control character");
-  else snprintf(out, len, "not ASCII");
+  else if (is_invisible(c))
+    snprintf(out, len, "invisible format character");
+  else if (c < 0x20 || c == 0x7F)
+    snprintf(out, len, "control character");
+  else
+    snprintf(out, len, "not ASCII");
 }
 
 /* Write s into out with everything but printable ASCII escaped: \t, \xNN for other
@@ -214,12 +225,18 @@ static void render(const char *s, char *out, size_t len) {
   for (size_t i = 0; i < n && o + 12 < len;) {
     uint32_t c;
     size_t l = utf8_decode(u + i, n - i, &c);
-    if (l == 1 && c >= 0x20 && c < 0x7F && c != '\\') out[o++] = (char)c;
-    else if (l == 1 && c == '\\') o += (size_t)snprintf(out + o, len - o, "\\\\");
-    else if (l == 1 && c == '\t') o += (size_t)snprintf(out + o, len - o, "\\t");
-    else if (l <= 1) o += (size_t)snprintf(out + o, len - o, "\\x%02x", (unsigned)u[i]);
-    else if (c <= 0xFFFF) o += (size_t)snprintf(out + o, len - o, "\\u%04x", (unsigned)c);
-    else o += (size_t)snprintf(out + o, len - o, "\\U%08x", (unsigned)c);
+    if (l == 1 && c >= 0x20 && c < 0x7F && c != '\\')
+      out[o++] = (char)c;
+    else if (l == 1 && c == '\\')
+      o += (size_t)snprintf(out + o, len - o, "\\\\");
+    else if (l == 1 && c == '\t')
+      o += (size_t)snprintf(out + o, len - o, "\\t");
+    else if (l <= 1)
+      o += (size_t)snprintf(out + o, len - o, "\\x%02x", (unsigned)u[i]);
+    else if (c <= 0xFFFF)
+      o += (size_t)snprintf(out + o, len - o, "\\u%04x", (unsigned)c);
+    else
+      o += (size_t)snprintf(out + o, len - o, "\\U%08x", (unsigned)c);
     i += l ? l : 1;
   }
   out[o < len ? o : len - 1] = '\0';
@@ -241,7 +258,8 @@ static void describe_odd_chars(const char *s, char *out, size_t len) {
     i += l ? l : 1;
     if (!invalid && c >= 0x20 && c < 0x7F) continue;
     int dup = 0;
-    for (int j = 0; j < n_seen; j++) dup |= seen[j] == c;
+    for (int j = 0; j < n_seen; j++)
+      dup |= seen[j] == c;
     if (dup) continue;
     seen[n_seen++] = c;
     char what[120], d[64];
@@ -249,7 +267,8 @@ static void describe_odd_chars(const char *s, char *out, size_t len) {
     if (invalid)
       snprintf(what, sizeof what, "\\x%02x is a byte that is not UTF-8: save the file as UTF-8",
                (unsigned)(c & 0xFF));
-    else if (c == '\t') snprintf(what, sizeof what, "\\t is a tab");
+    else if (c == '\t')
+      snprintf(what, sizeof what, "\\t is a tab");
     else if (c < 0x20 || c == 0x7F)
       snprintf(what, sizeof what, "\\x%02x is a control character", (unsigned)c);
     else
@@ -267,11 +286,13 @@ static uint32_t trim_edges(char **s) {
   unsigned char *u = (unsigned char *)*s;
   size_t n = strlen(*s), l;
   for (;;) {
-    if (n && isspace(*u)) u++, n--;
+    if (n && isspace(*u))
+      u++, n--;
     else if (n && (l = utf8_decode(u, n, &c)) > 1 && is_invisible(c)) {
       if (!dropped) dropped = c;
       u += l, n -= l;
-    } else break;
+    } else
+      break;
   }
   for (;;) {
     if (n && isspace(u[n - 1])) {
@@ -375,7 +396,8 @@ static const key_info *resolve_key(config *c, char *raw, const char *where, char
     return NULL;
   }
   const char *names[sizeof keys / sizeof keys[0]];
-  for (size_t i = 0; i < n_keys; i++) names[i] = keys[i].name;
+  for (size_t i = 0; i < n_keys; i++)
+    names[i] = keys[i].name;
   const char *best = suggest(key, names, n_keys);
   char notes[400];
   describe_odd_chars(key, notes, sizeof notes);
@@ -391,17 +413,20 @@ static int is_decimal(const char *v) {
   const char *p = v;
   int digits = 0;
   if (*p == '+' || *p == '-') p++;
-  while (isdigit((unsigned char)*p)) p++, digits++;
+  while (isdigit((unsigned char)*p))
+    p++, digits++;
   if (*p == '.') {
     p++;
-    while (isdigit((unsigned char)*p)) p++, digits++;
+    while (isdigit((unsigned char)*p))
+      p++, digits++;
   }
   if (!digits) return 0;
   if (*p == 'e' || *p == 'E') {
     p++;
     if (*p == '+' || *p == '-') p++;
     if (!isdigit((unsigned char)*p)) return 0;
-    while (isdigit((unsigned char)*p)) p++;
+    while (isdigit((unsigned char)*p))
+      p++;
   }
   return *p == '\0';
 }
@@ -427,23 +452,28 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
   int fq = first_len ? quote_family(first) : 0, lq = last_len ? quote_family(last) : 0;
   if (fq && lq && fq == lq && n >= first_len + last_len) {
     if (first >= 0x80 || last >= 0x80)
-      add_warning(c, where, "the value of '%s' is in typographic quotes \\u%04x...\\u%04x; read "
-                  "as if plain quotes, which are not part of the value", k->name,
-                  (unsigned)first, (unsigned)last);
+      add_warning(c, where,
+                  "the value of '%s' is in typographic quotes \\u%04x...\\u%04x; read "
+                  "as if plain quotes, which are not part of the value",
+                  k->name, (unsigned)first, (unsigned)last);
     value[n - last_len] = '\0';
     value += first_len;
   } else if (fq || lq) {
     render(value, shown, sizeof shown);
-    snprintf(err, err_len, "%s: the value of '%s' has an unmatched quote: '%s' (quote the whole "
-             "value or nothing)", where, k->name, shown);
+    snprintf(err, err_len,
+             "%s: the value of '%s' has an unmatched quote: '%s' (quote the whole "
+             "value or nothing)",
+             where, k->name, shown);
     return C_ERR;
   }
   uint32_t bad;
   if (has_hidden(value, &bad)) {
     render(value, shown, sizeof shown);
     describe_odd_chars(value, notes, sizeof notes);
-    snprintf(err, err_len, "%s: the value of '%s' holds an invisible or invalid character: "
-             "'%s' (%s); retype the value", where, k->name, shown, notes);
+    snprintf(err, err_len,
+             "%s: the value of '%s' holds an invisible or invalid character: "
+             "'%s' (%s); retype the value",
+             where, k->name, shown, notes);
     return C_ERR;
   }
   char *field = (char *)c + k->offset;
@@ -481,8 +511,8 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
     size_t l = utf8_decode(u + i, n - i, &ch);
     if (l > 1 && is_minus_like(ch)) {
       char_describe(ch, d, sizeof d);
-      add_warning(c, where, "the \\u%04x (%s) in the value of '%s' is read as '-'", (unsigned)ch,
-                  d, k->name);
+      add_warning(c, where, "the \\u%04x (%s) in the value of '%s' is read as '-'", (unsigned)ch, d,
+                  k->name);
       num[o++] = '-';
     } else {
       memcpy(num + o, value + i, l ? l : 1);
@@ -528,8 +558,10 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
              k->hi);
     return C_ERR;
   }
-  if (k->type == T_INT) *(int64_t *)field = (int64_t)v;
-  else *(double *)field = v;
+  if (k->type == T_INT)
+    *(int64_t *)field = (int64_t)v;
+  else
+    *(double *)field = v;
   return C_OK;
 }
 
@@ -540,8 +572,10 @@ static void missing_equals(const char *text, const char *where, char *err, size_
   sscanf(text, "%63[a-z0-9_]", word);
   const char *hint = "";
   char buf[160] = "";
-  if (!strncmp(text, "--", 2)) hint = " (flags are not read: write key=value without '--')";
-  else if (strchr(text, ':')) hint = " (YAML's 'key: value' is not read: write key = value)";
+  if (!strncmp(text, "--", 2))
+    hint = " (flags are not read: write key=value without '--')";
+  else if (strchr(text, ':'))
+    hint = " (YAML's 'key: value' is not read: write key = value)";
   else if (word[0] && find_key(word)) {
     snprintf(buf, sizeof buf, " (is the '=' after '%s' missing?)", word);
     hint = buf;
@@ -562,7 +596,8 @@ int config_set(config *c, const char *key_value, const char *where, char *err, s
   memcpy(buf, key_value, len + 1);
   char *eq = strchr(buf, '=');
   int rc = C_ERR;
-  if (!eq) missing_equals(key_value, where, err, err_len);
+  if (!eq)
+    missing_equals(key_value, where, err, err_len);
   else {
     *eq = '\0';
     const key_info *k = resolve_key(c, buf, where, err, err_len);
@@ -576,7 +611,8 @@ int config_set(config *c, const char *key_value, const char *where, char *err, s
  * or the first '#' of an unquoted one. NULL if none. */
 static char *comment_start(char *value) {
   char *p = value;
-  while (*p == ' ' || *p == '\t') p++;
+  while (*p == ' ' || *p == '\t')
+    p++;
   uint32_t q;
   size_t l = *p ? utf8_decode((unsigned char *)p, strlen(p), &q) : 0;
   if (l && quote_family(q)) {
@@ -620,18 +656,22 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
   int rc = C_ERR;
   const unsigned char *u = (const unsigned char *)text;
   if (n > CONFIG_FILE_MAX) {
-    snprintf(err, err_len, "config file '%s' is larger than %d bytes: is it a config file?",
-             path, CONFIG_FILE_MAX);
+    snprintf(err, err_len, "config file '%s' is larger than %d bytes: is it a config file?", path,
+             CONFIG_FILE_MAX);
     goto done;
   }
   if (n == 0) {
-    snprintf(err, err_len, "config file '%s' is empty: write key = value lines (docs/CONFIG.md), "
-             "or give no config file to use the defaults", path);
+    snprintf(err, err_len,
+             "config file '%s' is empty: write key = value lines (docs/CONFIG.md), "
+             "or give no config file to use the defaults",
+             path);
     goto done;
   }
   if (n >= 2 && ((u[0] == 0xFF && u[1] == 0xFE) || (u[0] == 0xFE && u[1] == 0xFF))) {
-    snprintf(err, err_len, "config file '%s' is UTF-16 text (it starts with the byte-order mark "
-             "%02X %02X): save it as UTF-8", path, u[0], u[1]);
+    snprintf(err, err_len,
+             "config file '%s' is UTF-16 text (it starts with the byte-order mark "
+             "%02X %02X): save it as UTF-8",
+             path, u[0], u[1]);
     goto done;
   }
   text[n] = '\0';
@@ -650,8 +690,10 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
       goto done;
     }
     p += len;
-    if (p[0] == '\r' && p[1] == '\n') p += 2;
-    else if (p[0]) p += 1;
+    if (p[0] == '\r' && p[1] == '\n')
+      p += 2;
+    else if (p[0])
+      p += 1;
     line[len] = '\0';
     lineno++;
     snprintf(where, sizeof where, "%s:%d", path, lineno);
@@ -673,9 +715,10 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
     if (!k) goto done;
     size_t ki = (size_t)(k - keys);
     if (set_at[ki]) {
-      snprintf(err, err_len, "%s: '%s' is set twice in this file, on line %d and line %d: delete "
-               "one (a %s=... on the command line may override the file)", where, k->name,
-               set_at[ki], lineno, k->name);
+      snprintf(err, err_len,
+               "%s: '%s' is set twice in this file, on line %d and line %d: delete "
+               "one (a %s=... on the command line may override the file)",
+               where, k->name, set_at[ki], lineno, k->name);
       goto done;
     }
     if (assign(c, k, value, where, err, err_len) != C_OK) goto done;
@@ -683,7 +726,8 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
     n_set++;
   }
   if (n_set == 0) {
-    snprintf(err, err_len, "config file '%s' has no settings, only comments or blank lines: write "
+    snprintf(err, err_len,
+             "config file '%s' has no settings, only comments or blank lines: write "
              "key = value lines (docs/CONFIG.md), or give no config file to use the defaults",
              path);
     goto done;
@@ -783,7 +827,8 @@ int config_from_args(config *c, int argc, char **argv, char *err, size_t err_len
     rc = config_load_file(c, argv[0], err, err_len);
     i = 1;
   }
-  for (; i < argc && rc == C_OK; i++) rc = config_set(c, argv[i], "command line", err, err_len);
+  for (; i < argc && rc == C_OK; i++)
+    rc = config_set(c, argv[i], "command line", err, err_len);
   if (rc == C_OK) rc = config_validate(c, err, err_len);
   if (c->warnings[0] && common_rank() == 0) { /* every rank read the same; one speaks */
     for (const char *w = c->warnings; *w;) {
@@ -808,7 +853,8 @@ char *config_dump(const config *c) {
                       (long long)*(const int64_t *)field);
     else if (keys[i].type == T_FLOAT)
       len += snprintf(buf + len, cap - len, "%s = %.9g\n", keys[i].name, *(const double *)field);
-    else len += snprintf(buf + len, cap - len, "%s = %s\n", keys[i].name, field);
+    else
+      len += snprintf(buf + len, cap - len, "%s = %s\n", keys[i].name, field);
   }
   return buf;
 }

@@ -88,7 +88,8 @@ static void test_hand_written(void) {
   TEST_EXPECT(LOAD(&c, "max_steps = 1e3\nwarmup_steps = 40.0\n", err) == C_OK &&
                   c.max_steps == 1000 && c.warmup_steps == 40,
               "1e3 and 40.0 for integer keys: %s", err);
-  const char *yes[] = {"true", "yes", "on", "True", "1"}, *no[] = {"false", "no", "off", "FALSE", "0"};
+  const char *yes[] = {"true", "yes", "on", "True", "1"},
+             *no[] = {"false", "no", "off", "FALSE", "0"};
   for (int i = 0; i < 5; i++) {
     char line[64];
     config_defaults(&c);
@@ -111,18 +112,24 @@ static void test_hand_written(void) {
                   strstr(c.warnings, "\\u200b (zero-width space)") &&
                   strstr(c.warnings, "\\u2009") && ascii_only(c.warnings),
               "zero-width space before a key, thin space after a value: %s / %s", err, c.warnings);
-  TEST_EXPECT(LOAD(&c, "data = \xe2\x80\x9cx.h5\xe2\x80\x9d\nout = \xe2\x80\x98r\xe2\x80\x99\n", err) ==
-                      C_OK &&
+  TEST_EXPECT(LOAD(&c, "data = \xe2\x80\x9cx.h5\xe2\x80\x9d\nout = \xe2\x80\x98r\xe2\x80\x99\n",
+                   err) == C_OK &&
                   !strcmp(c.data, "x.h5") && !strcmp(c.out, "r") &&
                   strstr(c.warnings, "typographic quotes \\u201c...\\u201d") &&
                   strstr(c.warnings, "\\u2018...\\u2019"),
               "typographic quotes: %s / %s", err, c.warnings);
-  TEST_EXPECT(LOAD(&c, "lr = 1e\xe2\x88\x92" "3\nlabel_smoothing = 1e\xe2\x80\x93" "1\n", err) == C_OK &&
+  TEST_EXPECT(LOAD(&c,
+                   "lr = 1e\xe2\x88\x92"
+                   "3\nlabel_smoothing = 1e\xe2\x80\x93"
+                   "1\n",
+                   err) == C_OK &&
                   c.lr == 1e-3 && c.label_smoothing == 1e-1 &&
                   strstr(c.warnings, "\\u2212 (minus sign) in the value of 'lr' is read as '-'") &&
                   strstr(c.warnings, "\\u2013 (en dash)"),
               "Unicode minus and en dash in a number: %s / %s", err, c.warnings);
-  TEST_EXPECT(REFUSED("lr = \xe2\x88\x92" "1e-3\n", "'lr' = -1e-3 is out of range", NULL),
+  TEST_EXPECT(REFUSED("lr = \xe2\x88\x92"
+                      "1e-3\n",
+                      "'lr' = -1e-3 is out of range", NULL),
               "a Unicode minus makes a negative lr, refused by the range");
 
   /* refused, with the line and the characters shown */
@@ -134,19 +141,24 @@ static void test_hand_written(void) {
   TEST_EXPECT(REFUSED("l\xd0\xb0r = 1e-3\n", ":1: unknown key 'l\\u0430r'",
                       "\\u0430 is a Cyrillic letter like 'a' (did you mean 'lr'?)"),
               "a Cyrillic letter in a key");
-  TEST_EXPECT(REFUSED("he\xce\xb1" "ds = 2\n", "unknown key 'he\\u03b1ds'", "did you mean 'heads'"),
+  TEST_EXPECT(REFUSED("he\xce\xb1"
+                      "ds = 2\n",
+                      "unknown key 'he\\u03b1ds'", "did you mean 'heads'"),
               "a Greek letter in a key");
-  TEST_EXPECT(REFUSED("warmup\xc2\xa0steps = 2\n", "unknown key 'warmup\\u00a0steps'",
-                      "no-break space"),
-              "a no-break space inside a key");
+  TEST_EXPECT(
+      REFUSED("warmup\xc2\xa0steps = 2\n", "unknown key 'warmup\\u00a0steps'", "no-break space"),
+      "a no-break space inside a key");
   TEST_EXPECT(REFUSED("l\xe2\x80\x8br = 1\n", "unknown key 'l\\u200br'", "zero-width space"),
               "a zero-width space inside a key");
   TEST_EXPECT(REFUSED("norm = pr\xd0\xb5\n", "not 'pr\\u0435'", "did you mean 'pre'"),
               "a Cyrillic letter in a choice");
-  TEST_EXPECT(REFUSED("data = a\xe2\x80\x8b" "b.h5\n", "value of 'data' holds an invisible",
-                      "'a\\u200bb.h5'"),
+  TEST_EXPECT(REFUSED("data = a\xe2\x80\x8b"
+                      "b.h5\n",
+                      "value of 'data' holds an invisible", "'a\\u200bb.h5'"),
               "a zero-width space inside a path");
-  TEST_EXPECT(REFUSED("max_steps = 1\xc2\xa0" "000\n", "'1\\u00a0000'", "no-break space"),
+  TEST_EXPECT(REFUSED("max_steps = 1\xc2\xa0"
+                      "000\n",
+                      "'1\\u00a0000'", "no-break space"),
               "a no-break space as a thousands separator");
   TEST_EXPECT(REFUSED("data = caf\xe9.h5\n", "\\xe9", "not UTF-8"), "Latin-1 byte");
   TEST_EXPECT(REFUSED("lr 1e-3\n", ":1: expected key = value, got 'lr 1e-3'",
@@ -155,7 +167,9 @@ static void test_hand_written(void) {
   TEST_EXPECT(REFUSED("lr: 1e-3\n", "expected key = value", "YAML"), "YAML's ':'");
   TEST_EXPECT(REFUSED("--lr=1e-3\n", "unknown key '--lr'", NULL), "a '--' flag");
   TEST_EXPECT(refuses("--lr", "flags are not read"), "a '--' flag without '='");
-  TEST_EXPECT(REFUSED("lr\xef\xbc\x9d" "1e-3\n", "'lr\\uff1d1e-3'", "fullwidth equals sign"),
+  TEST_EXPECT(REFUSED("lr\xef\xbc\x9d"
+                      "1e-3\n",
+                      "'lr\\uff1d1e-3'", "fullwidth equals sign"),
               "a fullwidth '='");
   TEST_EXPECT(REFUSED("lr = 1e-3x\n", "'lr' needs a number, not '1e-3x'", "follows the number"),
               "trailing junk after a number");
@@ -164,7 +178,8 @@ static void test_hand_written(void) {
   TEST_EXPECT(REFUSED("max_steps = 1,000\n", "not '1,000'", "without separators"),
               "1,000 for an integer");
   TEST_EXPECT(REFUSED("max_steps = 1_000\n", "not '1_000'", NULL), "1_000 for an integer");
-  TEST_EXPECT(REFUSED("max_steps = 2.5\n", "needs an integer, not '2.5'", NULL), "2.5 for an integer");
+  TEST_EXPECT(REFUSED("max_steps = 2.5\n", "needs an integer, not '2.5'", NULL),
+              "2.5 for an integer");
   TEST_EXPECT(REFUSED("max_steps = 0x10\n", "needs a number", NULL), "hex");
   TEST_EXPECT(REFUSED("lr = nan\n", "needs a number", NULL), "nan");
   TEST_EXPECT(REFUSED("eval_bleu = maybe\n", "needs a 0 or 1 (or true/false), not 'maybe'", NULL),
@@ -183,8 +198,8 @@ static void test_hand_written(void) {
   memset(big, 'x', sizeof big);
   memcpy(big, "# ", 2);
   memcpy(big + 2000, "\nlr = 1e-3\n", 11);
-  TEST_EXPECT(load(&c, big, 2011, err, sizeof err) == C_OK && c.lr == 1e-3, "a 2000-byte comment: %s",
-              err);
+  TEST_EXPECT(load(&c, big, 2011, err, sizeof err) == C_OK && c.lr == 1e-3,
+              "a 2000-byte comment: %s", err);
 
   /* a directory */
   char dir[] = "/tmp/mpiformer_test_config_dir_XXXXXX";
@@ -242,7 +257,8 @@ int main(void) {
   fclose(f);
   config_defaults(&c);
   int rc = config_load_file(&c, path, err, sizeof err);
-  TEST_EXPECT(rc != 0 && strstr(err, ":4: unknown key 'warmup_stesp' (did you mean 'warmup_steps'?)"),
+  TEST_EXPECT(rc != 0 &&
+                  strstr(err, ":4: unknown key 'warmup_stesp' (did you mean 'warmup_steps'?)"),
               "file error names line 4: %s", err);
   TEST_EXPECT(c.lr == 2e-4, "lines before the error applied");
   remove(path);
@@ -255,9 +271,11 @@ int main(void) {
   /* default TP grid: most square with pc | heads */
   config_defaults(&c);
   config_set(&c, "tp=4", "x", err, sizeof err);
-  TEST_EXPECT(config_validate(&c, err, sizeof err) == 0 && c.tp_pr == 2 && c.tp_pc == 2, "tp=4 -> 2x2");
+  TEST_EXPECT(config_validate(&c, err, sizeof err) == 0 && c.tp_pr == 2 && c.tp_pc == 2,
+              "tp=4 -> 2x2");
   config_set(&c, "tp=3", "x", err, sizeof err);
-  TEST_EXPECT(config_validate(&c, err, sizeof err) == 0 && c.tp_pr == 3 && c.tp_pc == 1, "tp=3 heads=4 -> 3x1");
+  TEST_EXPECT(config_validate(&c, err, sizeof err) == 0 && c.tp_pr == 3 && c.tp_pc == 1,
+              "tp=3 heads=4 -> 3x1");
 
   /* dump and reload gives the same config */
   config_defaults(&c);
