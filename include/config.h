@@ -102,8 +102,9 @@ void config_defaults(config *c);
 /* Read FILE (UTF-8 "key = value" lines, '#' comments, blank lines; the rules for what
  * editors put into text are in docs/CONFIG.md) into c. Returns C_OK, or C_ERR with a
  * message in err naming the file and line and rendering any invisible or non-ASCII
- * character visibly (\u00a0). An empty file, a file of only comments, a directory, and a
- * key set twice are errors. Warnings go to c->warnings. Not collective (every rank reads
+ * character visibly (\u00a0). An empty file, a file of only comments and a directory are
+ * errors; a key set twice takes the later value, with a warning. Warnings go to
+ * c->warnings. Not collective (every rank reads
  * the same file and so reaches the same verdict). */
 int config_load_file(config *c, const char *path, char *err, size_t err_len);
 

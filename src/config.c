@@ -636,7 +636,7 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
     snprintf(err, err_len, "cannot read config file '%s': %s", path, strerror(errno));
     return C_ERR;
   }
-  struct stat st;
+  struct stat st = {0};
   if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
     snprintf(err, err_len, "config file '%s' is a directory: give the file of key = value lines",
              path);
@@ -658,6 +658,10 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
   if (n > CONFIG_FILE_MAX) {
     snprintf(err, err_len, "config file '%s' is larger than %d bytes: is it a config file?", path,
              CONFIG_FILE_MAX);
+    goto done;
+  }
+  if (n == 0 && S_ISCHR(st.st_mode)) { /* /dev/null: the explicit "no file", as in a script */
+    rc = C_OK;
     goto done;
   }
   if (n == 0) {
@@ -714,13 +718,9 @@ int config_load_file(config *c, const char *path, char *err, size_t err_len) {
     const key_info *k = resolve_key(c, line, where, err, err_len);
     if (!k) goto done;
     size_t ki = (size_t)(k - keys);
-    if (set_at[ki]) {
-      snprintf(err, err_len,
-               "%s: '%s' is set twice in this file, on line %d and line %d: delete "
-               "one (a %s=... on the command line may override the file)",
-               where, k->name, set_at[ki], lineno, k->name);
-      goto done;
-    }
+    if (set_at[ki]) /* last wins, as with argparse (fairseq, Megatron); but say so */
+      add_warning(c, where, "'%s' is set again (first on line %d): the value of line %d wins",
+                  k->name, set_at[ki], lineno);
     if (assign(c, k, value, where, err, err_len) != C_OK) goto done;
     set_at[ki] = lineno;
     n_set++;

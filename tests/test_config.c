@@ -133,11 +133,14 @@ static void test_hand_written(void) {
               "a Unicode minus makes a negative lr, refused by the range");
 
   /* refused, with the line and the characters shown */
-  TEST_EXPECT(REFUSED("lr = 1e-3\nheads = 2\nlr = 2e-3\n", ":3: 'lr' is set twice in this file",
-                      "on line 1 and line 3"),
-              "a key written twice");
-  TEST_EXPECT(REFUSED("# c\r\nlr = 1e-3\r\nlr\xc2\xa0= 2e-3\r\n", ":3:", "line 2 and line 3"),
-              "a key written twice, once with a no-break space, CRLF line numbers");
+  TEST_EXPECT(LOAD(&c, "lr = 1e-3\nheads = 2\nlr = 2e-3\n", err) == C_OK && c.lr == 2e-3 &&
+                  strstr(c.warnings, ":3: 'lr' is set again (first on line 1): the value of "
+                                     "line 3 wins"),
+              "a key written twice: last wins, with a warning: %s / %s", err, c.warnings);
+  TEST_EXPECT(LOAD(&c, "# c\r\nlr = 1e-3\r\nlr\xc2\xa0= 2e-3\r\n", err) == C_OK && c.lr == 2e-3 &&
+                  strstr(c.warnings, ":3: 'lr' is set again (first on line 2)") &&
+                  strstr(c.warnings, "\\u00a0"),
+              "a key written twice, once with a no-break space, CRLF line numbers: %s", c.warnings);
   TEST_EXPECT(REFUSED("l\xd0\xb0r = 1e-3\n", ":1: unknown key 'l\\u0430r'",
                       "\\u0430 is a Cyrillic letter like 'a' (did you mean 'lr'?)"),
               "a Cyrillic letter in a key");
@@ -200,6 +203,10 @@ static void test_hand_written(void) {
   memcpy(big + 2000, "\nlr = 1e-3\n", 11);
   TEST_EXPECT(load(&c, big, 2011, err, sizeof err) == C_OK && c.lr == 1e-3,
               "a 2000-byte comment: %s", err);
+
+  /* /dev/null is the explicit "no file" (scripts use it); a regular empty file is not */
+  config_defaults(&c);
+  TEST_EXPECT(config_load_file(&c, "/dev/null", err, sizeof err) == C_OK, "/dev/null: %s", err);
 
   /* a directory */
   char dir[] = "/tmp/mpiformer_test_config_dir_XXXXXX";

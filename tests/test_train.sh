@@ -12,8 +12,8 @@
 #  - an empty valid or train split, an empty config file and a directory given as the
 #    config are errors (no loss or ppl of nothing is written); a hand-written config
 #    (CRLF, BOM, no-break space, typographic quotes, Unicode minus) trains exactly as the
-#    plain one, with its warnings printed once, and a lookalike key or a key set twice is
-#    refused with the character shown and the lines named.
+#    plain one, with its warnings printed once (a key set twice: the later line wins,
+#    with a warning), and a key with a lookalike letter is refused with it shown.
 set -u
 source "$(dirname "$0")/lib.sh"
 
@@ -185,8 +185,15 @@ else bad "hand-written config (exit $rc): $(grep -E 'warning|error' <<<"$out" | 
 printf 'lr = 1e-3\nheads = 4\nl\xd0\xb0r = 2e-3\n' >"$tmp/cyr.conf"
 expect_fail 2 "cyr.conf:3: unknown key 'l\\u0430r': \\u0430 is a Cyrillic letter like 'a'" \
   train "$tmp/cyr.conf" data="$tmp/tiny.h5" out="$tmp/bad"
-printf 'lr = 1e-3\nheads = 4\r\nlr = 2e-3\n' >"$tmp/twice.conf"
-expect_fail 2 "twice.conf:3: 'lr' is set twice in this file, on line 1 and line 3" \
-  train "$tmp/twice.conf" data="$tmp/tiny.h5" out="$tmp/bad"
+printf 'lr = 1e-3\nheads = 4\r\nlr = 3e-3\n' >"$tmp/twice.conf"
+cat "$tmp/tiny.conf" "$tmp/twice.conf" >"$tmp/twice2.conf" # lr on lines 11, 19 and 21
+out=$(run 2 train "$tmp/twice2.conf" out="$tmp/twice" max_steps=12 2>&1)
+rc=$?
+losses "$tmp/twice/metrics.jsonl" >"$tmp/twice.loss" 2>/dev/null
+if [ $rc -eq 0 ] && same "$tmp/twice.loss" "$tmp/dp2.loss" 0 &&
+  once "twice2.conf:21: 'lr' is set again (first on line 19): the value of line 21 wins" "$out"
+then
+  ok "a key set twice in a file: the later line wins (same losses), one warning naming both lines"
+else bad "a key set twice (exit $rc): $(grep -E 'warning|error' <<<"$out" | head -3)"; fi
 
 finish
