@@ -616,6 +616,24 @@ data_split *data_split_open(data_file *f, const char *split, char *err, size_t e
   }
   for (int k = 0; k < 2 && !bad; k++)
     bad = side_open(s, k, err, err_len) != C_OK;
+  /* An empty split would give a loss of 0 and a perplexity of 1 over no tokens (a perfect
+   * score from no data), and an empty train split an epoch of no batches that never ends:
+   * both are refused here, on every rank alike. */
+  if (!bad && s->n == 0) {
+    snprintf(err, err_len,
+             "%s: split \"%s\" has no sentences (/%s/%s/offsets holds only its leading 0): "
+             "there is nothing to train on or evaluate; pack the dataset with sentences in it",
+             f->path, split, split, side_name_of(f, 0));
+    bad = 1;
+  }
+  for (int k = 0; k < 2 && !bad; k++)
+    if (s->off[k][s->n] == 0) {
+      snprintf(err, err_len,
+               "%s: split \"%s\" has %lld sentences but /%s/%s/tokens is empty (every sentence "
+               "has no tokens): there is nothing to train on or evaluate",
+               f->path, split, (long long)s->n, split, side_name_of(f, k));
+      bad = 1;
+    }
   if (agree_fail(f->comm, bad, err, err_len)) goto fail;
 
   for (int k = 0; k < 2 && !bad; k++)

@@ -117,8 +117,13 @@ static int train_setup(trainer *tr, int argc, char **argv) {
   tr->rank0 = s->g.world_rank == 0;
   char err[1024];
   tr->split = data_split_open(s->data, "train", err, sizeof err);
-  if (!tr->split) {
+  /* valid is opened now to refuse a missing or empty one before training, not at the
+   * first validation */
+  data_split *valid = tr->split ? data_split_open(s->data, "valid", err, sizeof err) : NULL;
+  data_split_close(valid);
+  if (!tr->split || !valid) {
     if (tr->rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    data_split_close(tr->split);
     session_close(s);
     return C_ERR;
   }

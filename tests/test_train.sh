@@ -8,7 +8,12 @@
 #    never stopped; and a DP=2 zero=1 checkpoint resumes with DP=1;
 #  - eval prints one JSON object with loss, ppl and BLEU;
 #  - bad input (unknown key, bad value, missing dataset, impossible layout, missing
-#    checkpoint) exits non-zero with a message naming the problem, without hanging.
+#    checkpoint) exits non-zero with a message naming the problem, without hanging;
+#  - an empty valid or train split, an empty config file and a directory given as the
+#    config are errors (no loss or ppl of nothing is written); a hand-written config
+#    (CRLF, BOM, no-break space, typographic quotes, Unicode minus) trains exactly as the
+#    plain one, with its warnings printed once (a key set twice: the later line wins,
+#    with a warning), and a key with a lookalike letter is refused with it shown.
 set -u
 source "$(dirname "$0")/lib.sh"
 
@@ -121,5 +126,74 @@ expect_fail 2 "cannot be split" train "$tmp/tiny.conf" out="$tmp/bad" tp=3
 expect_fail 2 "pp=4 exceeds the 2 layers" train "$tmp/tiny.conf" out="$tmp/bad" pp=4 enc_layers=1 dec_layers=1
 expect_fail 2 "missing.h5" eval "$tmp/tiny.conf" out="$tmp/bad" ckpt="$tmp/missing.h5"
 expect_fail 1 "needs ckpt=PATH" eval "$tmp/tiny.conf"
+
+echo "no silent nonsense: an empty split or config file is an error, not a perfect score"
+$PY tests/make_tiny_dataset.py "$tmp/novalid.h5" --vocab 40 --train 50 --valid 0 --test 4 \
+  >/dev/null &&
+  $PY tests/make_tiny_dataset.py "$tmp/notrain.h5" --vocab 40 --train 0 --valid 4 --test 4 \
+    >/dev/null ||
+  bad "cannot build the datasets with an empty split"
+once() { # the output holds the message exactly once (rank 0 speaks for every rank)
+  [ "$(grep -cF -- "$1" <<<"$2")" -eq 1 ]
+}
+out=$(run 2 train "$tmp/tiny.conf" data="$tmp/novalid.h5" out="$tmp/novalid" max_steps=3 \
+  eval_interval=2 2>&1)
+rc=$?
+msg="$tmp/novalid.h5: split \"valid\" has no sentences"
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && once "$msg" "$out" &&
+  ! grep -qs '"valid"' "$tmp/novalid/metrics.jsonl"; then
+  ok "train with an empty valid split: one error, exit $rc, no valid line in metrics.jsonl"
+else bad "empty valid split (exit $rc): $(grep -E 'valid|error' <<<"$out" | head -3)"; fi
+out=$(run 2 train "$tmp/tiny.conf" data="$tmp/notrain.h5" out="$tmp/notrain" max_steps=3 2>&1)
+rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] &&
+  once "$tmp/notrain.h5: split \"train\" has no sentences" "$out"; then ok "train with an empty train split: one error, exit $rc (it hung before)"
+else bad "empty train split (exit $rc): $(head -3 <<<"$out")"; fi
+out=$(run 2 eval "$tmp/tiny.conf" data="$tmp/novalid.h5" out="$tmp/full" ckpt="$tmp/full/ckpt" \
+  split=valid 2>/dev/null)
+rc=$?
+err=$(run 2 eval "$tmp/tiny.conf" data="$tmp/novalid.h5" out="$tmp/full" ckpt="$tmp/full/ckpt" \
+  split=valid 2>&1 >/dev/null)
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && ! grep -q '"loss"\|"ppl"' <<<"$out" && once "$msg" "$err"
+then ok "eval of an empty valid split: one error, exit $rc, no loss or ppl printed"
+else bad "eval of an empty split (exit $rc): $out $(head -3 <<<"$err")"; fi
+: >"$tmp/empty.conf"
+printf '# only a comment\n\n' >"$tmp/comments.conf"
+mkdir -p "$tmp/confdir"
+expect_fail 2 "config file '$tmp/empty.conf' is empty" train "$tmp/empty.conf" out="$tmp/bad" \
+  data="$tmp/tiny.h5"
+expect_fail 2 "config file '$tmp/comments.conf' has no settings" train "$tmp/comments.conf" \
+  out="$tmp/bad" data="$tmp/tiny.h5"
+expect_fail 2 "config file '$tmp/confdir' is a directory" train "$tmp/confdir" out="$tmp/bad"
+expect_fail 1 "config file '$tmp/empty.conf' is empty" eval "$tmp/empty.conf" ckpt="$tmp/full/ckpt"
+if [ ! -e "$tmp/bad/metrics.jsonl" ]; then ok "no run started from an empty config or a directory"
+else bad "a run started from an empty config or a directory"; fi
+
+echo "hand-written config file: CRLF, BOM, no-break space, typographic quotes, Unicode minus"
+{ printf '\xef\xbb\xbf'; sed 's/$/\r/' "$tmp/tiny.conf"
+  printf 'lr\xc2\xa0= 3e\xe2\x88\x923  # peak\r\nout = \xe2\x80\x9c%s\xe2\x80\x9d\r\n' "$tmp/hand"
+} | grep -v '^lr = ' >"$tmp/hand.conf"
+lrline=$(wc -l <"$tmp/tiny.conf") # the lr line moved to the end: the same number of lines
+out=$(run 2 train "$tmp/hand.conf" max_steps=12 2>&1)
+rc=$?
+losses "$tmp/hand/metrics.jsonl" >"$tmp/hand.loss" 2>/dev/null
+if [ $rc -eq 0 ] && same "$tmp/hand.loss" "$tmp/dp2.loss" 0 &&
+  once "warning: $tmp/hand.conf:$lrline: a \\u00a0 (no-break space) beside the key 'lr'" "$out" &&
+  once "\\u2212 (minus sign) in the value of 'lr' is read as '-'" "$out"; then
+  ok "read as meant (losses identical to the plain file's), each warning once from 2 ranks"
+else bad "hand-written config (exit $rc): $(grep -E 'warning|error' <<<"$out" | head -4)"; fi
+printf 'lr = 1e-3\nheads = 4\nl\xd0\xb0r = 2e-3\n' >"$tmp/cyr.conf"
+expect_fail 2 "cyr.conf:3: unknown key 'l\\u0430r': \\u0430 is a Cyrillic letter like 'a'" \
+  train "$tmp/cyr.conf" data="$tmp/tiny.h5" out="$tmp/bad"
+printf 'lr = 1e-3\nheads = 4\r\nlr = 3e-3\n' >"$tmp/twice.conf"
+cat "$tmp/tiny.conf" "$tmp/twice.conf" >"$tmp/twice2.conf" # lr on lines 11, 19 and 21
+out=$(run 2 train "$tmp/twice2.conf" out="$tmp/twice" max_steps=12 2>&1)
+rc=$?
+losses "$tmp/twice/metrics.jsonl" >"$tmp/twice.loss" 2>/dev/null
+if [ $rc -eq 0 ] && same "$tmp/twice.loss" "$tmp/dp2.loss" 0 &&
+  once "twice2.conf:21: 'lr' is set again (first on line 19): the value of line 21 wins" "$out"
+then
+  ok "a key set twice in a file: the later line wins (same losses), one warning naming both lines"
+else bad "a key set twice (exit $rc): $(grep -E 'warning|error' <<<"$out" | head -3)"; fi
 
 finish
