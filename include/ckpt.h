@@ -33,20 +33,14 @@
 
 #include "dmat.h"
 
-/* splitmix64's finalizer (Steele, Lea, Flood 2014). Not collective. */
-static inline uint64_t ckpt_mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-/* The checksum term of one element: global flat index gidx, value v (its IEEE bits). */
+/* The checksum term of one element: global flat index gidx, value v (its IEEE bits);
+ * mix64 is splitmix64's finalizer, common_mix64. Not collective. */
 static inline uint64_t ckpt_hash_element(uint64_t gidx, float v) {
   union {
     float f;
     uint32_t u;
   } c = {.f = v};
-  return ckpt_mix64((gidx * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)c.u);
+  return common_mix64((gidx * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)c.u);
 }
 
 typedef struct ckpt_tensor {
