@@ -151,8 +151,10 @@ int train_main(int argc, char **argv) {
   metrics mt;
   char path[1100];
   snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
-  if (common_any(g->world, metrics_open(&mt, path, rank0) != 0)) {
-    if (rank0) fprintf(stderr, "mpiformer: error: cannot write %s\n", path);
+  if (metrics_open(&mt, path, rank0, g->world, err, sizeof err) != C_OK) {
+    if (rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    task_free(&tk);
+    data_split_close(train);
     session_close(&s);
     return 1;
   }
@@ -206,6 +208,7 @@ int train_main(int argc, char **argv) {
   if ((c->max_steps > 0 && t.step >= c->max_steps) || (c->max_time > 0 && t.wall >= c->max_time))
     done = 1;
   while (!done) {
+    if (metrics_failed(&mt)) { exit_code = 1; break; } /* agreed; rank 0 said why */
     if (plan_epoch != t.epoch) {
       data_plan_free(&plan);
       task_plan(&tk, &plan, train, 1, (uint64_t)c->seed, t.epoch, &n_dropped);
@@ -357,6 +360,7 @@ int train_main(int argc, char **argv) {
                     (long long)t.step, (long long)t.epoch, t.wall);
     }
   }
+  if (exit_code == 0 && metrics_failed(&mt)) exit_code = 1;
   pipe_free(&pipe);
   task_free(&tk);
   data_plan_free(&plan);
