@@ -27,12 +27,14 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define CKPT_FORMAT_VERSION 1
 #define CKPT_MSG 1024                /* internal error message buffer */
 #define CKPT_VERIFY_FLOATS (1 << 20) /* floats per read of the checksum pass (4 MB) */
 #define CKPT_PATH 4096
+#define CKPT_CLOSE_MARGIN (64 << 10) /* bytes free beyond the metadata still to write */
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -477,11 +479,32 @@ static int save_write_tensors(save_job *j, MPI_Comm comm, char *msg) {
   return bad ? C_ERR : C_OK;
 }
 
+/* Rank 0, before the close: room for what the close still writes. HDF5 has allocated file
+ * space for its metadata (object headers, attributes) but writes most of it only at the
+ * close, from several ranks with barriers in between; a disk that fills during that flush
+ * fails one rank and leaves the others in a barrier. So: the file's size less what it has
+ * allocated on disk, plus a margin, must be free. C_ERR with *eno = ENOSPC otherwise. */
+static int room_to_close(const save_job *j, int *eno) {
+  hsize_t size = 0;
+  struct stat st;
+  struct statvfs vs;
+  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 || statvfs(j->dir, &vs) != 0)
+    return C_OK; /* no estimate: let the close tell */
+  uint64_t have = (uint64_t)st.st_blocks * 512, need = size > have ? size - have : 0;
+  need += CKPT_CLOSE_MARGIN;
+  if ((uint64_t)vs.f_bavail * vs.f_frsize >= need) return C_OK;
+  *eno = ENOSPC;
+  return C_ERR;
+}
+
 /* Phase 4 (collective): the root attributes ("complete" last), then the collective close,
- * which flushes what HDF5 still holds. The file is closed on every path. */
+ * which flushes what HDF5 still holds. The file is closed on every path. After a failure
+ * rank 0 first empties the .tmp (the disk is full: the close's own writes would fail on
+ * one rank and hang the others), and the close goes through. */
 static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Comm comm,
                       char *msg) {
-  int bad = !ok_so_far;
+  int rank, bad = !ok_so_far;
+  MPI_CHECK(MPI_Comm_rank(comm, &rank));
   if (!bad) {
     int32_t version = CKPT_FORMAT_VERSION, complete = 1;
     hid_t f = j->file;
@@ -498,14 +521,25 @@ static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Com
     ok = ok && put_str_attr(f, "layout", meta->layout) == C_OK;
     ok = ok && put_str_attr(f, "config", meta->config_text) == C_OK;
     ok = ok && put_attr(f, "complete", H5T_STD_I32LE, H5T_NATIVE_INT32, &complete) == C_OK;
-    if (!ok) write_failed(msg, j, "writing the attributes", errno);
+    int eno = errno;
+    if (ok && rank == 0 && room_to_close(j, &eno) != C_OK) {
+      write_failed(msg, j, "closing (no room for the metadata)", eno);
+      ok = 0;
+    } else if (!ok) {
+      write_failed(msg, j, "writing the attributes", eno);
+    }
     bad = common_agree(comm, !ok, msg, CKPT_MSG);
+  }
+  if (bad) {
+    if (rank == 0 && truncate(j->tmp, 0) != 0)
+      fprintf(stderr, "ckpt: warning: cannot empty %s: %s\n", j->tmp, strerror(errno));
+    MPI_CHECK(MPI_Barrier(comm)); /* emptied before any rank's close writes */
   }
   errno = 0;
   int fail = H5Fclose(j->file) < 0; /* collective */
   int eno = errno;
   j->file = -1;
-  if (bad) return C_ERR; /* msg is already agreed; a close after a failure may fail too */
+  if (bad) return C_ERR; /* msg is already agreed */
   if (fail) write_failed(msg, j, "closing (flushing) the file", eno);
   return common_agree(comm, fail, msg, CKPT_MSG) ? C_ERR : C_OK;
 }
