@@ -74,14 +74,17 @@ typedef struct ckpt_meta {
 /* Write checkpoint DIR/ckpt_<meta->step>.h5 atomically, update DIR/latest, keep the newest
  * keep_last (0 = keep all). All ranks of comm call it with the same tensor list (names,
  * shapes) in the same order. Returns C_OK, or C_ERR on every rank with err set (and the
- * previous checkpoints and latest untouched). Collective on comm. */
+ * previous checkpoints and latest untouched): a write that fails on any rank (disk full,
+ * quota, I/O error, read-only) is agreed before the next collective call, err names the
+ * file and the system's reason, and the .tmp is removed. Collective on comm. */
 int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *meta, int keep_last,
               MPI_Comm comm, char *err, size_t err_len);
 
 /* Read checkpoint PATH into the tensors' blocks (and moments where exp_avg != NULL and the
  * file has them; *has_optim tells whether it had). Verifies names, shapes and checksums.
  * meta is filled (config_text malloc'd). On a missing, truncated or corrupted file or a
- * shape mismatch: C_ERR on every rank, err names the file and the problem. Collective. */
+ * shape mismatch: C_ERR on every rank, err names the file and the problem.
+ * Collective on comm. */
 int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has_optim,
               MPI_Comm comm, char *err, size_t err_len);
 

@@ -35,7 +35,8 @@ void common_die(const char *file, int line, const char *fmt, ...)
 #define MPI_CHECK(call)                                                                            \
   do {                                                                                             \
     int mpi_rc_ = (call);                                                                          \
-    if (mpi_rc_ != MPI_SUCCESS) common_die(__FILE__, __LINE__, "MPI error %d in %s", mpi_rc_, #call); \
+    if (mpi_rc_ != MPI_SUCCESS)                                                                    \
+      common_die(__FILE__, __LINE__, "MPI error %d in %s", mpi_rc_, #call);                        \
   } while (0)
 
 /* The world rank of this process (valid after MPI_Init; 0 before). Not collective. */

@@ -488,7 +488,8 @@ static int room_to_close(const save_job *j, int *eno) {
   hsize_t size = 0;
   struct stat st;
   struct statvfs vs;
-  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 || statvfs(j->dir, &vs) != 0)
+  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 ||
+      statvfs(j->dir, &vs) != 0)
     return C_OK; /* no estimate: let the close tell */
   uint64_t have = (uint64_t)st.st_blocks * 512, need = size > have ? size - have : 0;
   need += CKPT_CLOSE_MARGIN;
