@@ -33,20 +33,14 @@
 
 #include "dmat.h"
 
-/* splitmix64's finalizer (Steele, Lea, Flood 2014). Not collective. */
-static inline uint64_t ckpt_mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-/* The checksum term of one element: global flat index gidx, value v (its IEEE bits). */
+/* The checksum term of one element: global flat index gidx, value v (its IEEE bits);
+ * mix64 is splitmix64's finalizer, common_mix64. Not collective. */
 static inline uint64_t ckpt_hash_element(uint64_t gidx, float v) {
   union {
     float f;
     uint32_t u;
   } c = {.f = v};
-  return ckpt_mix64((gidx * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)c.u);
+  return common_mix64((gidx * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)c.u);
 }
 
 typedef struct ckpt_tensor {
@@ -80,14 +74,17 @@ typedef struct ckpt_meta {
 /* Write checkpoint DIR/ckpt_<meta->step>.h5 atomically, update DIR/latest, keep the newest
  * keep_last (0 = keep all). All ranks of comm call it with the same tensor list (names,
  * shapes) in the same order. Returns C_OK, or C_ERR on every rank with err set (and the
- * previous checkpoints and latest untouched). Collective on comm. */
+ * previous checkpoints and latest untouched): a write that fails on any rank (disk full,
+ * quota, I/O error, read-only) is agreed before the next collective call, err names the
+ * file and the system's reason, and the .tmp is removed. Collective on comm. */
 int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *meta, int keep_last,
               MPI_Comm comm, char *err, size_t err_len);
 
 /* Read checkpoint PATH into the tensors' blocks (and moments where exp_avg != NULL and the
  * file has them; *has_optim tells whether it had). Verifies names, shapes and checksums.
  * meta is filled (config_text malloc'd). On a missing, truncated or corrupted file or a
- * shape mismatch: C_ERR on every rank, err names the file and the problem. Collective. */
+ * shape mismatch: C_ERR on every rank, err names the file and the problem.
+ * Collective on comm. */
 int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has_optim,
               MPI_Comm comm, char *err, size_t err_len);
 

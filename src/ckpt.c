@@ -18,6 +18,8 @@
  */
 #include "ckpt.h"
 
+#include "h5quiet.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,12 +27,14 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define CKPT_FORMAT_VERSION 1
 #define CKPT_MSG 1024                /* internal error message buffer */
 #define CKPT_VERIFY_FLOATS (1 << 20) /* floats per read of the checksum pass (4 MB) */
 #define CKPT_PATH 4096
+#define CKPT_CLOSE_MARGIN (64 << 10) /* bytes free beyond the metadata still to write */
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -42,37 +46,8 @@ static void msgf(char *msg, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* Collective on comm: 1 on every rank if any rank has bad != 0, and then msg holds the
- * message of the lowest failing rank on every rank. */
-static int agree(MPI_Comm comm, int bad, char *msg) {
-  int rank, size, first;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  MPI_CHECK(MPI_Comm_size(comm, &size));
-  int mine = bad ? rank : size;
-  MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return 0;
-  MPI_CHECK(MPI_Bcast(msg, CKPT_MSG, MPI_CHAR, first, comm));
-  msg[CKPT_MSG - 1] = '\0';
-  return 1;
-}
-
 static void copy_err(char *err, size_t err_len, const char *msg) {
   if (err && err_len) snprintf(err, err_len, "%s", msg);
-}
-
-/* HDF5 prints its error stack by default: silence it for the duration of one API call. */
-typedef struct {
-  H5E_auto2_t func;
-  void *data;
-} h5_quiet;
-
-static void quiet_on(h5_quiet *q) {
-  H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
-
-static void quiet_off(const h5_quiet *q) {
-  H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
 }
 
 static hid_t fapl_mpio(MPI_Comm comm) {
@@ -90,32 +65,6 @@ static hid_t dxpl_collective(void) {
   CHECK(dxpl >= 0 && H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) >= 0,
         "cannot make a collective transfer property list");
   return dxpl;
-}
-
-/* mkdir -p. Not collective. */
-static int mkdir_p(const char *dir, char *msg) {
-  char buf[CKPT_PATH];
-  if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
-    msgf(msg, "%s: path too long", dir);
-    return C_ERR;
-  }
-  for (char *p = buf + 1;; p++) {
-    if (*p != '/' && *p != '\0') continue;
-    char c = *p;
-    *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-      msgf(msg, "%s: cannot create directory %s (%s)", dir, buf, strerror(errno));
-      return C_ERR;
-    }
-    *p = c;
-    if (c == '\0') break;
-  }
-  struct stat st;
-  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-    msgf(msg, "%s: not a directory", dir);
-    return C_ERR;
-  }
-  return C_OK;
 }
 
 static int fsync_path(const char *path, int is_dir) {
@@ -354,15 +303,18 @@ static int moment_writers(int64_t total, int64_t sum_all, int64_t sum_wp) {
 
 /* Create dataset `path` (float32, contiguous, (rows, cols) or (cols)), write this rank's
  * selection collectively and attach the checksum. kind 0: m's block; kind 1: flat slice
- * [lo, hi) of values v. Collective. */
+ * [lo, hi) of values v. On failure *eno is errno right after the failing call. Collective;
+ * the caller agrees on the result before the next collective call. */
 static int put_dataset(hid_t file, const char *path, const dmat *m, int is_vector, int kind,
                        int active, int64_t lo, int64_t hi, const float *v, uint64_t checksum,
-                       hid_t dcpl, hid_t dxpl) {
+                       hid_t dcpl, hid_t dxpl, int *eno) {
   hsize_t dims[2] = {(hsize_t)m->rows, (hsize_t)m->cols};
   hid_t fs = is_vector ? H5Screate_simple(1, &dims[1], NULL) : H5Screate_simple(2, dims, NULL);
   CHECK(fs >= 0, "H5Screate_simple failed");
+  errno = 0;
   hid_t ds = H5Dcreate2(file, path, H5T_IEEE_F32LE, fs, H5P_DEFAULT, dcpl, H5P_DEFAULT);
   int ok = ds >= 0;
+  *eno = errno;
   if (ok) {
     static const float dummy = 0;
     hid_t ms;
@@ -374,105 +326,50 @@ static int put_dataset(hid_t file, const char *path, const dmat *m, int is_vecto
       ms = select_flat(fs, m, is_vector, active ? lo : 0, active ? hi : 0);
       buf = active && hi > lo ? v : &dummy;
     }
+    errno = 0;
     ok = H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf) >= 0;
-    H5Sclose(ms);
     if (ok) ok = put_attr(ds, "checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &checksum) == C_OK;
+    *eno = errno;
+    H5Sclose(ms);
     H5Dclose(ds);
   }
   H5Sclose(fs);
   return ok ? C_OK : C_ERR;
 }
 
-/* Rank 0 only, after the collective close: make DIR/ckpt_<step>.h5 durable and visible,
- * then point DIR/latest at it, then prune. Failures before latest is replaced leave the
- * previous state untouched. */
-static int commit(const char *dir, const char *tmp, const char *final, const char *fname,
-                  int keep_last, char *msg) {
-  char ltmp[CKPT_PATH], latest[CKPT_PATH];
-  snprintf(ltmp, sizeof ltmp, "%s/latest.tmp", dir);
-  snprintf(latest, sizeof latest, "%s/latest", dir);
-  if (fsync_path(tmp, 0) != C_OK) {
-    msgf(msg, "%s: fsync failed (%s)", tmp, strerror(errno));
-    unlink(tmp);
-    return C_ERR;
-  }
-  if (rename(tmp, final) != 0) {
-    msgf(msg, "%s: cannot rename to %s (%s)", tmp, final, strerror(errno));
-    unlink(tmp);
-    return C_ERR;
-  }
-  if (fsync_path(dir, 1) != C_OK) {
-    msgf(msg, "%s: fsync of the directory failed (%s)", dir, strerror(errno));
-    return C_ERR;
-  }
-  int fd = open(ltmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  size_t len = strlen(fname);
-  int ok =
-      fd >= 0 && write(fd, fname, len) == (ssize_t)len && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
-  if (fd >= 0) ok = (close(fd) == 0) && ok;
-  if (!ok || rename(ltmp, latest) != 0 || fsync_path(dir, 1) != C_OK) {
-    msgf(msg, "%s: cannot update %s (%s)", dir, latest, strerror(errno));
-    unlink(ltmp);
-    return C_ERR;
-  }
-  /* retention and stale temporaries: failures here are warnings, the checkpoint is safe */
-  DIR *d = opendir(dir);
-  if (!d) return C_OK;
-  long long cur;
-  CHECK(parse_ckpt_name(fname, 0, &cur), "bad checkpoint name %s", fname);
-  int cap = 16, cnt = 0;
-  long long *steps = common_malloc(sizeof(long long) * (size_t)cap);
-  struct dirent *e;
-  char p[CKPT_PATH];
-  while ((e = readdir(d))) {
-    long long s;
-    if (parse_ckpt_name(e->d_name, 1, &s)) { /* a stale .tmp of a killed save */
-      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-      if (unlink(p) != 0) fprintf(stderr, "ckpt: warning: cannot remove %s\n", p);
-    } else if (parse_ckpt_name(e->d_name, 0, &s) && s != cur) {
-      if (cnt == cap) steps = realloc(steps, sizeof(long long) * (size_t)(cap *= 2));
-      CHECK(steps, "out of memory");
-      steps[cnt++] = s;
-    }
-  }
-  closedir(d);
-  if (keep_last > 0) {
-    /* keep the one just written and the keep_last - 1 highest steps among the others */
-    for (int i = 1; i < cnt; i++) /* insertion sort, descending */
-      for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
-        long long x = steps[j];
-        steps[j] = steps[j - 1];
-        steps[j - 1] = x;
-      }
-    for (int i = keep_last - 1; i < cnt; i++) {
-      snprintf(p, sizeof p, "%s/ckpt_%08lld.h5", dir, steps[i]);
-      if (unlink(p) != 0) fprintf(stderr, "ckpt: warning: cannot remove %s\n", p);
-    }
-    fsync_path(dir, 1);
-  }
-  free(steps);
-  return C_OK;
+/* What the phases of one save share. */
+typedef struct save_job {
+  const char *dir;
+  const ckpt_tensor *t;
+  int n;
+  char fname[64], tmp[CKPT_PATH], final[CKPT_PATH];
+  int with_optim;   /* some rank passed moments */
+  int *mw;          /* (n) moment_writers per tensor */
+  uint64_t *cs_sum; /* (3n + 1) checksums: param, exp_avg, exp_avg_sq per tensor */
+  hid_t file;       /* the open .tmp, or -1 */
+} save_job;
+
+/* msg = "<tmp>: <what> failed: <reason>", the reason found from errno or the disk. */
+static void write_failed(char *msg, const save_job *j, const char *what, int eno) {
+  msgf(msg, "%s: %s failed: %s; checkpoint not saved (latest unchanged)", j->tmp, what,
+       common_strerror(common_write_errno(j->dir, eno)));
 }
 
-int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *meta, int keep_last,
-              MPI_Comm comm, char *err, size_t err_len) {
-  char msg[CKPT_MSG] = "";
-  int rank, bad = 0, rc = C_ERR;
+/* Phase 1 (collective): the names, the directory, who writes what, the checksums. Every
+ * rank learns of a failure (bad arguments from the caller, an unwritable directory). */
+static int save_plan(save_job *j, const ckpt_meta *meta, MPI_Comm comm, char *msg) {
+  int rank, bad = 0;
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  CHECK(dir && meta && meta->step >= 0 && n >= 0, "ckpt_save: bad arguments");
-  check_tensors(t, n, 0, comm);
-  h5_quiet q;
-  quiet_on(&q);
-
-  char fname[64], tmp[CKPT_PATH], final[CKPT_PATH];
-  snprintf(fname, sizeof fname, "ckpt_%08lld.h5", (long long)meta->step);
-  bad = snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, fname) >= (int)sizeof tmp;
-  snprintf(final, sizeof final, "%s/%s", dir, fname);
+  const ckpt_tensor *t = j->t;
+  int n = j->n;
+  snprintf(j->fname, sizeof j->fname, "ckpt_%08lld.h5", (long long)meta->step);
+  bad = snprintf(j->tmp, sizeof j->tmp, "%s/%s.tmp", j->dir, j->fname) >= (int)sizeof j->tmp;
+  snprintf(j->final, sizeof j->final, "%s/%s", j->dir, j->fname);
   if (bad)
-    msgf(msg, "%s: path too long", dir);
+    msgf(msg, "%s: path too long", j->dir);
   else if (rank == 0)
-    bad = mkdir_p(dir, msg) != C_OK;
-  if (agree(comm, bad, msg)) goto out_quiet;
+    bad = common_mkdir_p(j->dir, msg, CKPT_MSG) != C_OK;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) return C_ERR;
 
   /* who writes what: per tensor, the elements owned by writers of params and moments */
   int64_t *cov = common_calloc((size_t)(3 * n + 1), sizeof(int64_t)),
@@ -485,113 +382,273 @@ int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *met
     if (t[i].exp_avg) cov[3 * n] = 1;
   }
   MPI_CHECK(MPI_Allreduce(cov, cov_sum, 3 * n + 1, MPI_INT64_T, MPI_SUM, comm));
-  int with_optim = cov_sum[3 * n] > 0;
-  int *mw = common_calloc((size_t)n + 1, sizeof(int));
+  j->with_optim = cov_sum[3 * n] > 0;
+  j->mw = common_calloc((size_t)n + 1, sizeof(int));
   for (int i = 0; i < n && !bad; i++) {
     int64_t total = t[i].param->rows * t[i].param->cols;
     if (cov_sum[3 * i] != total) {
       msgf(msg, "ckpt_save %s: the ranks with write_param=1 own %lld elements of %s, expected %lld",
-           dir, (long long)cov_sum[3 * i], t[i].name, (long long)total);
+           j->dir, (long long)cov_sum[3 * i], t[i].name, (long long)total);
       bad = 1;
-    } else if (with_optim &&
-               !(mw[i] = moment_writers(total, cov_sum[3 * i + 1], cov_sum[3 * i + 2]))) {
+    } else if (j->with_optim &&
+               !(j->mw[i] = moment_writers(total, cov_sum[3 * i + 1], cov_sum[3 * i + 2]))) {
       msgf(msg,
            "ckpt_save %s: the moment slices of %s cover %lld elements (%lld on write_param "
            "ranks), expected %lld: slices must be disjoint and cover the tensor",
-           dir, t[i].name, (long long)cov_sum[3 * i + 1], (long long)cov_sum[3 * i + 2],
+           j->dir, t[i].name, (long long)cov_sum[3 * i + 1], (long long)cov_sum[3 * i + 2],
            (long long)total);
       bad = 1;
     }
   }
   free(cov);
   free(cov_sum);
-  if (bad) goto out_mw; /* every rank computed the same verdict from the same sums */
+  if (bad) return C_ERR; /* every rank computed the same verdict from the same sums */
 
   /* checksums: each rank sums what it writes, writers are disjoint */
-  uint64_t *cs = common_calloc((size_t)(3 * n + 1), sizeof(uint64_t)),
-           *cs_sum = common_calloc((size_t)(3 * n + 1), sizeof(uint64_t));
+  uint64_t *cs = common_calloc((size_t)(3 * n + 1), sizeof(uint64_t));
+  j->cs_sum = common_calloc((size_t)(3 * n + 1), sizeof(uint64_t));
   for (int i = 0; i < n; i++) {
     const ckpt_tensor *x = &t[i];
     if (x->write_param) cs[3 * i] = hash_block(x->param);
-    int mine = x->exp_avg && (mw[i] == 1 || x->write_param);
-    if (with_optim && mine) {
+    int mine = x->exp_avg && (j->mw[i] == 1 || x->write_param);
+    if (j->with_optim && mine) {
       cs[3 * i + 1] = hash_flat(x->param, x->opt_lo, x->opt_hi, x->exp_avg);
       cs[3 * i + 2] = hash_flat(x->param, x->opt_lo, x->opt_hi, x->exp_avg_sq);
     }
   }
-  MPI_CHECK(MPI_Allreduce(cs, cs_sum, 3 * n + 1, MPI_UINT64_T, MPI_SUM, comm));
+  MPI_CHECK(MPI_Allreduce(cs, j->cs_sum, 3 * n + 1, MPI_UINT64_T, MPI_SUM, comm));
   free(cs);
+  return C_OK;
+}
 
+/* Phase 2 (collective): create DIR/ckpt_<step>.h5.tmp on every rank. */
+static int save_open_tmp(save_job *j, MPI_Comm comm, char *msg) {
   hid_t fapl = fapl_mpio(comm);
-  hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  errno = 0;
+  j->file = H5Fcreate(j->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  int eno = errno;
   H5Pclose(fapl);
-  if (file < 0) msgf(msg, "%s: cannot create (is the directory writable, the disk full?)", tmp);
-  if (agree(comm, file < 0, msg)) {
-    if (file >= 0) H5Fclose(file);
-    goto out_cs;
-  }
+  if (j->file < 0) write_failed(msg, j, "creating the file", eno);
+  if (common_agree(comm, j->file < 0, msg, CKPT_MSG)) return C_ERR;
+  return C_OK;
+}
+
+/* Phase 3 (collective): the groups and every dataset. All ranks agree after each dataset,
+ * so that a rank whose write failed (disk full on its part of the file) never leaves the
+ * others waiting in the next collective create or write. */
+static int save_write_tensors(save_job *j, MPI_Comm comm, char *msg) {
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   CHECK(dcpl >= 0 && H5Pset_layout(dcpl, H5D_CONTIGUOUS) >= 0 &&
             H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0,
         "cannot make the dataset creation property list");
   hid_t dxpl = dxpl_collective();
   const char *groups[] = {"/model", "/optim", "/optim/exp_avg", "/optim/exp_avg_sq"};
-  for (int k = 0; k < (with_optim ? 4 : 1) && !bad; k++) {
-    hid_t gr = H5Gcreate2(file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    bad = gr < 0;
+  int bad = 0, eno = 0;
+  for (int k = 0; k < (j->with_optim ? 4 : 1) && !bad; k++) {
+    errno = 0;
+    hid_t gr = H5Gcreate2(j->file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (gr < 0) write_failed(msg, j, "creating a group", errno);
+    bad = common_agree(comm, gr < 0, msg, CKPT_MSG);
     if (gr >= 0) H5Gclose(gr);
   }
-  char path[CKPT_PATH];
-  for (int i = 0; i < n && !bad; i++) {
-    const ckpt_tensor *x = &t[i];
-    dsname(path, sizeof path, "/model", x->name);
-    bad = put_dataset(file, path, x->param, x->is_vector, 0, x->write_param, 0, 0, NULL,
-                      cs_sum[3 * i], dcpl, dxpl) != C_OK;
-    if (!bad && with_optim) {
-      int mine = x->exp_avg && (mw[i] == 1 || x->write_param);
-      dsname(path, sizeof path, "/optim/exp_avg", x->name);
-      bad = put_dataset(file, path, x->param, x->is_vector, 1, mine, x->opt_lo, x->opt_hi,
-                        x->exp_avg, cs_sum[3 * i + 1], dcpl, dxpl) != C_OK;
-      dsname(path, sizeof path, "/optim/exp_avg_sq", x->name);
-      if (!bad)
-        bad = put_dataset(file, path, x->param, x->is_vector, 1, mine, x->opt_lo, x->opt_hi,
-                          x->exp_avg_sq, cs_sum[3 * i + 2], dcpl, dxpl) != C_OK;
+  char path[CKPT_PATH], what[CKPT_PATH + 16];
+  for (int i = 0; i < j->n && !bad; i++) {
+    const ckpt_tensor *x = &j->t[i];
+    const uint64_t *cs = &j->cs_sum[3 * i];
+    int mine = x->exp_avg && (j->mw[i] == 1 || x->write_param);
+    for (int k = 0; k < (j->with_optim ? 3 : 1) && !bad; k++) {
+      int fail;
+      if (k == 0) {
+        dsname(path, sizeof path, "/model", x->name);
+        fail = put_dataset(j->file, path, x->param, x->is_vector, 0, x->write_param, 0, 0, NULL,
+                           cs[0], dcpl, dxpl, &eno) != C_OK;
+      } else {
+        dsname(path, sizeof path, k == 1 ? "/optim/exp_avg" : "/optim/exp_avg_sq", x->name);
+        fail = put_dataset(j->file, path, x->param, x->is_vector, 1, mine, x->opt_lo, x->opt_hi,
+                           k == 1 ? x->exp_avg : x->exp_avg_sq, cs[k], dcpl, dxpl, &eno) != C_OK;
+      }
+      if (fail) {
+        snprintf(what, sizeof what, "writing %s", path);
+        write_failed(msg, j, what, eno);
+      }
+      bad = common_agree(comm, fail, msg, CKPT_MSG);
     }
   }
-  if (bad) msgf(msg, "%s: writing %s failed (disk full?)", tmp, path);
   H5Pclose(dcpl);
   H5Pclose(dxpl);
+  return bad ? C_ERR : C_OK;
+}
+
+/* Rank 0, before the close: room for what the close still writes. HDF5 has allocated file
+ * space for its metadata (object headers, attributes) but writes most of it only at the
+ * close, from several ranks with barriers in between; a disk that fills during that flush
+ * fails one rank and leaves the others in a barrier. So: the file's size less what it has
+ * allocated on disk, plus a margin, must be free. C_ERR with *eno = ENOSPC otherwise. */
+static int room_to_close(const save_job *j, int *eno) {
+  hsize_t size = 0;
+  struct stat st;
+  struct statvfs vs;
+  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 ||
+      statvfs(j->dir, &vs) != 0)
+    return C_OK; /* no estimate: let the close tell */
+  uint64_t have = (uint64_t)st.st_blocks * 512, need = size > have ? size - have : 0;
+  need += CKPT_CLOSE_MARGIN;
+  if ((uint64_t)vs.f_bavail * vs.f_frsize >= need) return C_OK;
+  *eno = ENOSPC;
+  return C_ERR;
+}
+
+/* Phase 4 (collective): the root attributes ("complete" last), then the collective close,
+ * which flushes what HDF5 still holds. The file is closed on every path. After a failure
+ * rank 0 first empties the .tmp (the disk is full: the close's own writes would fail on
+ * one rank and hang the others), and the close goes through. */
+static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Comm comm,
+                      char *msg) {
+  int rank, bad = !ok_so_far;
+  MPI_CHECK(MPI_Comm_rank(comm, &rank));
   if (!bad) {
     int32_t version = CKPT_FORMAT_VERSION, complete = 1;
-    int ok = put_attr(file, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version) == C_OK;
+    hid_t f = j->file;
+    errno = 0;
+    int ok = put_attr(f, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version) == C_OK;
     const char *i64n[] = {"step", "epoch", "batch_in_epoch", "tokens_seen"};
     const int64_t *i64v[] = {&meta->step, &meta->epoch, &meta->batch_in_epoch, &meta->tokens_seen};
     for (int k = 0; k < 4; k++)
-      ok = ok && put_attr(file, i64n[k], H5T_STD_I64LE, H5T_NATIVE_INT64, i64v[k]) == C_OK;
-    ok = ok && put_attr(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) == C_OK;
-    ok = ok && put_attr(file, "lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->lr) == C_OK;
-    ok = ok && put_attr(file, "wall_seconds", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE,
-                        &meta->wall_seconds) == C_OK;
-    ok = ok && put_str_attr(file, "layout", meta->layout) == C_OK;
-    ok = ok && put_str_attr(file, "config", meta->config_text) == C_OK;
-    ok = ok && put_attr(file, "complete", H5T_STD_I32LE, H5T_NATIVE_INT32, &complete) == C_OK;
-    if (!ok) msgf(msg, "%s: writing the attributes failed", tmp);
-    bad = !ok;
+      ok = ok && put_attr(f, i64n[k], H5T_STD_I64LE, H5T_NATIVE_INT64, i64v[k]) == C_OK;
+    ok = ok && put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) == C_OK;
+    ok = ok && put_attr(f, "lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->lr) == C_OK;
+    ok = ok &&
+         put_attr(f, "wall_seconds", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->wall_seconds) == C_OK;
+    ok = ok && put_str_attr(f, "layout", meta->layout) == C_OK;
+    ok = ok && put_str_attr(f, "config", meta->config_text) == C_OK;
+    ok = ok && put_attr(f, "complete", H5T_STD_I32LE, H5T_NATIVE_INT32, &complete) == C_OK;
+    int eno = errno;
+    if (ok && rank == 0 && room_to_close(j, &eno) != C_OK) {
+      write_failed(msg, j, "closing (no room for the metadata)", eno);
+      ok = 0;
+    } else if (!ok) {
+      write_failed(msg, j, "writing the attributes", eno);
+    }
+    bad = common_agree(comm, !ok, msg, CKPT_MSG);
   }
-  bad = H5Fclose(file) < 0 || bad; /* collective */
-  if (bad && !msg[0]) msgf(msg, "%s: closing failed (disk full?)", tmp);
-  if (agree(comm, bad, msg)) {
-    if (rank == 0) unlink(tmp);
-    goto out_cs;
+  if (bad) {
+    if (rank == 0 && truncate(j->tmp, 0) != 0)
+      fprintf(stderr, "ckpt: warning: cannot empty %s: %s\n", j->tmp, strerror(errno));
+    MPI_CHECK(MPI_Barrier(comm)); /* emptied before any rank's close writes */
   }
-  if (rank == 0) bad = commit(dir, tmp, final, fname, keep_last, msg) != C_OK;
-  if (!agree(comm, bad, msg)) rc = C_OK;
-out_cs:
-  free(cs_sum);
-out_mw:
-  free(mw);
-out_quiet:
-  quiet_off(&q);
+  errno = 0;
+  int fail = H5Fclose(j->file) < 0; /* collective */
+  int eno = errno;
+  j->file = -1;
+  if (bad) return C_ERR; /* msg is already agreed */
+  if (fail) write_failed(msg, j, "closing (flushing) the file", eno);
+  return common_agree(comm, fail, msg, CKPT_MSG) ? C_ERR : C_OK;
+}
+
+/* Phase 5 (rank 0): make DIR/ckpt_<step>.h5 durable and visible (fsync, rename, fsync the
+ * directory), then point DIR/latest at it the same way. A failure before latest is replaced
+ * leaves the previous state as it was. */
+static int save_publish(const save_job *j, char *msg) {
+  char ltmp[CKPT_PATH], latest[CKPT_PATH];
+  snprintf(ltmp, sizeof ltmp, "%s/latest.tmp", j->dir);
+  snprintf(latest, sizeof latest, "%s/latest", j->dir);
+  if (fsync_path(j->tmp, 0) != C_OK) {
+    write_failed(msg, j, "fsync", errno);
+    unlink(j->tmp);
+    return C_ERR;
+  }
+  if (rename(j->tmp, j->final) != 0) {
+    msgf(msg, "%s: cannot rename to %s: %s", j->tmp, j->final, strerror(errno));
+    unlink(j->tmp);
+    return C_ERR;
+  }
+  if (fsync_path(j->dir, 1) != C_OK) {
+    msgf(msg, "%s: fsync of the directory failed: %s", j->dir, strerror(errno));
+    return C_ERR;
+  }
+  int fd = open(ltmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  size_t len = strlen(j->fname);
+  errno = 0;
+  int ok = fd >= 0 && write(fd, j->fname, len) == (ssize_t)len && write(fd, "\n", 1) == 1 &&
+           fsync(fd) == 0;
+  int eno = errno;
+  if (fd >= 0) ok = (close(fd) == 0) && ok;
+  if (ok && rename(ltmp, latest) != 0) ok = 0, eno = errno;
+  if (ok && fsync_path(j->dir, 1) != C_OK) ok = 0, eno = errno;
+  if (!ok) {
+    msgf(msg, "%s: cannot update %s to name %s: %s", j->dir, latest, j->fname,
+         common_strerror(common_write_errno(j->dir, eno)));
+    unlink(ltmp);
+    return C_ERR;
+  }
+  return C_OK;
+}
+
+/* Phase 6 (rank 0): remove stale .tmp files of killed saves and keep the newest keep_last
+ * checkpoints. Failures are warnings: the new checkpoint is safe. */
+static void save_prune(const save_job *j, int keep_last) {
+  DIR *d = opendir(j->dir);
+  if (!d) return;
+  long long cur;
+  CHECK(parse_ckpt_name(j->fname, 0, &cur), "bad checkpoint name %s", j->fname);
+  int cap = 16, cnt = 0;
+  long long *steps = common_malloc(sizeof(long long) * (size_t)cap);
+  struct dirent *e;
+  char p[CKPT_PATH];
+  while ((e = readdir(d))) {
+    long long s;
+    if (parse_ckpt_name(e->d_name, 1, &s)) { /* a stale .tmp of a killed save */
+      snprintf(p, sizeof p, "%s/%s", j->dir, e->d_name);
+      if (unlink(p) != 0) fprintf(stderr, "ckpt: warning: cannot remove %s\n", p);
+    } else if (parse_ckpt_name(e->d_name, 0, &s) && s != cur) {
+      if (cnt == cap) steps = realloc(steps, sizeof(long long) * (size_t)(cap *= 2));
+      CHECK(steps, "out of memory");
+      steps[cnt++] = s;
+    }
+  }
+  closedir(d);
+  if (keep_last > 0) {
+    /* keep the one just written and the keep_last - 1 highest steps among the others */
+    for (int i = 1; i < cnt; i++) /* insertion sort, descending */
+      for (int k = i; k > 0 && steps[k] > steps[k - 1]; k--) {
+        long long x = steps[k];
+        steps[k] = steps[k - 1];
+        steps[k - 1] = x;
+      }
+    for (int i = keep_last - 1; i < cnt; i++) {
+      snprintf(p, sizeof p, "%s/ckpt_%08lld.h5", j->dir, steps[i]);
+      if (unlink(p) != 0) fprintf(stderr, "ckpt: warning: cannot remove %s\n", p);
+    }
+    fsync_path(j->dir, 1);
+  }
+  free(steps);
+}
+
+int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *meta, int keep_last,
+              MPI_Comm comm, char *err, size_t err_len) {
+  char msg[CKPT_MSG] = "";
+  int rank, rc = C_ERR;
+  MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  CHECK(dir && meta && meta->step >= 0 && n >= 0, "ckpt_save: bad arguments");
+  check_tensors(t, n, 0, comm);
+  h5quiet q;
+  h5quiet_begin(&q);
+  save_job j = {.dir = dir, .t = t, .n = n, .file = -1};
+  if (save_plan(&j, meta, comm, msg) != C_OK || save_open_tmp(&j, comm, msg) != C_OK)
+    goto out;
+  int ok = save_write_tensors(&j, comm, msg) == C_OK;
+  if (save_close(&j, meta, ok, comm, msg) != C_OK) {
+    if (rank == 0) unlink(j.tmp);
+    goto out;
+  }
+  int bad = rank == 0 && save_publish(&j, msg) != C_OK;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out;
+  if (rank == 0) save_prune(&j, keep_last);
+  rc = C_OK;
+out:
+  free(j.mw);
+  free(j.cs_sum);
+  h5quiet_end(&q);
   if (rc != C_OK) copy_err(err, err_len, msg);
   return rc;
 }
@@ -613,12 +670,12 @@ static hid_t open_ckpt(const char *path, MPI_Comm comm, char *msg) {
       bad = 1;
     }
   }
-  if (agree(comm, bad, msg)) return -1;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) return -1;
   hid_t fapl = fapl_mpio(comm);
   hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   H5Pclose(fapl);
   if (file < 0) msgf(msg, "%s: not a readable HDF5 file (truncated or corrupt?)", path);
-  if (agree(comm, file < 0, msg)) {
+  if (common_agree(comm, file < 0, msg, CKPT_MSG)) {
     if (file >= 0) H5Fclose(file);
     return -1;
   }
@@ -632,7 +689,7 @@ static hid_t open_ckpt(const char *path, MPI_Comm comm, char *msg) {
          CKPT_FORMAT_VERSION);
     bad = 1;
   }
-  if (agree(comm, bad, msg)) {
+  if (common_agree(comm, bad, msg, CKPT_MSG)) {
     H5Fclose(file);
     return -1;
   }
@@ -817,7 +874,7 @@ static int verify_file(hid_t file, const char *file_path, int with_optim, MPI_Co
     if (!bad) msgf(msg, "%s: unreadable group listing (corrupt?)", file_path);
     bad = 1;
   }
-  if (agree(comm, bad, msg)) goto out;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out;
   /* per dataset: [0] status (0 ok, 1 unreadable, 2 no checksum) max-reduced, sums summed */
   int *st = common_calloc((size_t)n + 1, sizeof(int)),
       *st_max = common_calloc((size_t)n + 1, sizeof(int));
@@ -844,7 +901,7 @@ static int verify_file(hid_t file, const char *file_path, int with_optim, MPI_Co
     bad = st_max[i] != 0 || s_sum[i] != want[i];
   }
   /* every rank read the same attribute, but a rank with a different view must not diverge */
-  bad = agree(comm, bad, msg);
+  bad = common_agree(comm, bad, msg, CKPT_MSG);
   free(st);
   free(st_max);
   free(s);
@@ -920,8 +977,8 @@ int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has
   CHECK(path && n >= 0, "ckpt_load: bad arguments");
   check_tensors(t, n, 1, comm);
   if (has_optim) *has_optim = 0;
-  h5_quiet q;
-  quiet_on(&q);
+  h5quiet q;
+  h5quiet_begin(&q);
   ckpt_meta local_meta;
   ckpt_meta *mt = meta ? meta : &local_meta;
   memset(mt, 0, sizeof *mt);
@@ -939,7 +996,7 @@ int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has
     if (!bad && read_optim) bad = check_shape(file, path, "/optim/exp_avg", &t[i], msg) != C_OK;
     if (!bad && read_optim) bad = check_shape(file, path, "/optim/exp_avg_sq", &t[i], msg) != C_OK;
   }
-  if (agree(comm, bad, msg)) goto out_close;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out_close;
   if (!verified_before(path, comm) && verify_file(file, path, read_optim, comm, msg) != C_OK)
     goto out_close;
   hid_t dxpl = dxpl_collective();
@@ -952,13 +1009,13 @@ int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has
     if (bad) msgf(msg, "%s: reading %s failed (truncated or corrupt?)", path, t[i].name);
   }
   H5Pclose(dxpl);
-  if (agree(comm, bad, msg)) goto out_close;
+  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out_close;
   if (has_optim) *has_optim = file_optim;
   rc = C_OK;
 out_close:
   H5Fclose(file);
 out:
-  quiet_off(&q);
+  h5quiet_end(&q);
   if (rc != C_OK) {
     free(mt->config_text);
     mt->config_text = NULL;
@@ -973,16 +1030,16 @@ int ckpt_read_meta(const char *path, ckpt_meta *meta, MPI_Comm comm, char *err, 
   char msg[CKPT_MSG] = "";
   CHECK(path && meta, "ckpt_read_meta: bad arguments");
   memset(meta, 0, sizeof *meta);
-  h5_quiet q;
-  quiet_on(&q);
+  h5quiet q;
+  h5quiet_begin(&q);
   int rc = C_ERR;
   hid_t file = open_ckpt(path, comm, msg);
   if (file >= 0) {
     int bad = read_meta_attrs(file, path, meta, msg) != C_OK;
-    if (!agree(comm, bad, msg)) rc = C_OK;
+    if (!common_agree(comm, bad, msg, CKPT_MSG)) rc = C_OK;
     H5Fclose(file);
   }
-  quiet_off(&q);
+  h5quiet_end(&q);
   if (rc != C_OK) {
     free(meta->config_text);
     meta->config_text = NULL;
@@ -1097,8 +1154,8 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
   }
   if (rank != 0) list = common_malloc((size_t)hdr[1]);
   MPI_CHECK(MPI_Bcast(list, hdr[1], MPI_CHAR, 0, comm));
-  h5_quiet q;
-  quiet_on(&q);
+  h5quiet q;
+  h5quiet_begin(&q);
   int rc = C_ERR, tried = 0;
   char last[CKPT_MSG] = "";
   for (char *name = strtok(list, "\n"); name && rc != C_OK; name = strtok(NULL, "\n")) {
@@ -1123,7 +1180,7 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
     if (rank == 0) fprintf(stderr, "ckpt: warning: skipping %s; trying an older checkpoint\n", msg);
     snprintf(last, sizeof last, "%s", msg);
   }
-  quiet_off(&q);
+  h5quiet_end(&q);
   free(list);
   if (rc != C_OK) {
     if (last[0]) msgf(msg, "%s: no usable checkpoint (%d tried; the last: %.800s)", d, tried, last);

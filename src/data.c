@@ -25,6 +25,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "h5quiet.h"
+
 #define DATA_FORMAT_VERSION 1
 #define DATA_SCAN_CHUNK ((hsize_t)1 << 20) /* tokens read at a time by the open-time scan */
 
@@ -90,22 +92,11 @@ static void grow(void **buf, size_t *cap, size_t need, size_t elem) {
   *cap = c;
 }
 
-/* Collective: 1 on every rank if any rank failed; then every rank's err holds the
- * message of the lowest failing rank, so the caller can print it from rank 0. */
+/* Collective on comm: common_agree (1 on every rank if any failed; err then holds the
+ * lowest failing rank's message everywhere). A local name only, kept so that the split
+ * checks read as before; err_len is the same on every rank. */
 static int agree_fail(MPI_Comm comm, int failed, char *err, size_t err_len) {
-  if (!common_any(comm, failed)) return 0;
-  int rank, size, first;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  MPI_CHECK(MPI_Comm_size(comm, &size));
-  int mine = failed ? rank : size;
-  MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (err && err_len > 0) {
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", failed ? err : "");
-    MPI_CHECK(MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm));
-    snprintf(err, err_len, "%s", msg);
-  }
-  return 1;
+  return common_agree(comm, failed, err, err_len);
 }
 
 /* Does the link `path` (absolute, e.g. "/train/src/tokens") exist? Walks it component
@@ -246,10 +237,8 @@ done:
 /* File                                                                               */
 
 data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len) {
-  H5E_auto2_t old_fn;
-  void *old_data;
-  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our messages replace HDF5's error stack */
+  h5quiet q;
+  h5quiet_begin(&q); /* our messages replace HDF5's error stack */
 
   data_file *f = common_calloc(1, sizeof *f);
   f->comm = comm;
@@ -357,7 +346,7 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
   }
   if (agree_fail(comm, bad, err, err_len)) goto fail;
 
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  h5quiet_end(&q);
   return f;
 
 fail:
@@ -366,7 +355,7 @@ fail:
   free(f->piece_buf);
   free(f->path);
   free(f);
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  h5quiet_end(&q);
   return NULL;
 }
 
@@ -718,12 +707,7 @@ void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len) 
 
 /* splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator; the state is
  * private to each plan so nothing else in the program can perturb the order. */
-static uint64_t splitmix64(uint64_t *x) {
-  uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+static uint64_t splitmix64(uint64_t *x) { return common_mix64(*x += 0x9e3779b97f4a7c15ULL); }
 
 static uint64_t rng_init(uint64_t seed, int64_t epoch, uint64_t stream) {
   uint64_t x = seed;

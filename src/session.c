@@ -28,18 +28,6 @@ static void say_error(const char *msg) {
   }
 }
 
-static int mkdir_p(const char *path) {
-  char buf[1024];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++)
-    if (*p == '/') {
-      *p = '\0';
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-      *p = '/';
-    }
-  return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
 /* 1 when this rank writes parameter p (and its moments) into a checkpoint. Every rank of a
  * replica reads all it holds, but writes less: a vector sits on every TP process row, and
  * process row 0 writes it; with pp > 1 another stage's tensors are empty blocks here, and a
@@ -191,12 +179,14 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     session_close(s);
     return C_ERR;
   }
-  if (rank0()) mkdir_p(c->out); /* a failure is reported below, on every rank */
-  MPI_CHECK(MPI_Barrier(s->g.world));
+  int bad = rank0() && common_mkdir_p(c->out, err, sizeof err) != C_OK;
+  MPI_CHECK(MPI_Barrier(s->g.world)); /* then every rank must see it */
   struct stat st;
-  int bad = stat(c->out, &st) != 0 || !S_ISDIR(st.st_mode);
-  if (common_any(s->g.world, bad)) {
-    snprintf(err, sizeof err, "cannot create the run directory out=%s", c->out);
+  if (!bad && (stat(c->out, &st) != 0 || !S_ISDIR(st.st_mode))) {
+    snprintf(err, sizeof err, "cannot see the run directory out=%s on this rank", c->out);
+    bad = 1;
+  }
+  if (common_agree(s->g.world, bad, err, sizeof err)) {
     say_error(err);
     session_close(s);
     return C_ERR;

@@ -131,8 +131,9 @@ static int train_setup(trainer *tr, int argc, char **argv) {
   write_config(s);
   char path[1100];
   snprintf(path, sizeof path, "%s/metrics.jsonl", tr->c->out);
-  if (common_any(tr->g->world, metrics_open(&tr->mt, path, tr->rank0) != 0)) {
-    if (tr->rank0) fprintf(stderr, "mpiformer: error: cannot write %s\n", path);
+  if (metrics_open(&tr->mt, path, tr->rank0, tr->g->world, err, sizeof err) != C_OK) {
+    if (tr->rank0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    data_split_close(tr->split);
     session_close(s);
     return C_ERR;
   }
@@ -468,6 +469,10 @@ int train_main(int argc, char **argv) {
   /* a run resumed at its limit (or signalled before its first step) makes no step */
   if (train_at_limit(&tr)) tr.stop = TRAIN_LIMIT;
   while (tr.stop == TRAIN_RUNNING) {
+    if (metrics_failed(&tr.mt)) { /* agreed on every rank; rank 0 said why */
+      tr.stop = TRAIN_FAILED;
+      break;
+    }
     train_plan_epoch(&tr);
     if (tr.t.cursor >= tr.plan.n_batches) {
       train_epoch_end(&tr);
@@ -479,6 +484,7 @@ int train_main(int argc, char **argv) {
     if (tr.stop == TRAIN_RUNNING) train_agree_stop(&tr);
   }
   int rc = train_finish(&tr);
+  if (rc == 0 && metrics_failed(&tr.mt)) rc = 1;
   train_teardown(&tr);
   return rc;
 }
