@@ -1197,10 +1197,8 @@ void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *ha
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
   memset(has, 0, (size_t)n);
   if (rank == 0) { /* rank 0 looks, everyone is told; HDF5's error stack stays quiet */
-    H5E_auto2_t old_fn;
-    void *old_data;
-    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5quiet quiet;
+    h5quiet_begin(&quiet);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f >= 0) {
       char link[160];
@@ -1211,7 +1209,7 @@ void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *ha
       }
       H5Fclose(f);
     }
-    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+    h5quiet_end(&quiet);
   }
   MPI_CHECK(MPI_Bcast(has, n, MPI_UINT8_T, 0, comm));
 }

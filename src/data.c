@@ -92,13 +92,6 @@ static void grow(void **buf, size_t *cap, size_t need, size_t elem) {
   *cap = c;
 }
 
-/* Collective on comm: common_agree (1 on every rank if any failed; err then holds the
- * lowest failing rank's message everywhere). A local name only, kept so that the split
- * checks read as before; err_len is the same on every rank. */
-static int agree_fail(MPI_Comm comm, int failed, char *err, size_t err_len) {
-  return common_agree(comm, failed, err, err_len);
-}
-
 /* Does the link `path` (absolute, e.g. "/train/src/tokens") exist? Walks it component
  * by component because H5Lexists fails when an intermediate group is missing. */
 static int link_exists(hid_t file, const char *path) {
@@ -267,7 +260,7 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
              path);
     bad = 1;
   }
-  if (agree_fail(comm, bad, err, err_len)) goto fail;
+  if (common_agree(comm, bad, err, err_len)) goto fail;
 
   /* 2. Collective open with the MPI-IO driver. */
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -277,7 +270,7 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
   H5Pclose(fapl);
   if (f->file < 0)
     snprintf(err, err_len, "%s: parallel HDF5 (MPI-IO) could not open the file", path);
-  if (agree_fail(comm, f->file < 0, err, err_len)) goto fail;
+  if (common_agree(comm, f->file < 0, err, err_len)) goto fail;
 
   /* 3. Attributes. */
   bad = 0;
@@ -324,7 +317,7 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
       }
     }
   }
-  if (agree_fail(comm, bad, err, err_len)) goto fail;
+  if (common_agree(comm, bad, err, err_len)) goto fail;
 
   /* 4. Vocabulary pieces. */
   bad = 0;
@@ -344,7 +337,7 @@ data_file *data_open(const char *path, MPI_Comm comm, char *err, size_t err_len)
     }
     if (d >= 0) H5Dclose(d);
   }
-  if (agree_fail(comm, bad, err, err_len)) goto fail;
+  if (common_agree(comm, bad, err, err_len)) goto fail;
 
   h5quiet_end(&q);
   return f;
@@ -579,10 +572,8 @@ static int labels_read(data_split *s, char *err, size_t err_len) {
 }
 
 data_split *data_split_open(data_file *f, const char *split, char *err, size_t err_len) {
-  H5E_auto2_t old_fn;
-  void *old_data;
-  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  h5quiet quiet;
+  h5quiet_begin(&quiet);
   err[0] = '\0';
 
   data_split *s = common_calloc(1, sizeof *s);
@@ -623,21 +614,21 @@ data_split *data_split_open(data_file *f, const char *split, char *err, size_t e
                f->path, split, (long long)s->n, split, side_name_of(f, k));
       bad = 1;
     }
-  if (agree_fail(f->comm, bad, err, err_len)) goto fail;
+  if (common_agree(f->comm, bad, err, err_len)) goto fail;
 
   for (int k = 0; k < 2 && !bad; k++)
     bad = side_scan(s, k, err, err_len) != C_OK;
-  if (agree_fail(f->comm, bad, err, err_len)) goto fail;
+  if (common_agree(f->comm, bad, err, err_len)) goto fail;
 
   if (f->n_classes > 0) bad = labels_read(s, err, err_len) != C_OK;
-  if (agree_fail(f->comm, bad, err, err_len)) goto fail;
+  if (common_agree(f->comm, bad, err, err_len)) goto fail;
 
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  h5quiet_end(&quiet);
   return s;
 
 fail:
   split_free(s);
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  h5quiet_end(&quiet);
   return NULL;
 }
 
@@ -1038,10 +1029,8 @@ void data_batch_free(data_batch *b) {
 
 int data_read_spm_model(const char *data_path, unsigned char **bytes, size_t *n, char *err,
                         size_t err_len) {
-  H5E_auto2_t old_fn;
-  void *old_data;
-  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  h5quiet quiet;
+  h5quiet_begin(&quiet);
   int rc = C_ERR;
   hid_t file = -1, dset = -1, sp = -1;
   *bytes = NULL;
@@ -1079,6 +1068,6 @@ done:
   if (sp >= 0) H5Sclose(sp);
   if (dset >= 0) H5Dclose(dset);
   if (file >= 0) H5Fclose(file);
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  h5quiet_end(&quiet);
   return rc;
 }

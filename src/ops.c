@@ -186,16 +186,10 @@ static float ops_sum_exp_(const float *restrict z, float m, int n, double *sum_z
   return ops_lanes_total_(acc);
 }
 
-static inline uint64_t ops_mix_(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 /* The 24-bit hash value whose scaled version is ops_hash_uniform: splitmix64's output
  * number `counter` for the stream seeded with `key`. */
 static inline uint32_t ops_hash24_(uint64_t key, uint64_t counter) {
-  return (uint32_t)(ops_mix_(key + (counter + 1) * 0x9e3779b97f4a7c15ULL) >> 40);
+  return (uint32_t)(common_mix64(key + (counter + 1) * 0x9e3779b97f4a7c15ULL) >> 40);
 }
 
 /* ---- hashing ---------------------------------------------------------------------- */
@@ -213,10 +207,10 @@ float ops_hash_normal(uint64_t key, uint64_t counter) {
 
 uint64_t ops_hash_key(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
   const uint64_t g = 0x9e3779b97f4a7c15ULL;
-  uint64_t h = ops_mix_(a + g);
-  h = ops_mix_(h ^ (b + 2 * g));
-  h = ops_mix_(h ^ (c + 3 * g));
-  h = ops_mix_(h ^ (d + 4 * g));
+  uint64_t h = common_mix64(a + g);
+  h = common_mix64(h ^ (b + 2 * g));
+  h = common_mix64(h ^ (c + 3 * g));
+  h = common_mix64(h ^ (d + 4 * g));
   return h;
 }
 
