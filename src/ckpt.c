@@ -17,6 +17,7 @@
  * return C_ERR on every rank with one message; HDF5's error stack is never printed.
  */
 #include "ckpt.h"
+#include "debug.h"
 
 #include "h5quiet.h"
 
@@ -630,6 +631,7 @@ int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *met
   int rank, rc = C_ERR;
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
   CHECK(dir && meta && meta->step >= 0 && n >= 0, "ckpt_save: bad arguments");
+  DEBUG_AGREE(comm, meta->step, meta->epoch, meta->batch_in_epoch, keep_last);
   check_tensors(t, n, 0, comm);
   h5quiet q;
   h5quiet_begin(&q);

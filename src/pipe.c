@@ -12,6 +12,7 @@
  * (stage, position in the list) order, each receive's matching send is eventually posted.
  */
 #include "pipe.h"
+#include "debug.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +201,7 @@ static void backward(pipe_sched *p, int k, int slot) {
 
 void pipe_run(pipe_sched *p, int M, pipe_load_fn load, void *ctx, double *sums) {
   const grid *g = p->g;
+  DEBUG_AGREE(g->pp_comm, M);
   int S = g->pp, s = g->stage;
   ensure_bufs(p, M);
   int *valid = p->valid;

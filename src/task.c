@@ -21,6 +21,7 @@
  * model (ckpt_load verifies shapes and checksums); other tensors keep their fresh values.
  */
 #include "task.h"
+#include "debug.h"
 
 #include <math.h>
 #include <string.h>
@@ -269,6 +270,8 @@ static void pass_load(void *ctx, int j, pipe_batch *b) {
 
 void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
                    double sums[MODEL_NSUMS]) {
+  DEBUG_AGREE(g->world, p->n, p->stride, p->dropout, p->backward, p->step, p->epoch,
+              (int64_t)p->seed);
   for (int i = 0; i < MODEL_NSUMS; i++) sums[i] = 0.0;
   if (g->pp > 1 && p->backward) {
     /* the replica's micro-batches through its stages; the last stage has the loss */
