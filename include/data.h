@@ -112,8 +112,17 @@ typedef struct data_batch {
 /* Read batch b of plan p: the token hyperslabs of its sentences only (one H5Dread a
  * side). Grows out's buffers if needed (zero-initialize *out before first use). Not
  * collective (independent reads); uses scratch buffers held by s, so one thread per
- * split at a time. Aborts (CHECK) on a read error. */
+ * split at a time. A failed read (an I/O error, or ids that are no longer in the
+ * vocabulary because the file changed) does not stop this rank alone: the batch gets pad
+ * tokens in place of the unread ones, so the collective computation that follows runs
+ * to its end on every rank, and the split records the first error for
+ * data_split_error. */
 void data_batch_load(data_split *s, const data_plan *p, int64_t b, data_batch *out);
+/* The first read error of split s since it was opened, e.g. "data.h5: reading
+ * /train/src/tokens for a batch of 12 sentences failed: Input/output error"; "" when
+ * none. The caller agrees on it over its ranks (common_agree) before it uses what the
+ * batches computed. Not collective. */
+const char *data_split_error(const data_split *s);
 /* Same for an explicit list of n sentence indices (any order, repeats allowed; row j
  * is ids[j]) (decoding, tests). Not collective. */
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out);

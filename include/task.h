@@ -90,10 +90,12 @@ typedef struct task_pass {
  * pipe_reduce_tied; pipe_forward per batch otherwise) on ps (unused with pp = 1); the sums
  * are then all-reduced over pp_comm (the last stage has the loss) and dp_comm, so every
  * rank gets the same totals. Gradients (backward) are accumulated, not zeroed, and not
- * reduced over dp (optim_sync_grads does that). Collective on g's world (pp_comm, dp_comm
- * and the TP grid). */
-void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
-                   double sums[MODEL_NSUMS]);
+ * reduced over dp (optim_sync_grads does that). C_OK; C_ERR on every rank, with the first
+ * failing rank's message in err (the same on all), when a batch read failed on any rank
+ * (data_split_error): the sums and gradients are then not to be used. Collective on g's
+ * world (pp_comm, dp_comm and the TP grid). */
+int task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
+                  double sums[MODEL_NSUMS], char *err, size_t err_len);
 
 /* pp > 1: load batch b of plan p and describe its model inputs for pipe_run/pipe_forward
  * (translation: the batch itself; the encoder-only tasks: the rows and labels/targets of

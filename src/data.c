@@ -21,6 +21,8 @@
 #include "data.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
 #include <hdf5.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +74,8 @@ struct data_split {
   int64_t *pos;     /* (n_seq) start of sentence j in raw */
   hsize_t *runs;    /* (n_seq, 2) contiguous file ranges: start, count */
   size_t slot_cap;
+  char read_err[512]; /* the first failed batch read ("" while none) */
+  int64_t n_reads;    /* side reads so far, for MPIFORMER_TEST_READ_FAIL */
 };
 
 /* ---------------------------------------------------------------------------------- */
@@ -874,6 +878,24 @@ static hid_t select_runs(hid_t base, const hsize_t *runs, int64_t lo, int64_t hi
   return u;
 }
 
+/* Record the first read error of s (later ones add nothing: the first is the cause). */
+static void read_failed(data_split *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void read_failed(data_split *s, const char *fmt, ...) {
+  if (s->read_err[0]) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->read_err, sizeof s->read_err, fmt, ap);
+  va_end(ap);
+}
+
+/* Fault injection for tests/test_io_faults.sh: MPIFORMER_TEST_READ_FAIL=N makes the last
+ * rank's N-th side read of a split fail as an I/O error would (EIO). */
+static int test_read_fail(const data_split *s) {
+  const char *env = getenv("MPIFORMER_TEST_READ_FAIL");
+  return env && *env && s->f->rank == s->f->size - 1 && s->n_reads == atoll(env);
+}
+
 /* Read side k of the n sentences in s->slots (sorted by id) into s->raw with one
  * H5Dread over the union of their ranges (file order); s->pos[j] = where batch
  * sentence j starts in s->raw. Adjacent sentences merge into one run. */
@@ -906,17 +928,33 @@ static void side_read(data_split *s, int k, int n) {
   hsize_t mt = (hsize_t)total;
   hid_t ms = H5Screate_simple(1, &mt, NULL);
   CHECK(ms >= 0, "H5Screate_simple failed");
-  CHECK(H5Dread(s->tokens[k], H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, s->raw) >= 0,
-        "%s: reading /%s/%s/tokens for a batch of %d sentences failed", s->f->path, s->name,
-        side_name_of(s->f, k), n);
+  errno = 0;
+  int ok = H5Dread(s->tokens[k], H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, s->raw) >= 0;
+  int e = errno;
+  s->n_reads++;
+  if (ok && test_read_fail(s)) ok = 0, e = EIO;
   H5Sclose(ms);
   H5Sclose(fs);
   const int32_t v = s->f->vocab_size;
+  if (!ok) {
+    read_failed(s, "%s: reading /%s/%s/tokens for a batch of %d sentences failed: %s",
+                s->f->path, s->name, side_name_of(s->f, k), n,
+                e ? strerror(e) : "the HDF5 read failed");
+    for (int64_t i = 0; i < total; i++)
+      s->raw[i] = s->f->pad_id;
+    return;
+  }
   for (int64_t i = 0; i < total; i++)
-    CHECK(s->raw[i] >= 0 && s->raw[i] < v,
-          "%s: /%s/%s/tokens holds id %d outside [0, %d): the file changed since it was opened",
-          s->f->path, s->name, side_name_of(s->f, k), (int)s->raw[i], (int)v);
+    if (s->raw[i] < 0 || s->raw[i] >= v) {
+      read_failed(s,
+                  "%s: /%s/%s/tokens holds id %d outside [0, %d): the file changed since it "
+                  "was opened",
+                  s->f->path, s->name, side_name_of(s->f, k), (int)s->raw[i], (int)v);
+      s->raw[i] = s->f->pad_id;
+    }
 }
+
+const char *data_split_error(const data_split *s) { return s->read_err; }
 
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out) {
   CHECK(n >= 0, "negative batch size %d", n);

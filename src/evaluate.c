@@ -38,8 +38,14 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
   pipe_sched ps;
   pipe_init(&ps, &s->g, m, s->cfg.pp_timeout);
   double sums[MODEL_NSUMS]; /* the world's totals */
-  task_step_run(tk, m, &ps, &s->g, &pass, sums);
+  int rc = task_step_run(tk, m, &ps, &s->g, &pass, sums, err, sizeof err);
   pipe_free(&ps);
+  if (rc != C_OK) { /* every rank */
+    if (rank == 0) fprintf(stderr, "mpiformer: error: %s\n", err);
+    data_plan_free(&plan);
+    data_split_close(sp);
+    return C_ERR;
+  }
   double n = sums[MODEL_SUM_COUNT];
   r->has_accuracy = task_has_accuracy(tk);
   r->accuracy = n > 0 ? sums[MODEL_SUM_CORRECT] / n : 0;
@@ -57,6 +63,13 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
     model *full = model_replicate(m); /* tp or pp > 1: every rank decodes with a full copy */
     decode_split(full, s->data, sp, max_sentences, o, s->g.world, &h, &nh);
     if (full != m) model_free(full);
+    snprintf(err, sizeof err, "%s", data_split_error(sp));
+    if (common_agree(s->g.world, err[0] != 0, err, sizeof err)) { /* a source read failed */
+      if (rank == 0) fprintf(stderr, "mpiformer: error: %s\n", err);
+      decode_free_strings(h, nh);
+      data_split_close(sp);
+      return C_ERR;
+    }
     double score = 0;
     if (rank == 0) {
       bleu_opts bo;

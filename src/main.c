@@ -139,7 +139,13 @@ static int cmd_dump(int argc, char **argv) {
   model *m = s.model;
   model_zero_grad(m);
   double sums[MODEL_NSUMS];
-  task_step_run(tk, m, NULL, &s.g, &pass, sums); /* pp = 1 */
+  if (task_step_run(tk, m, NULL, &s.g, &pass, sums, err, sizeof err) != C_OK) { /* pp = 1 */
+    session_say(&s, "mpiformer: error: %s", err);
+    data_plan_free(&plan);
+    data_split_close(sp);
+    session_close(&s);
+    return 1;
+  }
   double loss = sums[MODEL_SUM_LOSS], nll = sums[MODEL_SUM_NLL];
   int64_t n = (int64_t)sums[MODEL_SUM_COUNT], correct = (int64_t)sums[MODEL_SUM_CORRECT];
   int clf = tk->kind == MODEL_ARCH_CLASSIFIER;

@@ -268,10 +268,13 @@ static void pass_load(void *ctx, int j, pipe_batch *b) {
   task_pipe_batch(x->t, p->split, p->plan, bi, pass_key(p, bi), b);
 }
 
-void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
-                   double sums[MODEL_NSUMS]) {
-  DEBUG_AGREE(g->world, p->n, p->stride, p->dropout, p->backward, p->step, p->epoch,
+int task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
+                  double sums[MODEL_NSUMS], char *err, size_t err_len) {
+  /* the replicas split an evaluation's batches (n, first differ over dp); the rest agrees */
+  DEBUG_AGREE(g->world, p->stride, p->dropout, p->backward, p->step, p->epoch,
               (int64_t)p->seed);
+  DEBUG_AGREE(g->pp_comm, p->n, p->first);
+  DEBUG_AGREE(g->tp_comm, p->n, p->first);
   for (int i = 0; i < MODEL_NSUMS; i++) sums[i] = 0.0;
   if (g->pp > 1 && p->backward) {
     /* the replica's micro-batches through its stages; the last stage has the loss */
@@ -293,10 +296,24 @@ void task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_
   }
   if (p->poison) sums[MODEL_SUM_LOSS] = NAN;
   /* the stages' sums (the last stage has the loss), then the replicas': every rank of the
-   * world holds the same sums, so a verdict on them (finiteness) is the same on all */
+   * world holds the same sums, so a verdict on them (finiteness) is the same on all. One
+   * more element counts the ranks whose batch reads failed (data_batch_load then gave pad
+   * tokens): it rides on the same all-reduces, and only a failure costs a second
+   * collective, the one that hands every rank the first failing rank's message. */
+  double all[MODEL_NSUMS + 1];
+  memcpy(all, sums, sizeof(double) * MODEL_NSUMS);
+  int failed = data_split_error(p->split)[0] != 0;
+  all[MODEL_NSUMS] = failed;
+  if (g->tp > 1) /* the TP ranks hold equal sums; only the flag is theirs to combine */
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all[MODEL_NSUMS], 1, MPI_DOUBLE, MPI_MAX, g->tp_comm));
   if (g->pp > 1)
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, MODEL_NSUMS, MPI_DOUBLE, MPI_SUM, g->pp_comm));
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, MODEL_NSUMS, MPI_DOUBLE, MPI_SUM, g->dp_comm));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, all, MODEL_NSUMS + 1, MPI_DOUBLE, MPI_SUM, g->pp_comm));
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, all, MODEL_NSUMS + 1, MPI_DOUBLE, MPI_SUM, g->dp_comm));
+  memcpy(sums, all, sizeof(double) * MODEL_NSUMS);
+  if (all[MODEL_NSUMS] == 0) return C_OK;
+  if (failed) snprintf(err, err_len, "%s", data_split_error(p->split));
+  common_agree(g->world, failed, err, err_len);
+  return C_ERR;
 }
 
 int task_init_from(const char *spec, const ckpt_tensor *tensors, int n, int *n_loaded,

@@ -225,8 +225,10 @@ static void train_eval(trainer *tr) {
   eval_result r;
   tr->last_eval_step = t->step;
   if (evaluate_split(s, "valid", (int)s->cfg.eval_bleu, s->cfg.eval_max_sentences, &tr->dopt, &r,
-                     NULL, NULL) != C_OK)
+                     NULL, NULL) != C_OK) {
+    tr->stop = TRAIN_FAILED; /* agreed in evaluate_split; rank 0 said why */
     return;
+  }
   char json[1024];
   evaluate_json(&r, "valid", json, sizeof json);
   metrics_write(&tr->mt,
@@ -307,7 +309,12 @@ static int train_update(trainer *tr) {
                     .epoch = t->epoch,
                     .poison = test_nan_hit(g, ++tr->attempt)};
   double sums[MODEL_NSUMS]; /* the world's totals: the same on every rank */
-  task_step_run(tr->tk, s->model, &tr->pipe, g, &pass, sums);
+  char err[600];
+  if (task_step_run(tr->tk, s->model, &tr->pipe, g, &pass, sums, err, sizeof err) != C_OK) {
+    if (tr->rank0) fprintf(stderr, "mpiformer: error: %s; no update made\n", err);
+    tr->stop = TRAIN_FAILED; /* agreed: every rank got C_ERR */
+    return 0;
+  }
   t->cursor += tr->per_step;
   double count = sums[MODEL_SUM_COUNT];
   float scale = count > 0 ? (float)(1.0 / count) : 0.0f;
@@ -388,7 +395,7 @@ static void train_save_or_fail(trainer *tr) {
 /* An evaluation; with save_interval = 0 a checkpoint goes with it. */
 static void train_eval_and_save(trainer *tr) {
   train_eval(tr);
-  if (tr->c->save_interval == 0) train_save_or_fail(tr);
+  if (tr->stop == TRAIN_RUNNING && tr->c->save_interval == 0) train_save_or_fail(tr);
 }
 
 /* After an update: evaluate every eval_interval steps, save every save_interval. */
@@ -454,6 +461,7 @@ static int train_finish(trainer *tr) {
   default: /* TRAIN_LIMIT, TRAIN_EPOCHS */
     if (t->step == tr->start_step) return 0;
     if (tr->stop == TRAIN_LIMIT && tr->last_eval_step != t->step) train_eval(tr);
+    if (tr->stop == TRAIN_FAILED) return 1;
     if (train_save(tr) != C_OK) rc = 1;
     metrics_write(&tr->mt, "\"type\":\"end\",\"step\":%lld,\"epoch\":%lld,\"wall\":%.3f",
                   (long long)t->step, (long long)t->epoch, t->wall);

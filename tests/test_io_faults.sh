@@ -12,6 +12,11 @@
 #      and the reason, exit non-zero, on 2 ranks.
 #  (c) out= a read-only tmpfs, and a folder to create inside one: one line with "Read-only
 #      file system", exit 1, no abort, on 2 ranks.
+#  (d) a batch read that fails mid-run on the last rank (MPIFORMER_TEST_READ_FAIL=N, an
+#      EIO in the N-th token read, src/data.c) on 2 ranks (dp, pp, tp) and on 3: every rank
+#      stops at that update with exit 1 within 60 s, rank 0 prints one line naming the file,
+#      the tokens dataset and "Input/output error", no abort, no update is logged or saved
+#      from that step, and `latest` keeps the checkpoint before it.
 # Needs root for mount (CI runs as root): without it the test fails, it does not skip.
 set -u
 source "$(dirname "$0")/lib.sh"
@@ -143,5 +148,32 @@ for out in "$tmp/ro" "$tmp/ro/sub"; do
     ok "out=$out: the message names the folder and 'Read-only file system'" ||
     { bad "out=$out: message"; head -3 "$tmp/ro.log"; }
   one_clean_error "$tmp/ro.log" "out=$out"
+done
+echo "(d) a batch read fails mid-run (EIO on the last rank)"
+for lay in "2 dp" "2 pp=2" "2 tp=2" "3 dp"; do
+  set -- $lay
+  np=$1 extra=$2; [ "$extra" = dp ] && extra=""
+  name="read_${np}_${extra:-dp}"
+  rc=0
+  # the 7th side read of the last rank: past the checkpoint of step 2 on every layout
+  MPIFORMER_TEST_READ_FAIL=7 timeout 60 mpirun --oversubscribe -np "$np" "$BIN" train \
+    "$tmp/t.conf" out="$tmp/$name" save_interval=2 $extra >"$tmp/$name.log" 2>&1 || rc=$?
+  [ "$rc" -eq 1 ] && ok "$name: exit 1" || bad "$name: exit $rc"
+  grep -qE "^mpiformer: error: $tmp/tiny.h5: reading /train/(src|tgt)/tokens .*Input/output error" \
+    "$tmp/$name.log" && ok "$name: the message names the file, the tokens and the reason" ||
+    { bad "$name: message"; head -5 "$tmp/$name.log"; }
+  one_clean_error "$tmp/$name.log" "$name"
+  last=$($PY -c '
+import json, sys
+s = [json.loads(l)["step"] for l in open(sys.argv[1]) if json.loads(l)["type"] == "train"]
+print(s[-1] if s else 0)' "$tmp/$name/metrics.jsonl")
+  latest=$(cat "$tmp/$name/ckpt/latest" 2>/dev/null)
+  step_failed=$((last + 1))
+  [ "$last" -ge 2 ] && [ "$last" -lt 6 ] && ok "$name: stopped after step $last (of 6)" ||
+    bad "$name: last logged step $last"
+  [ ! -e "$tmp/$name/ckpt/ckpt_0000000$step_failed.h5" ] &&
+    ok "$name: nothing saved from the failed step" || bad "$name: a checkpoint of step $step_failed"
+  [ -n "$latest" ] && [ -e "$tmp/$name/ckpt/$latest" ] && ok "$name: latest is $latest" ||
+    bad "$name: latest '$latest'"
 done
 finish
