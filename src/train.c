@@ -26,11 +26,9 @@
 #include "metrics.h"
 #include "ops.h"
 #include "pipe.h"
+#include "runctl.h"
 #include "session.h"
 #include "task.h"
-
-static volatile sig_atomic_t stop_signal = 0;
-static void on_signal(int sig) { stop_signal = sig; }
 
 /* Fault injection for tests/test_nan.sh: MPIFORMER_TEST_NAN=N makes the last rank's loss
  * sum NaN at update attempt N, as an overflow on one rank would ("N+": at every attempt
@@ -125,12 +123,14 @@ static void run_eval(session *s, metrics *mt, const train_state *t, const decode
 }
 
 int train_main(int argc, char **argv) {
-  /* handlers first: a signal while the data, model or checkpoint load must not kill
-   * the ranks; the first step boundary saves and exits TRAIN_EXIT_REQUEUE */
-  signal(SIGUSR1, on_signal);
-  signal(SIGTERM, on_signal);
+  /* SIGUSR1/SIGTERM handlers: runctl_init, main's first line (a signal while MPI, the
+   * data or a checkpoint load must not kill a rank); the first step boundary saves */
   session s;
   if (session_open(&s, argc, argv, NULL, 0, 1, NULL) != C_OK) return 1;
+  if (runctl_lock(s.cfg.out, s.g.world) != C_OK) { /* one writer per run folder */
+    session_close(&s);
+    return 1;
+  }
   config *c = &s.cfg;
   grid *g = &s.g;
   int rank0 = g->world_rank == 0;
@@ -332,7 +332,7 @@ int train_main(int argc, char **argv) {
     }
     /* Stop decisions must agree: a signal reaches the ranks at different moments, and
      * each rank's wall clock is its own (max_time). One all-reduce decides for all. */
-    int flags[2] = {stop_signal != 0,
+    int flags[2] = {runctl_stop_requested(rank0 ? c->out : NULL),
                     (c->max_steps > 0 && t.step >= c->max_steps) ||
                         (c->max_time > 0 && t.wall >= c->max_time)};
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, g->world));
@@ -346,7 +346,9 @@ int train_main(int argc, char **argv) {
   (void)run_t0;
   if (exit_code == 0) {
     if (stopped_by_signal) {
-      if (rank0) printf("stop requested by a signal: saving a checkpoint at step %lld\n", (long long)t.step);
+      if (rank0)
+        printf("stop requested by %s: saving a checkpoint at step %lld\n", runctl_stop_reason(),
+               (long long)t.step);
       if (save(&s, &t, lr) != C_OK) exit_code = 1;
       else exit_code = TRAIN_EXIT_REQUEUE;
       metrics_write(&mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f", (long long)t.step, t.wall);
