@@ -63,6 +63,12 @@ static void catch_stop_signals(void) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGUSR1, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  /* a launcher that blocks them across fork and exec keeps an early one pending: take it */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGTERM);
+  sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
 /* Loading the program's libraries (Open MPI, HDF5, ScaLAPACK, OpenBLAS) and running their
