@@ -100,7 +100,9 @@ n=0
 for _ in $(seq 480); do # 120 s
   n=$(n_train "$m")
   [ "${n:-0}" -ge 100 ] && [ -s "$tmp/runs/pre/ckpt/latest" ] && break
-  [ "$(job_field "$id" JobState)" = RUNNING ] || [ "$(job_field "$id" JobState)" = PENDING ] || break
+  case "$(job_field "$id" JobState)" in # wait through RUNNING, PENDING, CONFIGURING, ""
+    COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL) break ;;
+  esac
   sleep 0.25
 done
 if [ "${n:-0}" -ge 100 ] && [ "${n:-0}" -lt $((steps - 50)) ] && [ -s "$tmp/runs/pre/ckpt/latest" ]; then
