@@ -98,6 +98,19 @@ for d in 0.05 0.15 0.3; do sbatch_trial "l$d" "$d"; done
 for b in "${burners[@]}"; do kill "$b" 2>/dev/null; done
 burners=()
 
+echo "SIGUSR1 between the script's trap and the launch (a copy with a 2 s pause there)"
+sed 's|^started=1$|sleep 2; started=1|' slurm/train.sbatch >"$tmp/slow.sbatch"
+MPIFORMER_BIN=$BIN MPIFORMER_RUNS=$tmp/runs MPIFORMER_RUN_NAME=early SLURM_NTASKS=2 \
+  timeout 60 bash "$tmp/slow.sbatch" "$tmp/t.conf" >"$tmp/early.log" 2>&1 &
+p=$!
+sleep 1
+kill -USR1 "$(child_of "$p" bash)"
+wait "$p"
+rc=$?
+if grep -q "sleep 2; started=1" "$tmp/slow.sbatch"; then
+  check_stop "train.sbatch, SIGUSR1 before the launch" "$rc" "$tmp/early.log" "$tmp/runs/early"
+else bad "cannot make the paused copy of train.sbatch"; fi
+
 echo "a stopped run resumes"
 step=$(preempted "$tmp/runs/s0.01/metrics.jsonl")
 if run 2 train "$tmp/t.conf" out="$tmp/runs/s0.01" max_steps=$((${step:-0} + 2)) \
