@@ -9,6 +9,8 @@
 #  - SIGUSR1 straight to mpirun: once every rank catches it (SigCgt), at any delay, exit 3
 #    with a checkpoint; before that (mpirun still starting, the documented window) nothing
 #    hangs and the outcome is one of the documented ones;
+#  - a signal between the script's trap and the launch: exit 3, trainer not started;
+#  - the watchdog kills a launcher whose ranks ignore the stop (MPIFORMER_STOP_GRACE);
 #  - a SIGUSR1 pending when the trainer is exec'd (blocked by its parent) is not lost;
 #  - a second trainer on the same run folder is refused, naming the holder, and writes
 #    nothing; `kill -9` of mpirun leaves no rank alive 1 s later and no metrics line added;
@@ -110,6 +112,32 @@ rc=$?
 if grep -q "sleep 2; started=1" "$tmp/slow.sbatch"; then
   check_stop "train.sbatch, SIGUSR1 before the launch" "$rc" "$tmp/early.log" "$tmp/runs/early"
 else bad "cannot make the paused copy of train.sbatch"; fi
+
+echo "the watchdog: a launcher still running MPIFORMER_STOP_GRACE s after a stop is killed"
+# ranks that ignore the request: `sleep` with SIGUSR1 and SIGTERM ignored
+printf '%s\n' '#!/bin/bash' "trap '' USR1 TERM" 'exec sleep 60' >"$tmp/deaf"
+chmod +x "$tmp/deaf"
+t0=$SECONDS
+MPIFORMER_BIN=$tmp/deaf MPIFORMER_RUNS=$tmp/runs MPIFORMER_RUN_NAME=deaf SLURM_NTASKS=2 \
+  MPIFORMER_MPIRUN_ARGS=--oversubscribe MPIFORMER_STOP_GRACE=3 \
+  timeout 60 bash slurm/train.sbatch "$tmp/t.conf" >"$tmp/deaf.log" 2>&1 &
+p=$!
+sh=$(child_of "$p" bash)
+mp=$(child_of "$sh" mpirun)
+deaf=""
+for _ in $(seq 1000); do
+  deaf=$(pgrep -P "$mp" -x sleep)
+  [ "$(wc -w <<<"$deaf")" -eq 2 ] && break
+  sleep 0.01
+done
+kill -USR1 "$sh"
+wait "$p"
+rc=$?
+for r in $deaf; do kill -KILL "$r" 2>/dev/null; done # orphaned when mpirun was killed
+if [ "$rc" -eq 3 ] && [ $((SECONDS - t0)) -lt 20 ] &&
+  grep -q "mpirun still running [0-9]* s after the stop request: killing it" "$tmp/deaf.log"; then
+  ok "killed $((SECONDS - t0)) s after the stop; exit 3 (requeue)"
+else bad "watchdog: exit $rc after $((SECONDS - t0)) s"; tail -3 "$tmp/deaf.log"; fi
 
 echo "a stopped run resumes"
 step=$(preempted "$tmp/runs/s0.01/metrics.jsonl")
