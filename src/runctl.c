@@ -80,8 +80,9 @@ static void runctl_preinit(int argc, char **argv, char **envp) {
   (void)envp;
   if (argc >= 2 && argv[1] && !strcmp(argv[1], "train")) catch_stop_signals();
 }
-__attribute__((section(".preinit_array"), used)) static void (*const runctl_preinit_fn)(
-    int, char **, char **) = runctl_preinit;
+__attribute__((section(".preinit_array"),
+               used)) static void (*const runctl_preinit_fn)(int, char **,
+                                                             char **) = runctl_preinit;
 
 void runctl_init(int stop_signals) {
   if (stop_signals) catch_stop_signals(); /* again: programs without .preinit_array */
@@ -95,13 +96,17 @@ void runctl_init(int stop_signals) {
   }
 }
 
-int runctl_signal(void) { return got_signal; }
+int runctl_signal(void) {
+  return got_signal;
+}
 
 int runctl_stop_requested(const char *out) {
   int sig = got_signal;
   if (sig) {
     snprintf(stop_reason, sizeof stop_reason, "a signal (%s)",
-             sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "?");
+             sig == SIGUSR1   ? "SIGUSR1"
+             : sig == SIGTERM ? "SIGTERM"
+                              : "?");
     return 1;
   }
   if (!out) return 0;
