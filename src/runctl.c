@@ -72,17 +72,19 @@ static void catch_stop_signals(void) {
 }
 
 /* Loading the program's libraries (Open MPI, HDF5, ScaLAPACK, OpenBLAS) and running their
- * constructors takes some 80 ms, all before main: long enough for a forwarded signal to
- * kill a starting rank. Functions in .preinit_array run before any library's constructor,
- * a few ms after exec, when only the dynamic loader has run; glibc passes them argc and
- * argv. Only sigaction is called here: libc itself is not initialised yet. */
+ * constructors takes tens of ms before main (`mpiformer -h` runs 80 ms here): long enough
+ * for a forwarded signal to kill a starting rank. Functions in .preinit_array run before
+ * any library's constructor, as soon as the dynamic loader has mapped and relocated the
+ * libraries (a few ms after exec on an idle machine, tens of ms on a loaded one); glibc
+ * passes them argc and argv. Only sigaction and sigprocmask are called: libc is not
+ * initialised yet. */
 static void runctl_preinit(int argc, char **argv, char **envp) {
   (void)envp;
   if (argc >= 2 && argv[1] && !strcmp(argv[1], "train")) catch_stop_signals();
 }
-__attribute__((section(".preinit_array"),
-               used)) static void (*const runctl_preinit_fn)(int, char **,
-                                                             char **) = runctl_preinit;
+typedef void (*runctl_preinit_t)(int, char **, char **);
+__attribute__((section(".preinit_array"), used)) static const runctl_preinit_t runctl_preinit_fn =
+    runctl_preinit;
 
 void runctl_init(int stop_signals) {
   if (stop_signals) catch_stop_signals(); /* again: programs without .preinit_array */

@@ -9,6 +9,7 @@
 #  - SIGUSR1 straight to mpirun: once every rank catches it (SigCgt), at any delay, exit 3
 #    with a checkpoint; before that (mpirun still starting, the documented window) nothing
 #    hangs and the outcome is one of the documented ones;
+#  - SIGTERM to the script: a checkpoint, mpirun exits 3, the script 0 (no requeue);
 #  - a signal between the script's trap and the launch: exit 3, trainer not started;
 #  - the watchdog kills a launcher whose ranks ignore the stop (MPIFORMER_STOP_GRACE);
 #  - a SIGUSR1 pending when the trainer is exec'd (blocked by its parent) is not lost;
@@ -99,6 +100,22 @@ done
 for d in 0.05 0.15 0.3; do sbatch_trial "l$d" "$d"; done
 for b in "${burners[@]}"; do kill "$b" 2>/dev/null; done
 burners=()
+
+echo "SIGTERM to slurm/train.sbatch: passed on as SIGUSR1, checkpoint, no requeue"
+MPIFORMER_BIN=$BIN MPIFORMER_RUNS=$tmp/runs MPIFORMER_RUN_NAME=term SLURM_NTASKS=2 \
+  MPIFORMER_MPIRUN_ARGS=--oversubscribe timeout 60 bash slurm/train.sbatch "$tmp/t.conf" \
+  max_steps=400 >"$tmp/term.log" 2>&1 &
+p=$!
+sh=$(child_of "$p" bash)
+sleep 1
+kill -TERM "$sh"
+wait "$p"
+rc=$?
+step=$(preempted "$tmp/runs/term/metrics.jsonl")
+if [ "$rc" -eq 0 ] && [ -n "$step" ] && grep -q "stopped by SIGTERM (exit 3): not requeueing" \
+  "$tmp/term.log" && [ "$(cat "$tmp/runs/term/ckpt/latest")" = "$(printf 'ckpt_%08d.h5' "$step")" ]
+then ok "SIGTERM: checkpoint at step $step, mpirun exit 3, script exit 0 (Slurm decides)"
+else bad "SIGTERM: script exit $rc, preempted at '$step'"; tail -3 "$tmp/term.log"; fi
 
 echo "SIGUSR1 between the script's trap and the launch (a copy with a 2 s pause there)"
 sed 's|^started=1$|sleep 2; started=1|' slurm/train.sbatch >"$tmp/slow.sbatch"
