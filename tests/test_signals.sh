@@ -13,6 +13,7 @@
 #  - a signal between the script's trap and the launch: exit 3, trainer not started;
 #  - the watchdog kills a launcher whose ranks ignore the stop (MPIFORMER_STOP_GRACE);
 #  - a SIGUSR1 pending when the trainer is exec'd (blocked by its parent) is not lost;
+#  - out/.stop alone, written before the launch, stops the run at its first step;
 #  - a second trainer on the same run folder is refused, naming the holder, and writes
 #    nothing; `kill -9` of mpirun leaves no rank alive 1 s later and no metrics line added;
 #    the folder is usable again at once, and plot_run.sh draws the repeated steps once.
@@ -199,6 +200,15 @@ mpi_trial() {
 }
 for d in 0 0.1 0.3; do mpi_trial "m$d" "$d"; done
 for d in 0 0.01 0.05 0.2; do mpi_trial "r$d" "$d" ready; done
+
+echo "out/.stop alone (no signal) stops a run"
+mkdir -p "$tmp/runs/file"
+echo "by hand" >"$tmp/runs/file/.stop"
+run 2 train "$tmp/t.conf" out="$tmp/runs/file" >"$tmp/file.log" 2>&1
+rc=$?
+if grep -qF "stop requested by $tmp/runs/file/.stop (by hand)" "$tmp/file.log"; then
+  check_stop "out/.stop written before the launch" "$rc" "$tmp/file.log" "$tmp/runs/file"
+else bad "out/.stop ignored (exit $rc)"; tail -3 "$tmp/file.log"; fi
 
 echo "a SIGUSR1 pending at exec (blocked by the parent) is taken"
 $PY -c '
