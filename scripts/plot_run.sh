@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Plot a run's training loss and validation BLEU against wall time (gnuplot, PNG).
 # Usage: scripts/plot_run.sh RUN_DIR   -> RUN_DIR/curves.png
+# Steps repeated after a resume are drawn once, from the newest lines (as report.py).
+# PLOT_RUN_KEEP=DIR keeps the gnuplot tables (train.dat, valid.dat) in DIR (tests).
 set -euo pipefail
 run=$1
 m=$run/metrics.jsonl
@@ -12,13 +14,20 @@ trap 'rm -rf "$tmp"' EXIT
 import json, sys
 src, out = sys.argv[1], sys.argv[2]
 tr, va = open(out + "/train.dat", "w"), open(out + "/valid.dat", "w")
+# a resumed run repeats the steps after its checkpoint: keep the newest lines (report.py)
+kept = []
 for line in open(src):
     o = json.loads(line)
+    if o.get("type") == "start" and o.get("resumed"):
+        kept = [k for k in kept if k.get("step", 0) <= o.get("step", 0)]
+    kept.append(o)
+for o in kept:
     if o.get("type") == "train":
         tr.write(f"{o['wall']} {o['step']} {o['loss']}\n")
     elif o.get("type") == "valid":
         va.write(f"{o['wall']} {o['step']} {o['loss']} {o.get('bleu', 0)}\n")
 PY
+[ -n "${PLOT_RUN_KEEP:-}" ] && cp "$tmp/train.dat" "$tmp/valid.dat" "$PLOT_RUN_KEEP/"
 gnuplot <<GP
 set terminal pngcairo size 1000,450 font ",10"
 set output "$run/curves.png"

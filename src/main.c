@@ -19,6 +19,7 @@
 #include "decode.h"
 #include "evaluate.h"
 #include "gradnorm.h"
+#include "runctl.h"
 #include "session.h"
 #include "task.h"
 #include "train.h"
@@ -184,6 +185,7 @@ static int cmd_dump(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  runctl_init(argc >= 2 && !strcmp(argv[1], "train")); /* first: signals, launcher death */
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -9,42 +9,27 @@
  * for the classifier, masked positions for the masked-LM). What differs between tasks (the
  * plan, the model inputs, the forward call) is task.c's; this loop is the same for all.
  *
- * Stops on max_steps / max_epochs / max_time, on SIGUSR1/SIGTERM (all ranks agree at a
- * step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
+ * Stops on max_steps / max_epochs / max_time, on a stop request (SIGUSR1/SIGTERM or
+ * OUT/.stop, runctl.h: all ranks agree at a step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
  * (nan_policy: stop = "diverged at step N", a result, exit 0; skip = drop the update, and
  * diverge after max_skips). A diverged run saves nothing more: its last checkpoint stays
  * the newest (keep_last would otherwise prune a good state for a broken one).
  *
- * The file reads top-down as the loop does: signals, the run's state, set-up and banner,
+ * The file reads top-down as the loop does: the run's state, set-up and banner,
  * one update, logging, the eval/save schedule, the stop agreement, the end, train_main.
  */
 #include "train.h"
 
 #include <math.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "evaluate.h"
 #include "metrics.h"
 #include "pipe.h"
+#include "runctl.h"
 #include "session.h"
 #include "task.h"
-
-/* ---- stop requests: SIGUSR1/SIGTERM set a flag the stop agreement reads ------------- */
-
-static volatile sig_atomic_t stop_signal = 0;
-static void on_signal(int sig) { stop_signal = sig; }
-
-/* Handlers first: a signal while the data, model or checkpoint load must not kill the
- * ranks; the first step boundary saves and exits TRAIN_EXIT_REQUEUE. */
-static void train_catch_signals(void) {
-  signal(SIGUSR1, on_signal);
-  signal(SIGTERM, on_signal);
-}
-
-/* 1 when this rank was asked to stop (the ranks agree on it in train_agree_stop). */
-static int train_stop_requested(void) { return stop_signal != 0; }
 
 /* Fault injection for tests/test_nan.sh: MPIFORMER_TEST_NAN=N makes the last rank's loss
  * sum NaN at update attempt N, as an overflow on one rank would ("N+": at every attempt
@@ -112,6 +97,10 @@ static int train_setup(trainer *tr, int argc, char **argv) {
   memset(tr, 0, sizeof *tr);
   session *s = &tr->s;
   if (session_open(s, argc, argv, NULL, 0, 1, NULL) != C_OK) return C_ERR;
+  if (runctl_lock(s->cfg.out, s->g.world) != C_OK) { /* one writer per run folder */
+    session_close(s);
+    return C_ERR;
+  }
   tr->c = &s->cfg;
   tr->g = &s->g;
   tr->rank0 = s->g.world_rank == 0;
@@ -434,7 +423,7 @@ static int train_at_limit(const trainer *tr) {
  * rank's wall clock is its own (max_time). One all-reduce decides for all. Collective on
  * the world. */
 static void train_agree_stop(trainer *tr) {
-  int flags[2] = {train_stop_requested(), train_at_limit(tr)};
+  int flags[2] = {runctl_stop_requested(tr->rank0 ? tr->c->out : NULL), train_at_limit(tr)};
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, tr->g->world));
   if (flags[0]) tr->stop = TRAIN_SIGNAL;
   else if (flags[1]) tr->stop = TRAIN_LIMIT;
@@ -453,7 +442,8 @@ static int train_finish(trainer *tr) {
   case TRAIN_DIVERGED: return 0;
   case TRAIN_SIGNAL:
     if (tr->rank0)
-      printf("stop requested by a signal: saving a checkpoint at step %lld\n", (long long)t->step);
+      printf("stop requested by %s: saving a checkpoint at step %lld\n", runctl_stop_reason(),
+             (long long)t->step);
     rc = train_save(tr) != C_OK ? 1 : TRAIN_EXIT_REQUEUE;
     metrics_write(&tr->mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f",
                   (long long)t->step, t->wall);
@@ -470,7 +460,7 @@ static int train_finish(trainer *tr) {
 }
 
 int train_main(int argc, char **argv) {
-  train_catch_signals();
+  /* the SIGUSR1/SIGTERM handlers are in place since main's first line (runctl_init) */
   trainer tr;
   if (train_setup(&tr, argc, argv) != C_OK) return 1;
   train_banner(&tr);

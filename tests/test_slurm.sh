@@ -6,7 +6,8 @@
 #    its final weights equal an uninterrupted mpirun run's, bit for bit (same layout);
 #    metrics.jsonl shows "preempted" and then a resumed "start" at the same step;
 #  - MPIFORMER_LAUNCHER=srun runs the same trainer with 2 ranks;
-#  - a trainer error fails the job with the trainer's exit status and is not requeued.
+#  - a trainer error fails the job with the trainer's exit status and is not requeued;
+#  - the local cluster's node has this machine's CPUs even under OMP_NUM_THREADS=1.
 # If the cluster cannot be started (no root, no packages, daemons failing) the test FAILS
 # with the reason. The cluster is stopped on every exit path.
 set -u
@@ -75,11 +76,16 @@ fi
 losses "$tmp/ref/metrics.jsonl" > "$tmp/ref.loss"
 
 echo "local Slurm cluster"
-if out=$(scripts/slurm_local.sh start "$tmp/cluster" 2>&1); then
+# OMP_NUM_THREADS=1 (as many users set it) must not shrink the node: nproc honours it
+if out=$(OMP_NUM_THREADS=1 scripts/slurm_local.sh start "$tmp/cluster" 2>&1); then
   ok "slurmctld and slurmd up: $(head -1 <<<"$out")"
 else
   bad "cannot start a local Slurm cluster: $out"; finish
 fi
+cpus=$($PY -c 'import os; print(len(os.sched_getaffinity(0)))')
+if grep -q "^NodeName=localhost CPUs=$cpus " "$tmp/cluster/slurm.conf"; then
+  ok "slurm.conf: CPUs=$cpus, this machine's CPUs, under OMP_NUM_THREADS=1"
+else bad "slurm.conf: $(grep -o 'CPUs=[0-9]*' "$tmp/cluster/slurm.conf"), not $cpus"; fi
 export SLURM_CONF="$tmp/cluster/slurm.conf"
 mkdir -p "$tmp/submit"
 cd "$tmp/submit" || exit 1
@@ -94,7 +100,9 @@ n=0
 for _ in $(seq 480); do # 120 s
   n=$(n_train "$m")
   [ "${n:-0}" -ge 100 ] && [ -s "$tmp/runs/pre/ckpt/latest" ] && break
-  [ "$(job_field "$id" JobState)" = RUNNING ] || [ "$(job_field "$id" JobState)" = PENDING ] || break
+  case "$(job_field "$id" JobState)" in # wait through RUNNING, PENDING, CONFIGURING, ""
+    COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL) break ;;
+  esac
   sleep 0.25
 done
 if [ "${n:-0}" -ge 100 ] && [ "${n:-0}" -lt $((steps - 50)) ] && [ -s "$tmp/runs/pre/ckpt/latest" ]; then
@@ -120,7 +128,7 @@ else
   bad "job ended $state (ExitCode $(job_field "$id" ExitCode), Restarts $(job_field "$id" Restarts))"
   tail -20 "$tmp/pre.out"
 fi
-for want in "got SIGUSR1" "stop requested by a signal" "requeueing job $id" "(restart 1)" \
+for want in "got SIGUSR1" "stop requested by " "requeueing job $id" "(restart 1)" \
   "resumed from" "training finished"; do
   if grep -qF -- "$want" "$tmp/pre.out"; then ok "log: $want"; else bad "log has no '$want'"; fi
 done
