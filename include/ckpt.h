@@ -102,7 +102,6 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
 /* Which of the n tensors the checkpoint file PATH holds: has[i] = 1 when /model/<t[i].name>
  * exists (all 0 when the file cannot be opened; ckpt_load then says why). Rank 0 reads the
  * file, every rank of comm gets the answer. Collective on comm. */
-void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has,
-                      MPI_Comm comm);
+void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has, MPI_Comm comm);
 
 #endif

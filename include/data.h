@@ -83,8 +83,7 @@ typedef struct data_plan {
  * splitmix64 streams seeded from (seed, epoch); no rand()). Not collective. Fills *p
  * with newly allocated arrays; it does not free what *p held (data_plan_free first). */
 void data_plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int max_src_len,
-                    int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch,
-                    int64_t *n_dropped);
+                    int max_tgt_len, int shuffle, uint64_t seed, int64_t epoch, int64_t *n_dropped);
 /* The plan of a pair-classification epoch whose rows are `bos a eos b eos`: like
  * data_plan_make, but nothing is dropped, sentences are ordered by a + b length (ties by
  * a length, then the shuffle) and a row is min(a + b + 3, max_len) tokens wide (max_len
@@ -97,14 +96,14 @@ void data_plan_free(data_plan *p);
 /* One batch, padded. src gets eos appended; tgt_in = bos + tgt, tgt_out = tgt + eos.
  * (For a pair file src is a + eos and tgt_out is b + eos.) */
 typedef struct data_batch {
-  int n_seq;         /* sentences */
-  int src_len;       /* padded source length (longest + 1 for eos) */
-  int tgt_len;       /* padded target length (longest + 1) */
-  int32_t *src;      /* (n_seq, src_len), pad-filled */
-  int32_t *tgt_in;   /* (n_seq, tgt_len) */
-  int32_t *tgt_out;  /* (n_seq, tgt_len) */
-  int64_t *ids;      /* (n_seq) sentence indices in the split */
-  int32_t *labels;   /* (n_seq) labels of a pair_classification split, else -1 */
+  int n_seq;                          /* sentences */
+  int src_len;                        /* padded source length (longest + 1 for eos) */
+  int tgt_len;                        /* padded target length (longest + 1) */
+  int32_t *src;                       /* (n_seq, src_len), pad-filled */
+  int32_t *tgt_in;                    /* (n_seq, tgt_len) */
+  int32_t *tgt_out;                   /* (n_seq, tgt_len) */
+  int64_t *ids;                       /* (n_seq) sentence indices in the split */
+  int32_t *labels;                    /* (n_seq) labels of a pair_classification split, else -1 */
   int64_t n_src_tokens, n_tgt_tokens; /* non-pad counts (with eos) */
   size_t cap_seq, cap_tok;            /* allocated capacity, grown as needed */
 } data_batch;

@@ -6,15 +6,15 @@
 #include "session.h"
 
 typedef struct eval_result {
-  double loss, nll, ppl;  /* per target token (natural log) */
+  double loss, nll, ppl; /* per target token (natural log) */
   int64_t n_tokens, n_sentences;
-  int has_accuracy;       /* classifier: per sentence; masked-LM: per masked token */
-  double accuracy;        /* n_correct / n_tokens (which then counts sentences or masked */
-  int64_t n_correct;      /* positions) */
+  int has_accuracy;  /* classifier: per sentence; masked-LM: per masked token */
+  double accuracy;   /* n_correct / n_tokens (which then counts sentences or masked */
+  int64_t n_correct; /* positions) */
   int has_bleu;
-  double bleu;            /* sacreBLEU, 13a, exp smoothing */
+  double bleu; /* sacreBLEU, 13a, exp smoothing */
   char bleu_line[256];
-  int64_t n_decoded;      /* sentences decoded for BLEU */
+  int64_t n_decoded; /* sentences decoded for BLEU */
   double seconds;
 } eval_result;
 

@@ -27,6 +27,8 @@ static inline void h5quiet_begin(h5quiet *q) {
 }
 
 /* Restore the handler saved in q. Not collective. */
-static inline void h5quiet_end(const h5quiet *q) { H5Eset_auto2(H5E_DEFAULT, q->func, q->data); }
+static inline void h5quiet_end(const h5quiet *q) {
+  H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
+}
 
 #endif

@@ -21,15 +21,15 @@
 #include "dmat.h"
 
 typedef struct model_param {
-  char name[112];   /* fairseq name */
-  dmat w, g;        /* value and gradient (local blocks in the flat buffers) */
-  int is_vector;    /* PyTorch shape is (cols) */
-  int64_t offset;   /* into the flat local buffers */
-  int pp_owners;    /* pipeline stages that hold it (2-3 for a tied embedding; 1 otherwise) */
-  int pp_copy;      /* 1: held here, but an earlier stage holds the copy that is written and
-                     * counted in the grad norm (a tied embedding's second or third owner) */
-  int pp_owned;     /* 1: this stage holds it; 0: an empty local block (0 x 0) */
-  int init;         /* MODEL_INIT_* */
+  char name[112]; /* fairseq name */
+  dmat w, g;      /* value and gradient (local blocks in the flat buffers) */
+  int is_vector;  /* PyTorch shape is (cols) */
+  int64_t offset; /* into the flat local buffers */
+  int pp_owners;  /* pipeline stages that hold it (2-3 for a tied embedding; 1 otherwise) */
+  int pp_copy;    /* 1: held here, but an earlier stage holds the copy that is written and
+                   * counted in the grad norm (a tied embedding's second or third owner) */
+  int pp_owned;   /* 1: this stage holds it; 0: an empty local block (0 x 0) */
+  int init;       /* MODEL_INIT_* */
   float init_std;
 } model_param;
 
@@ -38,7 +38,9 @@ enum { MODEL_INIT_ZERO, MODEL_INIT_ONE, MODEL_INIT_NORMAL, MODEL_INIT_EMBED };
 typedef struct model_attn {
   model_param *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
 } model_attn;
-typedef struct model_ln { model_param *w, *b; } model_ln;
+typedef struct model_ln {
+  model_param *w, *b;
+} model_ln;
 typedef struct model_layer {
   model_attn self, cross;             /* cross: decoder only */
   model_ln ln_self, ln_cross, ln_ffn; /* self_attn_, encoder_attn_, final_layer_norm */
@@ -57,21 +59,21 @@ enum { MODEL_ARCH_TRANSLATION, MODEL_ARCH_CLASSIFIER, MODEL_ARCH_MLM };
 enum { MODEL_SUM_LOSS, MODEL_SUM_NLL, MODEL_SUM_COUNT, MODEL_SUM_CORRECT, MODEL_NSUMS };
 
 typedef struct model_dims {
-  int arch;          /* MODEL_ARCH_*; the encoder-only ones force n_dec = 0 */
-  int n_classes;     /* MODEL_ARCH_CLASSIFIER: output classes */
+  int arch;      /* MODEL_ARCH_*; the encoder-only ones force n_dec = 0 */
+  int n_classes; /* MODEL_ARCH_CLASSIFIER: output classes */
   int n_enc, n_dec, d, ffn, heads, vocab;
-  int pre_ln;        /* 1: Pre-LN, 0: Post-LN */
+  int pre_ln; /* 1: Pre-LN, 0: Post-LN */
   int pad, bos, eos;
   float dropout, attn_dropout, act_dropout, label_smoothing;
-  int share;         /* 0 none, 1 decoder_io, 2 all */
+  int share; /* 0 none, 1 decoder_io, 2 all */
 } model_dims;
 
 typedef struct model {
   model_dims dims;
   const grid *g;
   int n_params;
-  model_param *params;      /* registry, in checkpoint order */
-  int64_t n_floats;         /* local floats in each flat buffer */
+  model_param *params; /* registry, in checkpoint order */
+  int64_t n_floats;    /* local floats in each flat buffer */
   float *param_mem, *grad_mem;
   model_layer *enc, *dec;
   model_param *enc_embed, *dec_embed, *out_proj; /* may point to the same param */
@@ -81,14 +83,14 @@ typedef struct model {
   /* This rank's share under tensor parallelism (g's pr x pc grid; everything with
    * tp = 1). Activations are dmats: process row p holds sequences [p*Bl, (p+1)*Bl) of a
    * batch padded to pr*Bl sequences, process column q the column blocks below. */
-  int dl, d0;               /* feature columns [d0, d0 + dl) */
-  int hl, h0;               /* attention heads (pc divides heads) */
-  int fl, f0;               /* feed-forward hidden columns */
-  int vl, v0;               /* vocabulary columns of the logits */
-  int cl, c0;               /* class columns of the classifier's logits */
-  int64_t vec_lo;           /* vectors (biases, LN gains) occupy flat [vec_lo, n_floats): every
-                             * process row holds all of them (their gradients are summed over
-                             * the process rows); matrices are split and come first */
+  int dl, d0;     /* feature columns [d0, d0 + dl) */
+  int hl, h0;     /* attention heads (pc divides heads) */
+  int fl, f0;     /* feed-forward hidden columns */
+  int vl, v0;     /* vocabulary columns of the logits */
+  int cl, c0;     /* class columns of the classifier's logits */
+  int64_t vec_lo; /* vectors (biases, LN gains) occupy flat [vec_lo, n_floats): every
+                   * process row holds all of them (their gradients are summed over
+                   * the process rows); matrices are split and come first */
   /* Pipeline stage (g->stage of g->pp; the whole model with pp = 1): encoder layers
    * [enc_l0, enc_l1) and decoder layers [dec_l0, dec_l1) (model_stage_plan); the encoder
    * embedding goes with encoder layer 0, the final LayerNorms with the last layers, the decoder
@@ -102,11 +104,11 @@ typedef struct model {
    * the pipeline's pending messages while this rank computes). */
   void (*progress)(void *ctx);
   void *progress_ctx;
-  struct model_acts *acts;  /* activation arena (model_arena.c) in use */
-  struct model_acts **slots;/* one arena per micro-batch in flight (model_use_slot) */
+  struct model_acts *acts;   /* activation arena (model_arena.c) in use */
+  struct model_acts **slots; /* one arena per micro-batch in flight (model_use_slot) */
   int n_slots;
-  uint64_t dropout_key;     /* set by model_set_dropout_key before a forward */
-  int train;                /* 1: dropout on */
+  uint64_t dropout_key; /* set by model_set_dropout_key before a forward */
+  int train;            /* 1: dropout on */
 } model;
 
 /* Fill dims from a validated config and the dataset's vocabulary (arch from c->arch;
@@ -186,8 +188,8 @@ void model_stage_msg(const model *m, int side, int B_global, int S, int T, int64
  * runs the loss (and with backward != 0 leaves the logits' gradient for the backward),
  * adds sums[MODEL_SUM_LOSS] += loss, sums[MODEL_SUM_NLL] += nll, sums[MODEL_SUM_CORRECT] +=
  * correct (encoder-only heads) and returns what the loss is averaged over (the caller adds
- * it into sums[MODEL_SUM_COUNT]); other stages return 0 and add nothing. The tokens, the dropout key and mode are kept in
- * the arena for the backward. Collective on the TP grid. */
+ * it into sums[MODEL_SUM_COUNT]); other stages return 0 and add nothing. The tokens, the dropout
+ * key and mode are kept in the arena for the backward. Collective on the TP grid. */
 int64_t model_stage_forward(model *m, const int32_t *src, const int32_t *tgt_in,
                             const int32_t *tgt_out, int B, int S, int T, float grad_scale,
                             int backward, const float *in_msg, float *out_msg, double *sums);

@@ -22,10 +22,10 @@ typedef struct session {
   grid g;
   data_file *data;
   model *model;
-  task task;            /* the arch's batches and forward call (task.h), made once here */
-  optim opt;            /* only when with_optim */
+  task task; /* the arch's batches and forward call (task.h), made once here */
+  optim opt; /* only when with_optim */
   int with_optim;
-  ckpt_tensor *tensors; /* one per model parameter: what this rank reads */
+  ckpt_tensor *tensors;      /* one per model parameter: what this rank reads */
   ckpt_tensor *save_tensors; /* the same, less what another rank writes: the copies of
                               * the replicated vectors on TP process rows > 0 */
   int n_tensors;

@@ -23,7 +23,6 @@
 #include "model.h"
 #include "pipe.h"
 
-
 /* Masked-LM: the mask symbol (the vocabulary has none; the corpus has no <unk>) and the
  * BERT split of the selected positions (80% mask, 10% random word, 10% unchanged). */
 #define TASK_MLM_MASK_ID 1

@@ -489,8 +489,7 @@ static int room_to_close(const save_job *j, int *eno) {
   hsize_t size = 0;
   struct stat st;
   struct statvfs vs;
-  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 ||
-      statvfs(j->dir, &vs) != 0)
+  if (H5Fget_filesize(j->file, &size) < 0 || stat(j->tmp, &st) != 0 || statvfs(j->dir, &vs) != 0)
     return C_OK; /* no estimate: let the close tell */
   uint64_t have = (uint64_t)st.st_blocks * 512, need = size > have ? size - have : 0;
   need += CKPT_CLOSE_MARGIN;
@@ -503,8 +502,7 @@ static int room_to_close(const save_job *j, int *eno) {
  * which flushes what HDF5 still holds. The file is closed on every path. After a failure
  * rank 0 first empties the .tmp (the disk is full: the close's own writes would fail on
  * one rank and hang the others), and the close goes through. */
-static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Comm comm,
-                      char *msg) {
+static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Comm comm, char *msg) {
   int rank, bad = !ok_so_far;
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
   if (!bad) {
@@ -518,8 +516,8 @@ static int save_close(save_job *j, const ckpt_meta *meta, int ok_so_far, MPI_Com
       ok = ok && put_attr(f, i64n[k], H5T_STD_I64LE, H5T_NATIVE_INT64, i64v[k]) == C_OK;
     ok = ok && put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) == C_OK;
     ok = ok && put_attr(f, "lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->lr) == C_OK;
-    ok = ok &&
-         put_attr(f, "wall_seconds", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->wall_seconds) == C_OK;
+    ok = ok && put_attr(f, "wall_seconds", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE,
+                        &meta->wall_seconds) == C_OK;
     ok = ok && put_str_attr(f, "layout", meta->layout) == C_OK;
     ok = ok && put_str_attr(f, "config", meta->config_text) == C_OK;
     ok = ok && put_attr(f, "complete", H5T_STD_I32LE, H5T_NATIVE_INT32, &complete) == C_OK;
@@ -636,8 +634,7 @@ int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *met
   h5quiet q;
   h5quiet_begin(&q);
   save_job j = {.dir = dir, .t = t, .n = n, .file = -1};
-  if (save_plan(&j, meta, comm, msg) != C_OK || save_open_tmp(&j, comm, msg) != C_OK)
-    goto out;
+  if (save_plan(&j, meta, comm, msg) != C_OK || save_open_tmp(&j, comm, msg) != C_OK) goto out;
   int ok = save_write_tensors(&j, comm, msg) == C_OK;
   if (save_close(&j, meta, ok, comm, msg) != C_OK) {
     if (rank == 0) unlink(j.tmp);
@@ -1193,8 +1190,7 @@ int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len,
 
 /* ---- which tensors a checkpoint holds (init_from) ------------------------------------ */
 
-void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has,
-                      MPI_Comm comm) {
+void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has, MPI_Comm comm) {
   int rank;
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
   memset(has, 0, (size_t)n);

@@ -121,7 +121,9 @@ int common_write_errno(const char *dir, int errno_hint) {
   return e;
 }
 
-const char *common_strerror(int e) { return e ? strerror(e) : "unknown I/O error"; }
+const char *common_strerror(int e) {
+  return e ? strerror(e) : "unknown I/O error";
+}
 
 void *common_malloc(size_t bytes) {
   void *p = malloc(bytes ? bytes : 1);
@@ -135,4 +137,6 @@ void *common_calloc(size_t n, size_t size) {
   return p;
 }
 
-double common_now(void) { return MPI_Wtime(); }
+double common_now(void) {
+  return MPI_Wtime();
+}

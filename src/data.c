@@ -45,11 +45,11 @@ struct data_file {
   char *path;
   int format_version, pad_id, unk_id, bos_id, eos_id, vocab_size;
   char src_lang[32], tgt_lang[32];
-  char task[64];   /* root attribute "task" ("" for translation files) */
-  int n_classes;   /* root attribute "n_classes" of a pair_classification file, else 0 */
+  char task[64];        /* root attribute "task" ("" for translation files) */
+  int n_classes;        /* root attribute "n_classes" of a pair_classification file, else 0 */
   const char *sides[2]; /* group names of the two sides: src/tgt, or a/b for pair files */
-  char **pieces;   /* vocab_size pointers into piece_buf */
-  char *piece_buf; /* all pieces, NUL-terminated, back to back */
+  char **pieces;        /* vocab_size pointers into piece_buf */
+  char *piece_buf;      /* all pieces, NUL-terminated, back to back */
 };
 
 /* A (sentence id, position in the batch) pair, sorted by id to follow file order. */
@@ -702,7 +702,9 @@ void data_split_text(data_split *s, int side, int64_t i, char *buf, size_t len) 
 
 /* splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator; the state is
  * private to each plan so nothing else in the program can perturb the order. */
-static uint64_t splitmix64(uint64_t *x) { return common_mix64(*x += 0x9e3779b97f4a7c15ULL); }
+static uint64_t splitmix64(uint64_t *x) {
+  return common_mix64(*x += 0x9e3779b97f4a7c15ULL);
+}
 
 static uint64_t rng_init(uint64_t seed, int64_t epoch, uint64_t stream) {
   uint64_t x = seed;
@@ -768,8 +770,7 @@ static void plan_make(data_plan *p, const data_split *s, int64_t max_tokens, int
   int64_t *tmp = common_malloc((size_t)(n > 0 ? n : 1) * sizeof *tmp);
   for (int64_t i = 0; i < n; i++) {
     int64_t ls = s->off[0][i + 1] - s->off[0][i], lt = s->off[1][i + 1] - s->off[1][i];
-    if (!concat &&
-        ((max_src_len > 0 && ls > max_src_len) || (max_tgt_len > 0 && lt > max_tgt_len)))
+    if (!concat && ((max_src_len > 0 && ls > max_src_len) || (max_tgt_len > 0 && lt > max_tgt_len)))
       continue;
     ids[kept++] = i;
   }
@@ -879,8 +880,7 @@ static hid_t select_runs(hid_t base, const hsize_t *runs, int64_t lo, int64_t hi
 }
 
 /* Record the first read error of s (later ones add nothing: the first is the cause). */
-static void read_failed(data_split *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void read_failed(data_split *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void read_failed(data_split *s, const char *fmt, ...) {
   if (s->read_err[0]) return;
   va_list ap;
@@ -937,9 +937,8 @@ static void side_read(data_split *s, int k, int n) {
   H5Sclose(fs);
   const int32_t v = s->f->vocab_size;
   if (!ok) {
-    read_failed(s, "%s: reading /%s/%s/tokens for a batch of %d sentences failed: %s",
-                s->f->path, s->name, side_name_of(s->f, k), n,
-                e ? strerror(e) : "the HDF5 read failed");
+    read_failed(s, "%s: reading /%s/%s/tokens for a batch of %d sentences failed: %s", s->f->path,
+                s->name, side_name_of(s->f, k), n, e ? strerror(e) : "the HDF5 read failed");
     for (int64_t i = 0; i < total; i++)
       s->raw[i] = s->f->pad_id;
     return;
@@ -954,7 +953,9 @@ static void side_read(data_split *s, int k, int n) {
     }
 }
 
-const char *data_split_error(const data_split *s) { return s->read_err; }
+const char *data_split_error(const data_split *s) {
+  return s->read_err;
+}
 
 void data_batch_load_ids(data_split *s, const int64_t *ids, int n, data_batch *out) {
   CHECK(n >= 0, "negative batch size %d", n);

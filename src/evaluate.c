@@ -109,18 +109,18 @@ int evaluate_split(session *s, const char *split, int with_bleu, int64_t max_sen
 }
 
 void evaluate_json(const eval_result *r, const char *split, char *buf, size_t len) {
-  int n = snprintf(buf, len,
-                   "\"split\":\"%s\",\"loss\":%.6f,\"nll\":%.6f,\"ppl\":%.4f,\"tokens\":%lld,"
-                   "\"sentences\":%lld",
-                   split, r->loss, r->nll, r->ppl, (long long)r->n_tokens,
-                   (long long)r->n_sentences);
+  int n =
+      snprintf(buf, len,
+               "\"split\":\"%s\",\"loss\":%.6f,\"nll\":%.6f,\"ppl\":%.4f,\"tokens\":%lld,"
+               "\"sentences\":%lld",
+               split, r->loss, r->nll, r->ppl, (long long)r->n_tokens, (long long)r->n_sentences);
   if (r->has_accuracy && n > 0 && (size_t)n < len)
     n += snprintf(buf + n, len - (size_t)n, ",\"accuracy\":%.6f,\"correct\":%lld", r->accuracy,
                   (long long)r->n_correct);
   if (r->has_bleu && n > 0 && (size_t)n < len) {
     char esc[300];
     metrics_json_escape(r->bleu_line, esc, sizeof esc);
-    snprintf(buf + n, len - (size_t)n, ",\"bleu\":%.4f,\"bleu_line\":\"%s\",\"decoded\":%lld", r->bleu,
-             esc, (long long)r->n_decoded);
+    snprintf(buf + n, len - (size_t)n, ",\"bleu\":%.4f,\"bleu_line\":\"%s\",\"decoded\":%lld",
+             r->bleu, esc, (long long)r->n_decoded);
   }
 }

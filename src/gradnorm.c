@@ -77,11 +77,13 @@ int gradnorm_main(int argc, char **argv) {
       double *sq = common_calloc((size_t)L, sizeof(double));
       for (int l = 0; l < L; l++) { /* this rank's block of the matrix, then the TP grid's sum */
         int64_t cnt = dmat_local_size(&w2[l]->g);
-        for (int64_t i = 0; i < cnt; i++) sq[l] += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
+        for (int64_t i = 0; i < cnt; i++)
+          sq[l] += (double)w2[l]->g.data[i] * w2[l]->g.data[i];
       }
       MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sq, L, MPI_DOUBLE, MPI_SUM, s.g.tp_comm));
       if (s.g.tp_rank == 0) /* one rank per replica adds: the gradient of the mean loss */
-        for (int l = 0; l <= L; l++) sum[l] += l < L ? sqrt(sq[l]) / sums[MODEL_SUM_COUNT] : 1;
+        for (int l = 0; l <= L; l++)
+          sum[l] += l < L ? sqrt(sq[l]) / sums[MODEL_SUM_COUNT] : 1;
       free(sq);
     }
     data_plan_free(&plan);
@@ -95,12 +97,13 @@ int gradnorm_main(int argc, char **argv) {
     for (int l = 0; l < L; l++) {
       char line[1024];
       snprintf(line, sizeof line,
-               "{\"type\":\"gradnorm\",\"arch\":\"%s\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_layers\":%d,"
+               "{\"type\":\"gradnorm\",\"arch\":\"%s\",\"norm\":\"%s\",\"enc_layers\":%d,\"dec_"
+               "layers\":%d,"
                "\"d_model\":%lld,\"side\":\"%s\",\"layer\":%d,\"grad_norm_fc2\":%.6e,\"seeds\":%d,"
                "\"batches\":%d}",
                c->arch, c->norm, L_enc, L_dec, (long long)c->d_model,
-               l < L_enc ? "encoder" : "decoder",
-               (l < L_enc ? l : l - L_enc) + 1, sum[l] / sum[L], seeds, used);
+               l < L_enc ? "encoder" : "decoder", (l < L_enc ? l : l - L_enc) + 1, sum[l] / sum[L],
+               seeds, used);
       puts(line);
       if (f) fprintf(f, "%s\n", line);
     }

@@ -44,14 +44,17 @@ static int cmd_eval(int argc, char **argv) {
   session_take_extras(argc, argv, ex, 2, NULL);
   if (!ex[0].given) {
     if (common_rank() == 0)
-      fprintf(stderr, "mpiformer: error: eval needs ckpt=PATH (a checkpoint file or a run's ckpt/ folder)\n");
+      fprintf(
+          stderr,
+          "mpiformer: error: eval needs ckpt=PATH (a checkpoint file or a run's ckpt/ folder)\n");
     return 1;
   }
   if (session_open(&s, argc, argv, ex, 2, 0, ex[0].value) != C_OK) return 1;
   decode_opts o;
   decode_opts_from_config(&o, &s.cfg);
   eval_result r;
-  if (evaluate_split(&s, ex[1].value, 1, 0, &o, &r, NULL, NULL) != C_OK) rc = 1;
+  if (evaluate_split(&s, ex[1].value, 1, 0, &o, &r, NULL, NULL) != C_OK)
+    rc = 1;
   else if (s.g.world_rank == 0) {
     char json[1024];
     evaluate_json(&r, ex[1].value, json, sizeof json);
@@ -74,7 +77,8 @@ static int cmd_translate(int argc, char **argv) {
   decode_opts o;
   decode_opts_from_config(&o, &s.cfg);
   model *full = model_replicate(s.model); /* tp > 1: every rank decodes with a full copy */
-  int rc = decode_translate_file(full, s.data, s.cfg.data, &o, stdin, stdout, s.g.world) == C_OK ? 0 : 1;
+  int rc =
+      decode_translate_file(full, s.data, s.cfg.data, &o, stdin, stdout, s.g.world) == C_OK ? 0 : 1;
   if (full != s.model) model_free(full);
   session_close(&s);
   return rc;
@@ -106,11 +110,13 @@ static void dump_attr(hid_t f, const char *name, double v) {
 /* One forward/backward of batch `batch` of a split, written with the gradients of the mean
  * loss: what the PyTorch reference test compares against. Single rank. */
 static int cmd_dump(int argc, char **argv) {
-  session_extra ex[4] = {{"ckpt", "", 0}, {"dump", "", 0}, {"split", "valid", 0}, {"batch", "0", 0}};
+  session_extra ex[4] = {
+      {"ckpt", "", 0}, {"dump", "", 0}, {"split", "valid", 0}, {"batch", "0", 0}};
   session s;
   session_take_extras(argc, argv, ex, 4, NULL);
   if (!(ex[0].given && ex[1].given)) {
-    if (common_rank() == 0) fprintf(stderr, "mpiformer: error: dump needs ckpt=PATH and dump=OUT.h5\n");
+    if (common_rank() == 0)
+      fprintf(stderr, "mpiformer: error: dump needs ckpt=PATH and dump=OUT.h5\n");
     return 1;
   }
   if (session_open(&s, argc, argv, ex, 4, 0, ex[0].value) != C_OK) return 1;
@@ -135,8 +141,13 @@ static int cmd_dump(int argc, char **argv) {
         (long long)plan.n_batches);
   /* batch b forward and backward without dropout (dp rank 0 runs it; the others add
    * nothing), the same code path as training and evaluation */
-  task_pass pass = {.split = sp, .plan = &plan, .first = b, .stride = 1, .n = s.g.dp_rank == 0,
-                    .backward = 1, .seed = (uint64_t)s.cfg.seed};
+  task_pass pass = {.split = sp,
+                    .plan = &plan,
+                    .first = b,
+                    .stride = 1,
+                    .n = s.g.dp_rank == 0,
+                    .backward = 1,
+                    .seed = (uint64_t)s.cfg.seed};
   model *m = s.model;
   model_zero_grad(m);
   double sums[MODEL_NSUMS];
@@ -152,7 +163,8 @@ static int cmd_dump(int argc, char **argv) {
   int clf = tk->kind == MODEL_ARCH_CLASSIFIER;
   pipe_batch pb;
   task_pipe_batch(tk, sp, &plan, b, 0, &pb); /* the model's inputs of batch b, to write */
-  for (int64_t i = 0; i < m->n_floats; i++) m->grad_mem[i] /= (float)n; /* of the mean loss */
+  for (int64_t i = 0; i < m->n_floats; i++)
+    m->grad_mem[i] /= (float)n; /* of the mean loss */
   if (s.g.world_rank == 0) {
     hid_t f = H5Fcreate(ex[1].value, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     CHECK(f >= 0, "dump: cannot create %s", ex[1].value);
@@ -162,13 +174,15 @@ static int cmd_dump(int argc, char **argv) {
     } else {
       dump_write(f, "/batch/src", H5T_NATIVE_INT32, pb.src, (hsize_t)pb.B, (hsize_t)pb.S, 0);
       dump_write(f, "/batch/tgt_in", H5T_NATIVE_INT32, pb.tgt_in, (hsize_t)pb.B, (hsize_t)pb.T, 0);
-      dump_write(f, "/batch/tgt_out", H5T_NATIVE_INT32, pb.tgt_out, (hsize_t)pb.B, (hsize_t)pb.T, 0);
+      dump_write(f, "/batch/tgt_out", H5T_NATIVE_INT32, pb.tgt_out, (hsize_t)pb.B, (hsize_t)pb.T,
+                 0);
     }
     for (int i = 0; i < m->n_params; i++) {
       model_param *p = &m->params[i];
       char name[160];
       snprintf(name, sizeof name, "/grad/%s", p->name);
-      dump_write(f, name, H5T_NATIVE_FLOAT, p->g.data, (hsize_t)p->g.rows, (hsize_t)p->g.cols, p->is_vector);
+      dump_write(f, name, H5T_NATIVE_FLOAT, p->g.data, (hsize_t)p->g.rows, (hsize_t)p->g.cols,
+                 p->is_vector);
     }
     dump_attr(f, "loss", loss / (double)n);
     dump_attr(f, "nll", nll / (double)n);
@@ -186,7 +200,8 @@ static int cmd_dump(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   runctl_init(argc >= 2 && !strcmp(argv[1], "train")); /* first: signals, launcher death */
-  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+      !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
@@ -198,11 +213,16 @@ int main(int argc, char **argv) {
   }
   MPI_Init(&argc, &argv);
   int rc;
-  if (!strcmp(cmd, "train")) rc = train_main(argc - 2, argv + 2);
-  else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 2, argv + 2);
-  else if (!strcmp(cmd, "translate")) rc = cmd_translate(argc - 2, argv + 2);
-  else if (!strcmp(cmd, "dump")) rc = cmd_dump(argc - 2, argv + 2);
-  else if (!strcmp(cmd, "gradnorm")) rc = gradnorm_main(argc - 2, argv + 2);
+  if (!strcmp(cmd, "train"))
+    rc = train_main(argc - 2, argv + 2);
+  else if (!strcmp(cmd, "eval"))
+    rc = cmd_eval(argc - 2, argv + 2);
+  else if (!strcmp(cmd, "translate"))
+    rc = cmd_translate(argc - 2, argv + 2);
+  else if (!strcmp(cmd, "dump"))
+    rc = cmd_dump(argc - 2, argv + 2);
+  else if (!strcmp(cmd, "gradnorm"))
+    rc = gradnorm_main(argc - 2, argv + 2);
   else {
     if (common_rank() == 0) {
       fprintf(stderr, "mpiformer: unknown command '%s'\n", cmd);

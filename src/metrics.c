@@ -80,25 +80,35 @@ int metrics_write(metrics *m, const char *fmt, ...) {
   return C_ERR;
 }
 
-int metrics_failed(const metrics *m) { return m->failed; }
+int metrics_failed(const metrics *m) {
+  return m->failed;
+}
 
 void metrics_format_duration(double s, char *buf, size_t len) {
   if (s < 0 || s != s) s = 0;
   long t = (long)(s + 0.5);
-  if (t >= 3600) snprintf(buf, len, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  else if (t >= 60) snprintf(buf, len, "%ldm%02lds", t / 60, t % 60);
-  else snprintf(buf, len, "%lds", t);
+  if (t >= 3600)
+    snprintf(buf, len, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else if (t >= 60)
+    snprintf(buf, len, "%ldm%02lds", t / 60, t % 60);
+  else
+    snprintf(buf, len, "%lds", t);
 }
 
 void metrics_json_escape(const char *s, char *buf, size_t len) {
   size_t o = 0;
   for (; *s && o + 7 < len; s++) {
     unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') buf[o++] = '\\', buf[o++] = (char)c;
-    else if (c == '\n') buf[o++] = '\\', buf[o++] = 'n';
-    else if (c == '\t') buf[o++] = '\\', buf[o++] = 't';
-    else if (c < 0x20) o += (size_t)snprintf(buf + o, len - o, "\\u%04x", c);
-    else buf[o++] = (char)c;
+    if (c == '"' || c == '\\')
+      buf[o++] = '\\', buf[o++] = (char)c;
+    else if (c == '\n')
+      buf[o++] = '\\', buf[o++] = 'n';
+    else if (c == '\t')
+      buf[o++] = '\\', buf[o++] = 't';
+    else if (c < 0x20)
+      o += (size_t)snprintf(buf + o, len - o, "\\u%04x", c);
+    else
+      buf[o++] = (char)c;
   }
   buf[o] = '\0';
 }

@@ -172,8 +172,8 @@ static void forward(pipe_sched *p, int k, int slot, const pipe_batch *b, int bac
   double t0 = common_now();
   model_use_slot(m, slot);
   model_set_mode(m, backward, b->key);
-  sums[MODEL_SUM_COUNT] += (double)model_stage_forward(m, b->src, b->tgt_in, b->tgt_out, b->B,
-                                                      b->S, b->T, 1.0f, backward, in, out, sums);
+  sums[MODEL_SUM_COUNT] += (double)model_stage_forward(m, b->src, b->tgt_in, b->tgt_out, b->B, b->S,
+                                                       b->T, 1.0f, backward, in, out, sums);
   p->busy += common_now() - t0;
   if (!last && !(g->stage == p->skip_stage && k == p->skip_mb))
     send(p, out, p->msg_out[k], g->stage + 1, 2 * k);

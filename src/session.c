@@ -8,7 +8,9 @@
 
 #include <cblas.h>
 
-static int rank0(void) { return common_rank() == 0; }
+static int rank0(void) {
+  return common_rank() == 0;
+}
 
 void session_say(const session *s, const char *fmt, ...) {
   (void)s;

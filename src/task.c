@@ -28,8 +28,7 @@
 
 #include "ops.h"
 
-int task_init(task *t, const config *c, int arch, const data_file *f, char *err,
-              size_t err_len) {
+int task_init(task *t, const config *c, int arch, const data_file *f, char *err, size_t err_len) {
   memset(t, 0, sizeof *t);
   t->kind = arch;
   t->max_tokens = c->max_tokens;
@@ -208,10 +207,9 @@ void task_run_batch(task *t, model *m, data_split *s, const data_plan *p, int64_
   model_set_mode(m, dropout, key);
   if (t->kind == MODEL_ARCH_TRANSLATION) {
     const data_batch *r = &t->raw;
-    sums[MODEL_SUM_COUNT] +=
-        (double)model_forward_backward(m, r->src, r->tgt_in, r->tgt_out, r->n_seq, r->src_len,
-                                       r->tgt_len, 1.0f, backward, &sums[MODEL_SUM_LOSS],
-                                       &sums[MODEL_SUM_NLL]);
+    sums[MODEL_SUM_COUNT] += (double)model_forward_backward(
+        m, r->src, r->tgt_in, r->tgt_out, r->n_seq, r->src_len, r->tgt_len, 1.0f, backward,
+        &sums[MODEL_SUM_LOSS], &sums[MODEL_SUM_NLL]);
     return;
   }
   int W = 0, rows = task_make_inputs(t, key, &W);
@@ -248,8 +246,7 @@ void task_pipe_batch(task *t, data_split *s, const data_plan *p, int64_t b, uint
 
 /* The key of batch b in pass p (task_pass). */
 static uint64_t pass_key(const task_pass *p, int64_t b) {
-  if (p->dropout)
-    return ops_hash_key(p->seed, (uint64_t)p->step, (uint64_t)p->epoch, (uint64_t)b);
+  if (p->dropout) return ops_hash_key(p->seed, (uint64_t)p->step, (uint64_t)p->epoch, (uint64_t)b);
   return ops_hash_key(p->seed, 0x56414c49u /* "VALI" */, (uint64_t)b, 0);
 }
 
@@ -271,11 +268,11 @@ static void pass_load(void *ctx, int j, pipe_batch *b) {
 int task_step_run(task *t, model *m, pipe_sched *ps, const grid *g, const task_pass *p,
                   double sums[MODEL_NSUMS], char *err, size_t err_len) {
   /* the replicas split an evaluation's batches (n, first differ over dp); the rest agrees */
-  DEBUG_AGREE(g->world, p->stride, p->dropout, p->backward, p->step, p->epoch,
-              (int64_t)p->seed);
+  DEBUG_AGREE(g->world, p->stride, p->dropout, p->backward, p->step, p->epoch, (int64_t)p->seed);
   DEBUG_AGREE(g->pp_comm, p->n, p->first);
   DEBUG_AGREE(g->tp_comm, p->n, p->first);
-  for (int i = 0; i < MODEL_NSUMS; i++) sums[i] = 0.0;
+  for (int i = 0; i < MODEL_NSUMS; i++)
+    sums[i] = 0.0;
   if (g->pp > 1 && p->backward) {
     /* the replica's micro-batches through its stages; the last stage has the loss */
     pass_loader ld = {t, p};

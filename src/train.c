@@ -10,10 +10,10 @@
  * plan, the model inputs, the forward call) is task.c's; this loop is the same for all.
  *
  * Stops on max_steps / max_epochs / max_time, on a stop request (SIGUSR1/SIGTERM or
- * OUT/.stop, runctl.h: all ranks agree at a step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a non-finite loss or gradient
- * (nan_policy: stop = "diverged at step N", a result, exit 0; skip = drop the update, and
- * diverge after max_skips). A diverged run saves nothing more: its last checkpoint stays
- * the newest (keep_last would otherwise prune a good state for a broken one).
+ * OUT/.stop, runctl.h: all ranks agree at a step boundary, save, exit TRAIN_EXIT_REQUEUE), or on a
+ * non-finite loss or gradient (nan_policy: stop = "diverged at step N", a result, exit 0; skip =
+ * drop the update, and diverge after max_skips). A diverged run saves nothing more: its last
+ * checkpoint stays the newest (keep_last would otherwise prune a good state for a broken one).
  *
  * The file reads top-down as the loop does: the run's state, set-up and banner,
  * one update, logging, the eval/save schedule, the stop agreement, the end, train_main.
@@ -61,7 +61,7 @@ typedef struct trainer {
   const grid *g;
   int rank0;
   data_split *split; /* the training split */
-  task *tk; /* the session's */
+  task *tk;          /* the session's */
   metrics mt;
   decode_opts dopt; /* BLEU at evaluation */
   pipe_sched pipe;  /* pp > 1: the 1F1B schedule of each update */
@@ -69,11 +69,11 @@ typedef struct trainer {
   int64_t plan_epoch;
   int per_step; /* batches one update consumes: dp * update_freq */
   train_state t;
-  int stop;                         /* TRAIN_* */
-  double lr, gnorm;                 /* of the last update */
-  int64_t start_step, attempt;      /* step at start; updates tried (skipped ones too) */
-  int64_t last_eval_step;           /* -1: none yet */
-  double wall_at_start;             /* t.wall at start (the ETA's rate) */
+  int stop;                                  /* TRAIN_* */
+  double lr, gnorm;                          /* of the last update */
+  int64_t start_step, attempt;               /* step at start; updates tried (skipped ones too) */
+  int64_t last_eval_step;                    /* -1: none yet */
+  double wall_at_start;                      /* t.wall at start (the ETA's rate) */
   double interval[MODEL_NSUMS], interval_t0; /* sums since the last log line, its start */
 } trainer;
 
@@ -225,8 +225,8 @@ static void train_eval(trainer *tr) {
                 "\"eval_seconds\":%.2f",
                 (long long)t->step, (long long)t->epoch, t->wall, json, r.seconds);
   if (tr->rank0) {
-    printf("valid | step %lld | loss %.3f | nll %.3f | ppl %.2f", (long long)t->step, r.loss,
-           r.nll, r.ppl);
+    printf("valid | step %lld | loss %.3f | nll %.3f | ppl %.2f", (long long)t->step, r.loss, r.nll,
+           r.ppl);
     if (r.has_accuracy) printf(" | accuracy %.4f", r.accuracy);
     if (r.has_bleu) printf(" | bleu %.2f (%lld sentences)", r.bleu, (long long)r.n_decoded);
     printf(" | %.1fs\n", r.seconds);
@@ -320,7 +320,8 @@ static int train_update(trainer *tr) {
   t->tokens_seen += (int64_t)count;
   t->wall += common_now() - step_t0;
   tr->gnorm = gnorm;
-  for (int i = 0; i < MODEL_NSUMS; i++) tr->interval[i] += sums[i];
+  for (int i = 0; i < MODEL_NSUMS; i++)
+    tr->interval[i] += sums[i];
   return 1;
 }
 
@@ -425,8 +426,10 @@ static int train_at_limit(const trainer *tr) {
 static void train_agree_stop(trainer *tr) {
   int flags[2] = {runctl_stop_requested(tr->rank0 ? tr->c->out : NULL), train_at_limit(tr)};
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, tr->g->world));
-  if (flags[0]) tr->stop = TRAIN_SIGNAL;
-  else if (flags[1]) tr->stop = TRAIN_LIMIT;
+  if (flags[0])
+    tr->stop = TRAIN_SIGNAL;
+  else if (flags[1])
+    tr->stop = TRAIN_LIMIT;
 }
 
 /* ---- the end -------------------------------------------------------------------------- */
@@ -438,15 +441,17 @@ static int train_finish(trainer *tr) {
   const train_state *t = &tr->t;
   int rc = 0;
   switch (tr->stop) {
-  case TRAIN_FAILED: return 1;
-  case TRAIN_DIVERGED: return 0;
+  case TRAIN_FAILED:
+    return 1;
+  case TRAIN_DIVERGED:
+    return 0;
   case TRAIN_SIGNAL:
     if (tr->rank0)
       printf("stop requested by %s: saving a checkpoint at step %lld\n", runctl_stop_reason(),
              (long long)t->step);
     rc = train_save(tr) != C_OK ? 1 : TRAIN_EXIT_REQUEUE;
-    metrics_write(&tr->mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f",
-                  (long long)t->step, t->wall);
+    metrics_write(&tr->mt, "\"type\":\"preempted\",\"step\":%lld,\"wall\":%.3f", (long long)t->step,
+                  t->wall);
     return rc;
   default: /* TRAIN_LIMIT, TRAIN_EPOCHS */
     if (t->step == tr->start_step) return 0;

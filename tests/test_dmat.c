@@ -19,9 +19,9 @@
  * letter on a non-square operand is refused by psgemm's own shape check, which aborts the
  * test (non-zero exit).
  * Also: scatter then gather gives back every element exactly (with ld padded too), and
- * pp = 2 gets the coordinates of grid.h (stage = (r / tp) % pp, pp_comm ordered by stage). Grids are created and destroyed many times in one process.
- * One line per check on rank 0 (checks are reduced over all ranks: worst residual, any
- * mismatch), then "N passed, N failed".
+ * pp = 2 gets the coordinates of grid.h (stage = (r / tp) % pp, pp_comm ordered by stage). Grids
+ * are created and destroyed many times in one process. One line per check on rank 0 (checks are
+ * reduced over all ranks: worst residual, any mismatch), then "N passed, N failed".
  */
 #include "dmat.h"
 #include "harness.h"
@@ -238,10 +238,12 @@ int main(int argc, char **argv) {
       MPI_Comm_size(g.pp_comm, &pp_size);
     }
     int good = rc == C_OK && g.stage == g.world_rank % 2 && g.dp_rank == g.world_rank / 2 &&
-               pp_rank == g.stage && pp_size == 2, all = 0;
+               pp_rank == g.stage && pp_size == 2,
+        all = 0;
     MPI_Allreduce(&good, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     char line[320];
-    snprintf(line, sizeof line, "pp=2: stage = r %% 2, dp_rank = r / 2, pp_comm ordered by stage %s", err);
+    snprintf(line, sizeof line,
+             "pp=2: stage = r %% 2, dp_rank = r / 2, pp_comm ordered by stage %s", err);
     check(all, line);
     if (rc == C_OK) grid_destroy(&g);
   }

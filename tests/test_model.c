@@ -36,7 +36,9 @@ static void check_model(const grid *g, int pre_ln, int share, float dropout) {
   int src_len[B] = {5, 3, 4}, tgt_len[B] = {6, 2, 4};
   for (int b = 0; b < B; b++) {
     for (int s = 0; s < S; s++)
-      src[b * S + s] = s < src_len[b] - 1 ? 4 + (b * 7 + s * 3) % (V - 4) : s == src_len[b] - 1 ? 3 : 0;
+      src[b * S + s] = s < src_len[b] - 1    ? 4 + (b * 7 + s * 3) % (V - 4)
+                       : s == src_len[b] - 1 ? 3
+                                             : 0;
     for (int t = 0; t < T; t++) {
       int y = 4 + (b * 5 + t * 2 + 1) % (V - 4);
       tin[b * T + t] = t == 0 ? 2 : t < tgt_len[b] ? 4 + (b * 5 + (t - 1) * 2 + 1) % (V - 4) : 0;
@@ -71,17 +73,18 @@ static void check_model(const grid *g, int pre_ln, int share, float dropout) {
         gu += (double)grad[p->offset + k] / (double)ntok * u[k];
       }
       const float h = 1e-3f;
-      for (int64_t k = 0; k < n; k++) w[k] = saved[k] + h * u[k];
+      for (int64_t k = 0; k < n; k++)
+        w[k] = saved[k] + h * u[k];
       double lp = mean_loss(m, src, tin, tout, 0);
-      for (int64_t k = 0; k < n; k++) w[k] = saved[k] - h * u[k];
+      for (int64_t k = 0; k < n; k++)
+        w[k] = saved[k] - h * u[k];
       double lm = mean_loss(m, src, tin, tout, 0);
       memcpy(w, saved, (size_t)n * sizeof(float));
       fd = (lp - lm) / (2.0 * h);
       agree = fabs(fd - gu) <= 3e-2 * fabs(fd) + 2e-4;
     }
     retries += tries - 1;
-    TEST_EXPECT(agree,
-                "%s-LN share=%d dropout=%.1f: %s: backward %.6g vs finite difference %.6g",
+    TEST_EXPECT(agree, "%s-LN share=%d dropout=%.1f: %s: backward %.6g vs finite difference %.6g",
                 pre_ln ? "Pre" : "Post", share, dropout, p->name, gu, fd);
     free(saved);
     free(u);

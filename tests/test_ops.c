@@ -333,8 +333,8 @@ typedef struct {
 static double attn_obj(void *vc) {
   attn_ctx *c = vc;
   ops_attention_forward(c->out, c->ldo, c->probs, c->q, c->ldq, c->k, c->v, c->ldk, c->pad,
-                        c->causal, c->B, c->Tq, c->Tk, c->H, c->dh, c->p, c->key, c->b0, 0,
-                        c->H, c->scratch);
+                        c->causal, c->B, c->Tq, c->Tk, c->H, c->dh, c->p, c->key, c->b0, 0, c->H,
+                        c->scratch);
   double s = 0.0;
   for (int i = 0; i < c->B * c->Tq; i++)
     for (int j = 0; j < c->H * c->dh; j++)
@@ -489,8 +489,8 @@ static void test_attention(void) {
   int Tq = 2, Tk = 4, ld = H * dh;
   float *q = frand(B * Tq * ld, 1.0), *kv = frand(B * Tk * ld, 1.0), *out = frand(B * Tq * ld, 1.0);
   float *probs = fzero(B * H * Tq * Tk), *scr = fzero(2 * Tq * Tk);
-  ops_attention_forward(out, ld, probs, q, ld, kv, kv, ld, allpad, 0, B, Tq, Tk, H, dh, 0.0f, 0, 0, 0,
-                        H, scr);
+  ops_attention_forward(out, ld, probs, q, ld, kv, kv, ld, allpad, 0, B, Tq, Tk, H, dh, 0.0f, 0, 0,
+                        0, H, scr);
   int zero = 1;
   for (int i = H * Tq * Tk; i < B * H * Tq * Tk; i++)
     zero &= probs[i] == 0.0f;
@@ -567,7 +567,8 @@ static void test_positions(void) {
   ops_positions_add_cols(blk, 6, B, T, d, 5, 6, pos0);
   int same = 1;
   for (int r = 0; r < B * T; r++)
-    for (int j = 0; j < 6; j++) same &= blk[r * 6 + j] == full[r * d + 5 + j];
+    for (int j = 0; j < 6; j++)
+      same &= blk[r * 6 + j] == full[r * d + 5 + j];
   TEST_EXPECT(same, "positions of columns 5..10 differ from those of the whole");
   free(y), free(y0), free(ref);
 }

@@ -45,7 +45,9 @@ static void make_batch(int step) {
     }
     for (int t = 0; t < T; t++) {
       int y = 4 + (b * 5 + t * 2 + 1 + step) % (V - 4);
-      tin[b * T + t] = t == 0 ? 2 : t < tgt_len[b] ? 4 + (b * 5 + (t - 1) * 2 + 1 + step) % (V - 4) : 0;
+      tin[b * T + t] = t == 0           ? 2
+                       : t < tgt_len[b] ? 4 + (b * 5 + (t - 1) * 2 + 1 + step) % (V - 4)
+                                        : 0;
       tout[b * T + t] = t < tgt_len[b] - 1 ? y : t == tgt_len[b] - 1 ? 3 : 0;
     }
     labels[b] = (b + step) % 3;
@@ -75,25 +77,30 @@ static double block_err(const dmat *p, const dmat *r, double *ref_max) {
       err = fmax(err, fabs((double)a - b));
     }
   for (int64_t i = 0; i < r->rows; i++)
-    for (int64_t j = 0; j < r->cols; j++) mx = fmax(mx, fabs((double)r->data[i * r->ld + j]));
+    for (int64_t j = 0; j < r->cols; j++)
+      mx = fmax(mx, fabs((double)r->data[i * r->ld + j]));
   *ref_max = mx;
   return err;
 }
 
 static void sgd(model *m) {
-  for (int64_t i = 0; i < m->n_floats; i++) m->param_mem[i] -= 0.01f * m->grad_mem[i];
+  for (int64_t i = 0; i < m->n_floats; i++)
+    m->param_mem[i] -= 0.01f * m->grad_mem[i];
 }
 
 static void check(const grid *g1, const grid *gt, int arch, int pre_ln, int share) {
   model_dims d = {0};
   d.arch = arch;
   d.n_enc = 2, d.n_dec = arch == MODEL_ARCH_TRANSLATION ? 2 : 0;
-  d.d = 24, d.ffn = 37, d.heads = 12, d.vocab = V, d.n_classes = arch == MODEL_ARCH_CLASSIFIER ? 3 : 0;
+  d.d = 24, d.ffn = 37, d.heads = 12, d.vocab = V,
+  d.n_classes = arch == MODEL_ARCH_CLASSIFIER ? 3 : 0;
   d.pre_ln = pre_ln, d.pad = 0, d.bos = 2, d.eos = 3;
   d.dropout = 0.1f, d.attn_dropout = 0.1f, d.act_dropout = 0.1f;
   d.label_smoothing = arch == MODEL_ARCH_TRANSLATION ? 0.1f : 0.0f;
   d.share = share;
-  const char *an = arch == MODEL_ARCH_TRANSLATION ? "translation" : arch == MODEL_ARCH_CLASSIFIER ? "classifier" : "mlm";
+  const char *an = arch == MODEL_ARCH_TRANSLATION  ? "translation"
+                   : arch == MODEL_ARCH_CLASSIFIER ? "classifier"
+                                                   : "mlm";
   model *ref = model_create(&d, g1, 11), *tp = model_create(&d, gt, 11);
   int bad_before = test_failed_;
   for (int step = 0; step < NSTEPS; step++) {
@@ -111,8 +118,9 @@ static void check(const grid *g1, const grid *gt, int arch, int pre_ln, int shar
                 gt->pc, an, pre_ln ? "pre" : "post", step, b[0], b[1], b[2], a[0], a[1], a[2]);
     for (int i = 0; i < tp->n_params; i++) {
       double mx, err = block_err(&tp->params[i].g, &ref->params[i].g, &mx);
-      TEST_EXPECT(err <= 2e-4 * mx + 1e-6, "%dx%d %s %s step %d: grad %s differs by %.3g (max %.3g)",
-                  gt->pr, gt->pc, an, pre_ln ? "pre" : "post", step, tp->params[i].name, err, mx);
+      TEST_EXPECT(err <= 2e-4 * mx + 1e-6,
+                  "%dx%d %s %s step %d: grad %s differs by %.3g (max %.3g)", gt->pr, gt->pc, an,
+                  pre_ln ? "pre" : "post", step, tp->params[i].name, err, mx);
     }
     sgd(ref);
     sgd(tp);
