@@ -121,8 +121,10 @@ int runctl_stop_requested(const char *out) {
   fclose(f);
   line[strcspn(line, "\r\n")] = 0;
   unlink(path); /* honoured once: a relaunch into this folder must not stop again */
-  snprintf(stop_reason, sizeof stop_reason, "%s%s%s%s", path, line[0] ? " (" : "", line,
-           line[0] ? ")" : "");
+  /* a long path is cut, not an error: the reason is only printed */
+  if (snprintf(stop_reason, sizeof stop_reason, "%s%s%s%s", path, line[0] ? " (" : "", line,
+               line[0] ? ")" : "") >= (int)sizeof stop_reason)
+    stop_reason[sizeof stop_reason - 1] = '\0';
   return 1;
 }
 
