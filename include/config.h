@@ -21,7 +21,7 @@
   X(out, STR, "runs/default", "", 0, "run directory: config, metrics.jsonl, ckpt/")                \
   X(seed, INT, 1, 0, 2147483647, "seed of init, dropout and shuffling")                            \
   X(threads, INT, 0, 0, 256, "BLAS threads per rank (0: leave OPENBLAS_NUM_THREADS)")              \
-  X(gemm, STR, "auto", "auto|openblas|onednn", 0,                                                 \
+  X(gemm, STR, "auto", "auto|openblas|onednn", 0,                                                  \
     "local matmul engine (auto: oneDNN on AVX-512 CPUs, else OpenBLAS)")                           \
   X(precision, STR, "fp32", "fp32|bf16", 0,                                                        \
     "matmul operands: fp32, or bf16 (fp32 weights, sums, accumulation)")                           \

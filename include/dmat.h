@@ -11,8 +11,9 @@
  * the local block of the transpose; dmat_gemm hides that.
  *
  * On a 1x1 grid (tp = 1, or g == NULL) a dmat is a plain row-major matrix and dmat_gemm is
- * one gemm_sgemm call (gemm.h: the engine and precision of config keys gemm and precision). On a larger grid dmat_gemm is ScaLAPACK psgemm on the transposed
- * problem C^T = op(B)^T op(A)^T over the transposed BLACS grid (see grid.h, dmat.c).
+ * one gemm_sgemm call (gemm.h: the engine and precision of config keys gemm and precision). On a
+ * larger grid dmat_gemm is ScaLAPACK psgemm on the transposed problem C^T = op(B)^T op(A)^T over
+ * the transposed BLACS grid (see grid.h, dmat.c).
  */
 #ifndef MPIFORMER_DMAT_H
 #define MPIFORMER_DMAT_H
