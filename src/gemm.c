@@ -407,11 +407,16 @@ void gemm_describe(char *line, size_t cap, char *warning, size_t warning_cap) {
   snprintf(line, cap, "matmuls: %s, bf16 operands (%s), fp32 accumulation and output", eng,
            native ? "oneDNN bf16 matmul" : "rounded to bf16, multiplied in fp32");
 #ifdef MPIFORMER_ONEDNN
-  int fast = native && bf16_fast();
+  int cpu_bf16 = bf16_fast(), fast = native && cpu_bf16;
 #else
-  int fast = 0;
+  int cpu_bf16 = 0, fast = 0;
 #endif
-  if (!fast)
+  if (!fast && cpu_bf16)
+    snprintf(warning, warning_cap,
+             "warning: precision=bf16 with gemm=openblas is emulated and no faster than fp32: "
+             "gemm=onednn (or auto) uses this CPU's bf16 instructions (oneDNN ISA %s)",
+             gemm_onednn_isa());
+  else if (!fast)
     snprintf(warning, warning_cap,
              "warning: precision=bf16 on a CPU without bf16 instructions (oneDNN ISA %s): bf16 "
              "is emulated and no faster than fp32 (slower by the rounding)",
