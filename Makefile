@@ -10,7 +10,8 @@
 #   make report     runs/ -> runs/report.md and PNG plots
 #
 # Switches: V=1 (echo commands), WERROR=1, DEBUG=1 (-O0, and the collective-argument checks
-# of debug.h), SANITIZER=address|undefined, BUILD=dir (objects go there; default build/).
+# of debug.h), SANITIZER=address|undefined, BUILD=dir (objects go there; default build/),
+# ONEDNN=0|1 (link oneDNN; default: when /usr/include/dnnl.h exists).
 
 BUILD     ?= build
 BIN       ?= bin
@@ -35,6 +36,13 @@ ifneq ($(SANITIZER),)
 endif
 CFLAGS += $(PKG_CFLAGS)
 LIBS   := $(PKG_LIBS) -lm
+# oneDNN (libdnnl-dev, no pkg-config file in Debian): linked when its header is there, or
+# forced off with ONEDNN=0 (then gemm=onednn is refused and gemm=auto means OpenBLAS).
+ONEDNN ?= $(if $(wildcard /usr/include/dnnl.h),1,0)
+ifeq ($(ONEDNN),1)
+  CFLAGS += -DMPIFORMER_ONEDNN=1
+  LIBS   += -ldnnl -lgomp
+endif
 
 ifneq ($(V),1)
   Q := @

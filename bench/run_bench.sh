@@ -11,6 +11,9 @@
 #    ranks as dp=2, tp=2 1x2 and tp=2 2x1 (bench_model's TP_GRID argument);
 #  - the tensor-parallel crossover: one sgemm on one rank against dmat_gemm (ScaLAPACK
 #    psgemm) on a 1x2 and a 2x1 grid, square and Transformer shapes (bench_gemm, 2 ranks);
+#  - the GFLOP/s of the local matmul seam per engine and precision (OpenBLAS and oneDNN, fp32
+#    and bf16) on base's linear-layer shapes, one thread, and the ISA oneDNN picked
+#    (bench_engines);
 #  - the pipeline bubble of pp=2 for M = 1, 4, 8 micro-batches against the theoretical
 #    (S-1)/(M+S-1), and tokens/s of `base` with pp=2 against dp=2 and tp=2 on 2 ranks
 #    (bench_pp).
@@ -66,6 +69,9 @@ done
 echo
 echo "dmat_gemm on a 2-rank TP grid (psgemm, 1x2 and 2x1) against one sgemm on one rank:"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_gemm"
+echo
+echo "local matmul engines (gemm=openblas|onednn x precision=fp32|bf16), base linear-layer shapes, one thread:"
+mpirun -np 1 "$BUILD/bench/bench_engines" | sed 's/^/  /'
 echo
 echo "pipeline bubble, pp=2 (small, micro-batches of 8x32): 1 - compute / (stages x wall), against (S-1)/(M+S-1)"
 mpirun --oversubscribe -np 2 "$BUILD/bench/bench_pp" bubble small 8 32 "$STEPS" |

@@ -20,7 +20,11 @@
   X(data, STR, "data/bible/es-en.h5", "", 0, "HDF5 dataset (data_prep/pack.py)")                   \
   X(out, STR, "runs/default", "", 0, "run directory: config, metrics.jsonl, ckpt/")                \
   X(seed, INT, 1, 0, 2147483647, "seed of init, dropout and shuffling")                            \
-  X(threads, INT, 0, 0, 256, "BLAS threads per rank (0: leave OPENBLAS_NUM_THREADS)")              \
+  X(threads, INT, 0, 0, 256, "BLAS/oneDNN threads per rank (0: OPENBLAS_NUM_THREADS; oneDNN 1)")   \
+  X(gemm, STR, "auto", "auto|openblas|onednn", 0,                                                  \
+    "local matmul engine (auto: oneDNN on AVX-512 CPUs, else OpenBLAS)")                           \
+  X(precision, STR, "fp32", "fp32|bf16", 0,                                                        \
+    "matmul operands: fp32, or bf16 (fp32 weights, sums, accumulation)")                           \
   /* model */                                                                                      \
   X(arch, STR, "transformer", "transformer|encoder_classifier|encoder_mlm", 0,                     \
     "translation model, or encoder-only pair classifier / masked-LM (docs/MODEL.md)")              \

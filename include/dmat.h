@@ -11,8 +11,9 @@
  * the local block of the transpose; dmat_gemm hides that.
  *
  * On a 1x1 grid (tp = 1, or g == NULL) a dmat is a plain row-major matrix and dmat_gemm is
- * one cblas_sgemm call. On a larger grid dmat_gemm is ScaLAPACK psgemm on the transposed
- * problem C^T = op(B)^T op(A)^T over the transposed BLACS grid (see grid.h, dmat.c).
+ * one gemm_sgemm call (gemm.h: the engine and precision of config keys gemm and precision). On a
+ * larger grid dmat_gemm is ScaLAPACK psgemm on the transposed problem C^T = op(B)^T op(A)^T over
+ * the transposed BLACS grid (see grid.h, dmat.c).
  */
 #ifndef MPIFORMER_DMAT_H
 #define MPIFORMER_DMAT_H
@@ -46,7 +47,7 @@ static inline int64_t dmat_local_size(const dmat *m) {
  * (op(A) m x k, op(B) k x n, C m x n); trans_a/trans_b are 'N' or 'T'. A, B and C must be
  * on the same grid, each with its own block distribution; nothing is redistributed.
  * tp > 1: ScaLAPACK psgemm, collective on tp_comm (every rank of the TP grid calls it with
- * the same arguments). tp == 1: one cblas_sgemm, not collective. Shapes are checked; k == 0
+ * the same arguments). tp == 1: one gemm_sgemm, not collective. Shapes are checked; k == 0
  * gives C = beta C (0 when beta is 0), m == 0 or n == 0 does nothing. DEBUG=1 builds check
  * that the TP grid's ranks agree on trans_a, trans_b, m, n, k, alpha and beta. */
 void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dmat *b, float beta,

@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is present. Uses sudo when not root.
 set -euo pipefail
 pkgs=(openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev hdf5-tools
-      libopenblas-dev pkg-config make gcc sentencepiece
+      libopenblas-dev libdnnl-dev pkg-config make gcc sentencepiece
       sword-text-sparv sword-text-web sword-text-kjv libsword-utils
       gnuplot-nox python3-torch python3-h5py python3-numpy
       slurm-wlm munge)

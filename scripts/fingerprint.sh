@@ -4,6 +4,8 @@
 # run, every training and validation loss at full precision and a SHA-256 of every
 # dataset's bytes and the step attributes of the final checkpoint. Run it before and
 # after a change and `cmp` the two files: bitwise identical or the change moved numbers.
+# The matmul engine is pinned (gemm=openblas precision=fp32) so that the file does not
+# depend on the CPU (gemm=auto takes oneDNN on AVX-512 CPUs).
 set -u
 source "$(dirname "$0")/../tests/lib.sh"
 outfile=$(realpath -m "${1:?usage: fingerprint.sh OUTFILE}")
@@ -14,11 +16,12 @@ $PY tests/make_tiny_dataset.py "$tmp/pairs.h5" --pairs --vocab 40 --train 600 --
 printf '%s\n' "data = $tmp/tiny.h5" "enc_layers = 2" "dec_layers = 2" "d_model = 32" \
   "ffn_dim = 64" "heads = 4" "norm = pre" "dropout = 0.1" "attn_dropout = 0.1" \
   "act_dropout = 0.1" "lr = 2e-3" "warmup_steps = 4" "max_tokens = 160" "log_interval = 1" \
-  "eval_interval = 10" "eval_bleu = 0" "beam = 2" "save_interval = 10" >"$tmp/mt.conf"
+  "eval_interval = 10" "eval_bleu = 0" "beam = 2" "save_interval = 10" "gemm = openblas" \
+  "precision = fp32" >"$tmp/mt.conf"
 printf '%s\n' "data = $tmp/pairs.h5" "enc_layers = 2" "d_model = 32" "ffn_dim = 64" \
   "heads = 4" "lr = 2e-3" "warmup_steps = 0" "lr_scheduler = constant" "log_interval = 1" \
   "eval_bleu = 0" "dropout = 0.1" "max_tokens = 300" "eval_interval = 10" \
-  "save_interval = 10" >"$tmp/enc.conf"
+  "save_interval = 10" "gemm = openblas" "precision = fp32" >"$tmp/enc.conf"
 fp() { # name np conf args...
   local name=$1 np=$2 conf=$3; shift 3
   if ! run "$np" train "$tmp/$conf" out="$tmp/$name" "$@" >"$tmp/$name.log" 2>&1; then

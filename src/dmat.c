@@ -1,7 +1,8 @@
 /* dmat.c: block bookkeeping, gemm, gather and scatter of the distributed matrix (see dmat.h).
  *
- * dmat_gemm on a 1x1 grid is one cblas_sgemm. On a pr x pc grid it is ScaLAPACK psgemm on
- * the transposed problem: the row-major local block of X (rows_local x cols_local, ld) is,
+ * dmat_gemm on a 1x1 grid is one gemm_sgemm (gemm.h: OpenBLAS or oneDNN, fp32 or bf16). On a
+ * pr x pc grid it is ScaLAPACK psgemm (always fp32) on the transposed problem: the row-major
+ * local block of X (rows_local x cols_local, ld) is,
  * read column-major, the local block of X' = X^T (cols x rows), and a plain block
  * distribution with blocks ceil(n/p) is the block-cyclic one with that block size (there
  * are at most p blocks, so none wraps around). Hence
@@ -27,8 +28,8 @@
 #include "dmat.h"
 
 #include "debug.h"
+#include "gemm.h"
 
-#include <cblas.h>
 #include <string.h>
 
 /* ScaLAPACK has no C header; the prototypes of the routines it exports (PBLAS psgemm_ is
@@ -128,9 +129,8 @@ void dmat_gemm(char trans_a, char trans_b, float alpha, const dmat *a, const dma
     return;
   }
   if (tp == 1) {
-    cblas_sgemm(CblasRowMajor, trans_a == 'N' ? CblasNoTrans : CblasTrans,
-                trans_b == 'N' ? CblasNoTrans : CblasTrans, common_int(m), common_int(n),
-                common_int(k), alpha, a->data, a->ld, b->data, b->ld, beta, c->data, c->ld);
+    gemm_sgemm(trans_a, trans_b, common_int(m), common_int(n), common_int(k), alpha, a->data, a->ld,
+               b->data, b->ld, beta, c->data, c->ld);
     return;
   }
   /* C' (n x m) = op(B)' (n x k) * op(A)' (k x m), column-major, same op letters. */

@@ -3,7 +3,7 @@
  * wrapped the same way: Pre-LN `s' = s + D(F(LN(s)))`, Post-LN `s' = LN(s + D(F(s)))`.
  * The residual stream s_k is saved between sublayers; a sublayer saves what its
  * backward needs (LN statistics, q/k/v, attention probabilities, FFN hidden). Linear
- * layers go through dmat_gemm (one cblas_sgemm on the 1x1 grid). Dropout masks are
+ * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks are
  * regenerated in backward from counter-based keys, so nothing stores a mask.
  *
  * Tensor parallelism (pr x pc grid). Every activation is a dmat whose process row holds
@@ -30,7 +30,7 @@
 
 /* ---- building blocks ------------------------------------------------------------- */
 
-/* y(n,out) = x(n,in) W^T + b through dmat_gemm (cblas on the 1x1 grid). n is this
+/* y(n,out) = x(n,in) W^T + b through dmat_gemm (gemm_sgemm on the 1x1 grid). n is this
  * process row's row count: the global activation has n * pr rows. */
 void model_linear_fwd(model *m, float *y, const float *x, const model_param *w,
                       const model_param *b, int n) {

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "ops.h"
 
 void model_dims_from_config(model_dims *d, const config *c, int vocab, int pad, int bos, int eos) {
@@ -311,6 +312,8 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
     p->g.data = m->grad_mem + p->offset;
     param_init(m, p, i, seed);
   }
+  if (pr * pc == 1) /* bf16: the weights' rounded copy (tp > 1: psgemm, fp32) */
+    gemm_shadow_add(m->param_mem, m->n_floats);
   model_use_slot(m, 0);
   return m;
 }
@@ -318,6 +321,7 @@ model *model_create(const model_dims *dims, const grid *g, uint64_t seed) {
 void model_free(model *m) {
   if (!m) return;
   model_acts_free(m);
+  gemm_shadow_remove(m->param_mem);
   free(m->param_mem);
   free(m->grad_mem);
   free(m->params);
@@ -375,5 +379,6 @@ model *model_replicate(model *m) {
   free(owner);
   free(counts);
   free(displs);
+  gemm_shadow_refresh(r->param_mem);
   return r;
 }

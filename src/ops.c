@@ -1,7 +1,7 @@
 /* ops.c: forward and backward kernels on local, row-major blocks (see ops.h).
  *
  * What it does: LayerNorm, ReLU, inverted dropout with counter-based (layout-independent)
- * masks, multi-head scaled dot-product attention (one cblas_sgemm per (batch, head) and
+ * masks, multi-head scaled dot-product attention (one gemm_sgemm per (batch, head) and
  * matmul, with row strides so q/k/v can be column slices of a fused projection),
  * embedding lookup and scatter-add, fairseq's sinusoidal positions, and fairseq's
  * label-smoothed cross-entropy.
@@ -17,6 +17,7 @@
 #include "ops.h"
 
 #include "common.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #ifdef __AVX__
@@ -376,8 +377,7 @@ void ops_attention_forward(float *out, int ldo, float *probs, const float *q, in
       const float *vb = v + (int64_t)b * Tk * ldk + (int64_t)h * dh; /* (Tk, dh) ld ldk */
       float *ob = out + (int64_t)b * Tq * ldo + (int64_t)h * dh;     /* (Tq, dh) ld ldo */
       /* S(Tq, Tk) = alpha * Q K^T */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, dh, alpha, qb, ldq, kb, ldk,
-                  0.0f, P, Tk);
+      gemm_sgemm('N', 'T', Tq, Tk, dh, alpha, qb, ldq, kb, ldk, 0.0f, P, Tk);
       for (int i = 0; i < Tq; i++) {
         int jlim = causal ? i + (Tk - Tq) + 1 : Tk;
         ops_softmax_row_(P + (int64_t)i * Tk, Tk, jlim, pad);
@@ -388,8 +388,7 @@ void ops_attention_forward(float *out, int ldo, float *probs, const float *q, in
         A = scratch;
       }
       /* O(Tq, dh) = A(Tq, Tk) V(Tk, dh) */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, dh, Tk, 1.0f, A, Tk, vb, ldk, 0.0f,
-                  ob, ldo);
+      gemm_sgemm('N', 'N', Tq, dh, Tk, 1.0f, A, Tk, vb, ldk, 0.0f, ob, ldo);
     }
   }
 }
@@ -428,22 +427,18 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
           A = Pd;
         }
         /* dV(Tk, dh) += A^T(Tk, Tq) dO(Tq, dh) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, dh, Tq, 1.0f, A, Tk, dob, ldo,
-                    1.0f, dv + off_k, ldk);
+        gemm_sgemm('T', 'N', Tk, dh, Tq, 1.0f, A, Tk, dob, ldo, 1.0f, dv + off_k, ldk);
       }
       if (!dq && !dk) continue;
       /* dA(Tq, Tk) = dO V^T; then through dropout and softmax. */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, dh, 1.0f, dob, ldo, v + off_k,
-                  ldk, 0.0f, dP, Tk);
+      gemm_sgemm('N', 'T', Tq, Tk, dh, 1.0f, dob, ldo, v + off_k, ldk, 0.0f, dP, Tk);
       if (p > 0.0f) ops_dropout(dP, dP, Tq, Tk, row0, 0, Tk, p, key);
       ops_softmax_backward_(dP, P, Tq, Tk);
       /* dQ(Tq, dh) += alpha dS K ; dK(Tk, dh) += alpha dS^T Q */
       if (dq)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, dh, Tk, alpha, dP, Tk, k + off_k,
-                    ldk, 1.0f, dq + off_q, ldq);
+        gemm_sgemm('N', 'N', Tq, dh, Tk, alpha, dP, Tk, k + off_k, ldk, 1.0f, dq + off_q, ldq);
       if (dk)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, dh, Tq, alpha, dP, Tk, q + off_q,
-                    ldq, 1.0f, dk + off_k, ldk);
+        gemm_sgemm('T', 'N', Tk, dh, Tq, alpha, dP, Tk, q + off_q, ldq, 1.0f, dk + off_k, ldk);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include "optim.h"
 
 #include "debug.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -120,6 +121,7 @@ void optim_update(optim *o, float *params, const float *grads, double lr, float 
   if (o->zero)
     MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, o->counts, o->displs, MPI_FLOAT,
                              o->dp_comm));
+  gemm_shadow_refresh(params); /* precision=bf16: the weights' bf16 copy, once per update */
 }
 
 double optim_lr(const config *c, int64_t step, int64_t epoch) {

@@ -1,6 +1,8 @@
 /* session.c: common set-up of the subcommands (see session.h). */
 #include "session.h"
 
+#include "gemm.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
@@ -145,6 +147,12 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
   }
   config *c = &s->cfg;
   if (c->threads > 0) openblas_set_num_threads((int)c->threads);
+  /* the local matmuls' engine and precision (gemm.h); oneDNN runs c->threads, else 1 */
+  if (gemm_setup(c->gemm, c->precision, c->threads > 0 ? (int)c->threads : 1, err, sizeof err) !=
+      C_OK) {
+    say_error(err);
+    return C_ERR;
+  }
   if (grid_create(&s->g, (int)c->tp, c->tp_pr, c->tp_pc, (int)c->pp, err, sizeof err) != C_OK) {
     say_error(err);
     return C_ERR;
@@ -181,6 +189,7 @@ int session_open(session *s, int argc, char **argv, session_extra *extras, int n
     session_close(s);
     return C_ERR;
   }
+  gemm_shadow_refresh(s->model->param_mem); /* bf16: the weights loaded, rounded */
   int bad = rank0() && common_mkdir_p(c->out, err, sizeof err) != C_OK;
   MPI_CHECK(MPI_Barrier(s->g.world)); /* then every rank must see it */
   struct stat st;

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "evaluate.h"
+#include "gemm.h"
 #include "metrics.h"
 #include "pipe.h"
 #include "runctl.h"
@@ -173,6 +174,14 @@ static void train_banner(trainer *tr) {
     printf("per rank: parameters %.1f MiB, gradients %.1f MiB, adam state %.1f MiB (zero=%d; "
            "%.1f MiB without sharding)\n",
            pmib, pmib, optim_state_bytes(&s->opt) / 1048576.0, (int)c->zero, full);
+    char mm[400], warn[300];
+    gemm_describe(mm, sizeof mm, warn, sizeof warn);
+    printf("%s\n", mm);
+    if (tr->g->tp > 1)
+      printf("tp=%d: the linear layers are ScaLAPACK psgemm in fp32; the attention products are "
+             "local: %s\n",
+             tr->g->tp, c->precision);
+    if (warn[0]) printf("%s\n", warn);
     if (s->resumed)
       printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", s->ckpt_path,
              (long long)tr->t.step, (long long)tr->t.epoch, (long long)tr->t.cursor);

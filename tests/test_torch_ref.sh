@@ -8,7 +8,8 @@
 #   norm post and pre x share_embeddings none and all, decoder_io once,
 #   label_smoothing=0 once, and a heavily padded batch (the post/none model on a
 #   skewed valid split, 3 sentences of 40 tokens and 21 of 1..3, all in one batch);
-#   and the sentence-pair classifier (arch=encoder_classifier) in both norms.
+#   and the sentence-pair classifier (arch=encoder_classifier) in both norms; all of it
+#   with each matmul engine (gemm=openblas, and gemm=onednn where the build has oneDNN).
 # Tolerances and their reasoning: docs/TESTING.md. Needs /usr/bin/python3 with torch,
 # h5py and numpy (Debian python3-torch, python3-h5py). Exits non-zero on any failure and
 # ends with "N passed, N failed" (the script's own steps plus torch_ref.py's checks).
@@ -88,18 +89,26 @@ train_dump() {
   dump "$name" "$name"
 }
 
-train_dump post_none norm=post share_embeddings=none label_smoothing=0.1
-train_dump post_all norm=post share_embeddings=all label_smoothing=0.1
-train_dump pre_none norm=pre share_embeddings=none label_smoothing=0.1
-train_dump pre_all norm=pre share_embeddings=all label_smoothing=0.1
-train_dump pre_decoder_io norm=pre share_embeddings=decoder_io label_smoothing=0.1
-train_dump pre_all_ls0 norm=pre share_embeddings=all label_smoothing=0
-# Heavy padding: the whole skewed valid split in one batch (24 x 41, about 80% pads on
-# each side), so the pad masks and the loss's pad handling carry most of the batch.
-dump post_none_padded post_none "data=$tmp/skew.h5" max_tokens=100000
-# The sentence-pair classifier (encoder + RoBERTa head, plain cross-entropy), both norms
-train_dump clf_post arch=encoder_classifier norm=post "data=$tmp/pairs.h5"
-train_dump clf_pre arch=encoder_classifier norm=pre "data=$tmp/pairs.h5"
+# Every configuration with each matmul engine this build has (gemm=openblas, gemm=onednn):
+# the same tolerances hold for both (they differ by float rounding only).
+engines=(openblas)
+ldd "$BIN" | grep -q libdnnl && engines+=(onednn)
+for eng in "${engines[@]}"; do
+  E=(gemm=$eng)
+  train_dump post_none.$eng norm=post share_embeddings=none label_smoothing=0.1 "${E[@]}"
+  train_dump post_all.$eng norm=post share_embeddings=all label_smoothing=0.1 "${E[@]}"
+  train_dump pre_none.$eng norm=pre share_embeddings=none label_smoothing=0.1 "${E[@]}"
+  train_dump pre_all.$eng norm=pre share_embeddings=all label_smoothing=0.1 "${E[@]}"
+  train_dump pre_decoder_io.$eng norm=pre share_embeddings=decoder_io label_smoothing=0.1 "${E[@]}"
+  train_dump pre_all_ls0.$eng norm=pre share_embeddings=all label_smoothing=0 "${E[@]}"
+  # Heavy padding: the whole skewed valid split in one batch (24 x 41, about 80% pads on
+  # each side), so the pad masks and the loss's pad handling carry most of the batch.
+  dump post_none_padded.$eng post_none.$eng "data=$tmp/skew.h5" max_tokens=100000 "${E[@]}"
+  # The sentence-pair classifier (encoder + RoBERTa head, plain cross-entropy), both norms
+  train_dump clf_post.$eng arch=encoder_classifier norm=post "data=$tmp/pairs.h5" "${E[@]}"
+  train_dump clf_pre.$eng arch=encoder_classifier norm=pre "data=$tmp/pairs.h5" "${E[@]}"
+done
+echo "  (engines: ${engines[*]})"
 
 if [ ${#pairs[@]} -gt 0 ]; then
   "$PY" tests/torch_ref.py --self-test "${pairs[@]}" | tee "$tmp/ref.log"
