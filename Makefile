@@ -63,7 +63,7 @@ $(BUILD)/%.o: src/%.c | $(BUILD)
 	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libmpiformer.a: $(LIB_OBJS)
-	$(Q)ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BIN)/mpiformer: $(BUILD)/main.o $(BUILD)/libmpiformer.a | $(BIN)
 	@[ "$(V)" = 1 ] || echo "  LD  $@"
