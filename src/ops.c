@@ -19,7 +19,7 @@
 #include "common.h"
 
 #include <cblas.h>
-#ifdef __AVX__
+#if defined(__AVX__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -306,6 +306,62 @@ static void ops_dropout_row_inplace_(float *restrict y, int cols, uint64_t base,
     y[j] = y[j] * (ops_hash24_(key, base + (uint64_t)j) < thr ? 0.0f : scale);
 }
 
+#ifdef __AVX2__
+/* z * c mod 2^64 in each 64-bit lane: AVX2 has no 64-bit multiply, so it is put together
+ * from 32x32->64 products: lo(z) lo(c) + (lo(z) hi(c) + hi(z) lo(c)) << 32. */
+static inline __m256i ops_mul64_(__m256i z, __m256i c, __m256i c_hi) {
+  __m256i ll = _mm256_mul_epu32(z, c);
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(z, c_hi),
+                                   _mm256_mul_epu32(_mm256_srli_epi64(z, 32), c));
+  return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
+}
+
+/* common_mix64 on 4 lanes, bit for bit. */
+static inline __m256i ops_mix64x4_(__m256i z) {
+  const __m256i c1 = _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ULL);
+  const __m256i c1h = _mm256_set1_epi64x((long long)(0xBF58476D1CE4E5B9ULL >> 32));
+  const __m256i c2 = _mm256_set1_epi64x((long long)0x94D049BB133111EBULL);
+  const __m256i c2h = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL >> 32));
+  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), c1, c1h);
+  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), c2, c2h);
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+/* The same row as ops_dropout_row_ (y may equal x) for its first cols - cols % 8 elements
+ * (returned; the caller does the tail), 8 elements a step: the splitmix64
+ * states of counters base+j .. base+j+7 are key + (base+j+1+l) * G, so they advance by 8G;
+ * the 24-bit values are the top bits of each lane, gathered into one 8 x 32-bit vector.
+ * The masks and the products are bit-identical to the scalar loop. */
+static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t base, uint32_t thr,
+                                 float scale, uint64_t key) {
+  const uint64_t G = 0x9e3779b97f4a7c15ULL;
+  int j = 0;
+  if (cols >= 8) {
+    uint64_t z0 = key + (base + 1) * G;
+    __m256i za = _mm256_set_epi64x((long long)(z0 + 3 * G), (long long)(z0 + 2 * G),
+                                   (long long)(z0 + G), (long long)z0); /* lanes 0..3 */
+    __m256i zb = _mm256_add_epi64(za, _mm256_set1_epi64x((long long)(4 * G))); /* 4..7 */
+    const __m256i step = _mm256_set1_epi64x((long long)(8 * G));
+    const __m256i vthr = _mm256_set1_epi32((int)thr);
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (; j + 8 <= cols; j += 8) {
+      __m256 ha = _mm256_castsi256_ps(ops_mix64x4_(za));
+      __m256 hb = _mm256_castsi256_ps(ops_mix64x4_(zb));
+      /* high 32-bit words: per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3], then in order */
+      __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(ha, hb, _MM_SHUFFLE(3, 1, 3, 1)));
+      hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));
+      __m256i h24 = _mm256_srli_epi32(hi, 8); /* (z >> 40), < 2^24: signed compare is fine */
+      __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, h24)); /* h24 < thr */
+      __m256 f = _mm256_andnot_ps(drop, vscale);                        /* 0 or scale */
+      _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+      za = _mm256_add_epi64(za, step);
+      zb = _mm256_add_epi64(zb, step);
+    }
+  }
+  return j;
+}
+#endif
+
 /* y(rows, cols) = dropout of x(rows, cols), element (i,j) at global index
  * (row0 + i) * cols_global + col0 + j. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
@@ -330,10 +386,14 @@ void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int
     uint64_t base = (uint64_t)((row0 + i) * cols_global + col0);
     float *yr = y + (int64_t)i * cols;
     const float *xr = x + (int64_t)i * cols;
+    int j = 0; /* elements done by the vector path; the scalar loops finish the row */
+#ifdef __AVX2__
+    j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
+#endif
     if (yr == xr)
-      ops_dropout_row_inplace_(yr, cols, base, thr, scale, key);
+      ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
     else
-      ops_dropout_row_(yr, xr, cols, base, thr, scale, key);
+      ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
   }
 }
 
