@@ -50,6 +50,7 @@ int main(int argc, char **argv) {
   BENCH("relu_backward", ops_relu_backward(dx, dy, y, (int64_t)n * d));
   BENCH("dropout_0.1", ops_dropout(y, x, n, d, 0, 0, d, 0.1f, 42));
   BENCH("add", ops_add(y, x, dy, (int64_t)n * d));
+  BENCH("positions_add", ops_positions_add(y, B, T, d, 2));
 
   /* self-attention on a fused (n, 3d) q|k|v array, causal, no dropout and dropout 0.1 */
   float *qkv = buf((int64_t)n * 3 * d), *dqkv = buf((int64_t)n * 3 * d);

@@ -43,6 +43,8 @@ def main():
     bench("relu_backward", lambda: torch.autograd.grad(yr, xr, dy, retain_graph=True))
     bench("dropout_0.1", lambda: F.dropout(x, 0.1, True))
     bench("add", lambda: torch.add(x, dy))
+    pe = torch.rand(T, d)  # fairseq adds a (T, d) table it has computed once
+    bench("positions_add", lambda: x.view(B, T, d).add_(pe))
 
     qkv = (torch.rand(n, 3 * d) * 2 - 1).requires_grad_()
     pad = torch.zeros(B, T, dtype=torch.bool)

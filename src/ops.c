@@ -545,30 +545,85 @@ void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int
         "ops_positions_add_cols: bad block");
   int half = d / 2;
   float c = (float)(-log(10000.0) / (double)(half - 1));
+  enum { CHUNK = 256 }; /* PE values of one position, a chunk of columns at a time */
+  float pe[CHUNK];
   for (int t = 0; t < T; t++) {
     float pos = (float)(pos0 + t);
-    for (int j = 0; j < cols; j++) {
-      int i = col0 + j < half ? col0 + j : col0 + j - half;
-      float a = pos * expf((float)i * c);
-      float v = col0 + j < half ? sinf(a) : cosf(a);
-      for (int b = 0; b < B; b++)
-        y[((int64_t)b * T + t) * ld + j] += v;
+    for (int j0 = 0; j0 < cols; j0 += CHUNK) {
+      int nj = cols - j0 < CHUNK ? cols - j0 : CHUNK;
+      for (int jj = 0; jj < nj; jj++) {
+        int j = j0 + jj, i = col0 + j < half ? col0 + j : col0 + j - half;
+        float a = pos * expf((float)i * c);
+        pe[jj] = col0 + j < half ? sinf(a) : cosf(a);
+      }
+      /* rows b*T + t: contiguous runs of nj floats (the old loop strode over b) */
+      for (int b = 0; b < B; b++) {
+        float *restrict yr = y + ((int64_t)b * T + t) * ld + j0;
+        for (int jj = 0; jj < nj; jj++)
+          yr[jj] += pe[jj];
+      }
     }
   }
 }
 
 /* ---- Cross-entropy ---------------------------------------------------------------- */
 
-/* out[j] = gs * (exp(z[j] - m) * inv - epsi) for a row; the caller fixes the target. */
-static void ops_xent_grad_row_(float *restrict out, const float *restrict z, int V, float m,
-                               float inv, float gs, float epsi) {
-  for (int j = 0; j < V; j++)
-    out[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+/* e(V) = exp(z - m); returns sum_j e[j] in float and sum_j z[j] in double, in the 16 lanes
+ * of ops_sum_exp_ (the same bits). e and z do not overlap: see ops_exp_store_sum_inplace_. */
+static float ops_exp_store_sum_(float *restrict e, const float *restrict z, int V, float m,
+                                double *sum_z) {
+  float acc[OPS_LANES] = {0};
+  double accd[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= V; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float ex = ops_expf_(z[j + l] - m);
+      e[j + l] = ex;
+      acc[l] += ex;
+      accd[l] += (double)z[j + l];
+    }
+  for (; j < V; j++) {
+    e[j] = ops_expf_(z[j] - m);
+    acc[0] += e[j];
+    accd[0] += (double)z[j];
+  }
+  double sz = 0.0;
+  for (int l = 0; l < OPS_LANES; l++)
+    sz += accd[l];
+  *sum_z = sz;
+  return ops_lanes_total_(acc);
 }
-static void ops_xent_grad_row_inplace_(float *restrict z, int V, float m, float inv, float gs,
-                                       float epsi) {
+
+/* The same with e == z: z(V) = exp(z - m) in place. */
+static float ops_exp_store_sum_inplace_(float *restrict z, int V, float m, double *sum_z) {
+  float acc[OPS_LANES] = {0};
+  double accd[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= V; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float zz = z[j + l], ex = ops_expf_(zz - m);
+      z[j + l] = ex;
+      acc[l] += ex;
+      accd[l] += (double)zz;
+    }
+  for (; j < V; j++) {
+    float zz = z[j];
+    z[j] = ops_expf_(zz - m);
+    acc[0] += z[j];
+    accd[0] += (double)zz;
+  }
+  double sz = 0.0;
+  for (int l = 0; l < OPS_LANES; l++)
+    sz += accd[l];
+  *sum_z = sz;
+  return ops_lanes_total_(acc);
+}
+
+/* out(V) = gs * (e * inv - epsi) in place over e (e = exp(z - m)); the caller fixes the
+ * target. */
+static void ops_xent_grad_row_(float *restrict e, int V, float inv, float gs, float epsi) {
   for (int j = 0; j < V; j++)
-    z[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+    e[j] = gs * (e[j] * inv - epsi);
 }
 
 int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
@@ -587,22 +642,25 @@ int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, in
     CHECK(t >= 0 && t < V, "ops_xent: target %d outside [0, %d)", t, V);
     float m = ops_rowmax_(z, V);
     double sz;
-    float se = ops_sum_exp_(z, m, V, &sz);
+    float zt = z[t], se;
+    float *o = dlogits ? dlogits + (int64_t)i * V : NULL;
+    if (o == z) /* exp once: stored in o, then turned into the gradient */
+      se = ops_exp_store_sum_inplace_(o, V, m, &sz);
+    else if (o)
+      se = ops_exp_store_sum_(o, z, V, m, &sz);
+    else
+      se = ops_sum_exp_(z, m, V, &sz);
     double lse = (double)m + log((double)se);
-    double nll = lse - (double)z[t];
+    double nll = lse - (double)zt;
     double smooth = (double)V * lse - sz; /* -sum_j lp_j */
     loss_acc += (1.0 - (double)eps - (double)epsi) * nll + (double)epsi * smooth;
     nll_acc += nll;
     count++;
-    if (dlogits) {
-      float *o = dlogits + (int64_t)i * V;
-      float zt = z[t], inv = 1.0f / se;
-      if (o == z)
-        ops_xent_grad_row_inplace_(o, V, m, inv, grad_scale, epsi);
-      else
-        ops_xent_grad_row_(o, z, V, m, inv, grad_scale, epsi);
-      /* target weight is 1 - eps, not eps_i: subtract the difference */
-      o[t] = grad_scale * (ops_expf_(zt - m) * inv - (1.0f - eps));
+    if (o) {
+      float inv = 1.0f / se, et = o[t];
+      ops_xent_grad_row_(o, V, inv, grad_scale, epsi);
+      /* target weight is 1 - eps, not eps_i */
+      o[t] = grad_scale * (et * inv - (1.0f - eps));
     }
   }
   if (loss_sum) *loss_sum += loss_acc;

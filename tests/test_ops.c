@@ -601,6 +601,28 @@ static void test_positions(void) {
       same &= blk[r * 6 + j] == full[r * d + 5 + j];
   TEST_EXPECT(same, "positions of columns 5..10 differ from those of the whole");
   free(y), free(y0), free(ref);
+
+  /* wide rows (the kernel works in chunks of 256 columns: 3 chunks, a tail of 18) on a
+   * column block with row stride ld > cols: every value against the formula, and the
+   * columns past cols untouched */
+  const int B2 = 3, T2 = 7, d2 = 1100, c0 = 37, nc = 530, ld = 541, h2 = d2 / 2;
+  float *w = frand((int64_t)B2 * T2 * ld, 1.0), *w0 = copyf(w, (int64_t)B2 * T2 * ld);
+  ops_positions_add_cols(w, ld, B2, T2, d2, c0, nc, 3);
+  double *wr = malloc(sizeof(double) * B2 * T2 * ld);
+  for (int r = 0; r < B2 * T2; r++)
+    for (int j = 0; j < ld; j++) {
+      int gj = c0 + j, i = gj < h2 ? gj : gj - h2;
+      double a = (3 + r % T2) * exp(-i * log(10000.0) / (h2 - 1));
+      wr[r * ld + j] = w0[r * ld + j] + (j >= nc ? 0.0 : gj < h2 ? sin(a) : cos(a));
+    }
+  /* float pos * freq loses ~1e-7 relative of an argument up to 9: a few 1e-6 absolute */
+  expect_close("positions, wide column block", w, wr, (int64_t)B2 * T2 * ld, 0, 5e-6);
+  int untouched = 1;
+  for (int r = 0; r < B2 * T2; r++)
+    for (int j = nc; j < ld; j++)
+      untouched &= w[r * ld + j] == w0[r * ld + j];
+  TEST_EXPECT(untouched, "positions wrote past cols");
+  free(w), free(w0), free(wr);
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------- */
@@ -684,6 +706,33 @@ static void test_xent(void) {
     gsum += dbig[j];
   TEST_EXPECT(fabs(gsum) < 1e-4, "xent V=1000: gradient rows do not sum to 0 (%g)", gsum);
   free(c.logits), free(dl), free(al), free(big), free(dbig);
+
+  /* every gradient element against the formula in double at widths around the 16-lane
+   * blocks (tails 0..15), targets at the first, last and a tail column, in place and not */
+  const int widths[] = {2, 15, 16, 17, 31, 47, 1003};
+  for (int w = 0; w < 7; w++) {
+    const int V3 = widths[w], n3 = 3;
+    const int32_t t3[3] = {0, V3 - 1, V3 / 2};
+    float *z = frand(n3 * V3, 6.0), *g3 = fzero(n3 * V3);
+    double l3 = 0.0, nl3 = 0.0;
+    ops_xent(g3, z, t3, n3, V3, -1, 0.1f, 0.5f, &l3, &nl3);
+    double *gref = malloc(sizeof(double) * n3 * V3);
+    for (int i = 0; i < n3; i++) {
+      double m = -INFINITY, se = 0.0, epsi = 0.1 / (V3 - 1);
+      for (int j = 0; j < V3; j++)
+        m = fmax(m, z[i * V3 + j]);
+      for (int j = 0; j < V3; j++)
+        se += exp(z[i * V3 + j] - m);
+      for (int j = 0; j < V3; j++)
+        gref[i * V3 + j] = 0.5 * (exp(z[i * V3 + j] - m) / se - (j == t3[i] ? 0.9 : epsi));
+    }
+    char what[64];
+    snprintf(what, sizeof what, "xent dlogits V=%d", V3);
+    expect_close(what, g3, gref, n3 * V3, 1e-5, 1e-7);
+    ops_xent(z, z, t3, n3, V3, -1, 0.1f, 0.5f, &l3, &nl3);
+    TEST_EXPECT(memcmp(z, g3, sizeof(float) * n3 * V3) == 0, "xent V=%d in place differs", V3);
+    free(z), free(g3), free(gref);
+  }
 }
 
 /* ---- vector helpers ------------------------------------------------------------------ */
