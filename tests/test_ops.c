@@ -316,6 +316,53 @@ static void test_layernorm(void) {
   free(c.x), free(c.g), free(c.b), free(c.y), free(c.mean), free(c.rstd), free(c.r);
 }
 
+/* LayerNorm backward against its formula in double at widths around the 16-lane blocks
+ * (the fused dx+dg+db path and the separate ones must agree bit for bit). */
+static void test_layernorm_backward_widths(void) {
+  const int widths[] = {1, 7, 16, 33, 515};
+  for (int w = 0; w < 5; w++) {
+    const int n = 3, d = widths[w];
+    float *x = frand(n * d, 2.0), *g = frand(d, 1.0), *b = frand(d, 1.0), *y = fzero(n * d);
+    float *dy = frand(n * d, 1.0), mean[3], rstd[3];
+    float *dx = frand(n * d, 1.0), *dg = frand(d, 1.0), *db = frand(d, 1.0);
+    float *dx0 = copyf(dx, n * d), *dg0 = copyf(dg, d), *db0 = copyf(db, d);
+    ops_layernorm_forward(y, mean, rstd, x, g, b, n, d, 1e-5f);
+    ops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d);
+    double *rdx = malloc(sizeof(double) * n * d), *rdg = calloc((size_t)d, sizeof(double));
+    double *rdb = calloc((size_t)d, sizeof(double));
+    for (int i = 0; i < n; i++) {
+      double mu = mean[i], rs = rstd[i], m1 = 0.0, m2 = 0.0;
+      for (int j = 0; j < d; j++) {
+        double xh = (x[i * d + j] - mu) * rs, gh = (double)dy[i * d + j] * g[j];
+        m1 += gh / d, m2 += gh * xh / d;
+        rdg[j] += (double)dy[i * d + j] * xh, rdb[j] += dy[i * d + j];
+      }
+      for (int j = 0; j < d; j++) {
+        double xh = (x[i * d + j] - mu) * rs;
+        rdx[i * d + j] = dx0[i * d + j] + rs * ((double)dy[i * d + j] * g[j] - m1 - xh * m2);
+      }
+    }
+    for (int j = 0; j < d; j++)
+      rdg[j] += dg0[j], rdb[j] += db0[j];
+    char what[64];
+    snprintf(what, sizeof what, "layernorm backward d=%d dx", d);
+    expect_close(what, dx, rdx, n * d, 1e-4, 1e-5);
+    snprintf(what, sizeof what, "layernorm backward d=%d dg", d);
+    expect_close(what, dg, rdg, d, 1e-4, 1e-5);
+    snprintf(what, sizeof what, "layernorm backward d=%d db", d);
+    expect_close(what, db, rdb, d, 1e-4, 1e-5);
+    float *dx2 = copyf(dx0, n * d), *dg2 = copyf(dg0, d), *db2 = copyf(db0, d);
+    ops_layernorm_backward(dx2, NULL, NULL, dy, x, mean, rstd, g, n, d);
+    ops_layernorm_backward(NULL, dg2, db2, dy, x, mean, rstd, g, n, d);
+    TEST_EXPECT(memcmp(dx2, dx, sizeof(float) * n * d) == 0 &&
+                    memcmp(dg2, dg, sizeof(float) * d) == 0 &&
+                    memcmp(db2, db, sizeof(float) * d) == 0,
+                "layernorm backward d=%d: the fused path differs from the separate ones", d);
+    free(x), free(g), free(b), free(y), free(dy), free(dx), free(dg), free(db), free(dx0);
+    free(dg0), free(db0), free(rdx), free(rdg), free(rdb), free(dx2), free(dg2), free(db2);
+  }
+}
+
 /* ---- relu ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -763,6 +810,7 @@ int main(int argc, char **argv) {
   test_dropout();
   test_dropout_exact();
   test_layernorm();
+  test_layernorm_backward_widths();
   test_relu();
   test_attention();
   test_embedding();
