@@ -5,7 +5,9 @@
  *   bench_ops [B T d H V]     defaults: 64 32 512 8 8000
  */
 #include "common.h"
+#include "config.h"
 #include "ops.h"
+#include "optim.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +78,19 @@ int main(int argc, char **argv) {
     tgt[i] = (int32_t)((i * 7919) % V);
   double loss = 0.0, nll = 0.0;
   BENCH("xent_loss_and_grad", ops_xent(dlogits, logits, tgt, n, V, 1, 0.1f, 1.0f, &loss, &nll));
+
+  /* the optimizer over 16M parameters (a `base` model has 35.6M): gradient scaling and
+   * norm, then Adam */
+  const int64_t np = 16 << 20;
+  float *params = buf(np), *grads = buf(np);
+  config c;
+  config_defaults(&c);
+  optim o;
+  optim_init(&o, &c, np, MPI_COMM_SELF);
+  BENCH("sync_grads_16M", optim_sync_grads(&o, grads, 1.0f));
+  BENCH("adam_update_16M", optim_update(&o, params, grads, 1e-4, 1.0f));
+  optim_free(&o);
+  free(params), free(grads);
   free(x), free(y), free(dy), free(dx), free(g), free(b), free(dg), free(db), free(mean);
   free(rstd), free(qkv), free(dqkv), free(probs), free(scr), free(pad), free(logits), free(dlogits);
   free(tgt);

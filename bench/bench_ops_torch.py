@@ -80,6 +80,18 @@ def main():
 
     bench("xent_loss_and_grad", xent)
 
+    # the optimizer over 16M parameters: grads scaled and their norm, then Adam (foreach)
+    params = [torch.rand(16 << 20).requires_grad_()]
+    params[0].grad = torch.rand(16 << 20)
+    opt = torch.optim.Adam(params, lr=1e-4)
+
+    def sync():
+        params[0].grad.mul_(1.0)
+        return params[0].grad.norm()
+
+    bench("sync_grads_16M", sync)
+    bench("adam_update_16M", opt.step)
+
 
 if __name__ == "__main__":
     main()

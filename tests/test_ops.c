@@ -13,8 +13,10 @@
  *   exactly the mask of the whole matrix, positions spot values, eps = 0 is plain NLL.
  */
 // NP: 1
+#include "config.h"
 #include "harness.h"
 #include "ops.h"
+#include "optim.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -804,6 +806,36 @@ static void test_helpers(void) {
   TEST_EXPECT(ok, "ops_add / ops_acc / ops_scale");
 }
 
+/* optim_sync_grads on one rank (MPI_COMM_SELF for dp, tp and pp): grads scaled exactly
+ * (g * scale in float), and the norm over [norm_lo, norm_hi) against an in-order double
+ * sum, at sizes around the 16 lanes and a norm range that starts and ends mid-block. */
+static void test_sync_grads(void) {
+  config c;
+  config_defaults(&c);
+  const int64_t sizes[] = {1, 15, 16, 33, 100003};
+  for (int k = 0; k < 5; k++) {
+    const int64_t n = sizes[k], lo = n > 40 ? 7 : 0, hi = n > 40 ? n - 9 : n;
+    float *g = frand(n, 3.0), *g0 = copyf(g, n);
+    optim o;
+    optim_init(&o, &c, n, MPI_COMM_SELF);
+    optim_set_tp(&o, MPI_COMM_SELF, hi);
+    optim_set_pp(&o, MPI_COMM_SELF, lo);
+    double norm = optim_sync_grads(&o, g, 0.37f), ref = 0.0;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+      float want = g0[i] * 0.37f;
+      bad += memcmp(&want, &g[i], sizeof want) != 0;
+      if (i >= lo && i < hi) ref += (double)want * want;
+    }
+    TEST_EXPECT(bad == 0, "sync_grads n=%lld: %lld gradients not scaled exactly", (long long)n,
+                (long long)bad);
+    TEST_EXPECT(fabs(norm - sqrt(ref)) <= 1e-12 * sqrt(ref), "sync_grads n=%lld: norm %.17g want %.17g",
+                (long long)n, norm, sqrt(ref));
+    optim_free(&o);
+    free(g), free(g0);
+  }
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   test_hash();
@@ -817,6 +849,7 @@ int main(int argc, char **argv) {
   test_positions();
   test_xent();
   test_helpers();
+  test_sync_grads();
   int rc = test_finish();
   MPI_Finalize();
   return rc;
