@@ -8,6 +8,7 @@
 #include "config.h"
 #include "ops.h"
 #include "optim.h"
+#include "tpops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +79,11 @@ int main(int argc, char **argv) {
     tgt[i] = (int32_t)((i * 7919) % V);
   double loss = 0.0, nll = 0.0;
   BENCH("xent_loss_and_grad", ops_xent(dlogits, logits, tgt, n, V, 1, 0.1f, 1.0f, &loss, &nll));
+  /* the vocabulary-parallel version on one rank (what tp > 1 runs on each column block) */
+  double *xscr = common_malloc((size_t)4 * n * sizeof(double));
+  BENCH("tpops_xent_1rank", tpops_xent(dlogits, logits, tgt, n, V, 0, V, 1, 0.1f, 1.0f, &loss,
+                                       &nll, NULL, MPI_COMM_SELF, xscr));
+  free(xscr);
 
   /* the optimizer over 16M parameters (a `base` model has 35.6M): gradient scaling and
    * norm, then Adam */

@@ -104,20 +104,32 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
     mx[i].i = at;
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mx, n, MPI_FLOAT_INT, MPI_MAXLOC, row_comm));
-  /* pass 2: sum of exp(z - m), sum of z, the target's logit (0 where not owned) */
+  /* pass 2: sum of exp(z - m), sum of z, the target's logit (0 where not owned); with
+   * dlogits, exp(z - m) is kept there for pass 3 (computed once; dlogits may be logits:
+   * each z[j] is read before its slot is written) */
   double *part = scratch + n;
   for (int i = 0; i < n; i++) {
     const float *z = logits + (int64_t)i * Vl;
+    float *e = dlogits ? dlogits + (int64_t)i * Vl : NULL;
     float m = mx[i].v;
     double se = 0.0, sz = 0.0, zt = 0.0;
     int t = targets[i];
     if (t != pad) {
       CHECK(t >= 0 && t < V, "tpops_xent: target %d outside [0, %lld)", t, (long long)V);
-      for (int j = 0; j < Vl; j++) {
-        se += (double)expf(z[j] - m);
-        sz += (double)z[j];
-      }
       if (t >= v0 && t < v0 + Vl) zt = (double)z[t - v0];
+      if (e) {
+        for (int j = 0; j < Vl; j++) {
+          float zj = z[j], ej = expf(zj - m);
+          e[j] = ej;
+          se += (double)ej;
+          sz += (double)zj;
+        }
+      } else {
+        for (int j = 0; j < Vl; j++) {
+          se += (double)expf(z[j] - m);
+          sz += (double)z[j];
+        }
+      }
     }
     part[3 * i] = se, part[3 * i + 1] = sz, part[3 * i + 2] = zt;
   }
@@ -139,13 +151,14 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
     loss_acc += (1.0 - (double)eps - epsi) * nll + epsi * ((double)V * lse - sz);
     nll_acc += nll;
     count++;
-    if (o) {
-      const float *z = logits + (int64_t)i * Vl;
+    if (o) { /* o holds exp(z - m) from pass 2 */
       float inv = (float)(1.0 / se), fe = (float)epsi;
-      for (int j = 0; j < Vl; j++) {
-        float w = (v0 + j == t) ? 1.0f - eps : fe;
-        o[j] = grad_scale * (expf(z[j] - m) * inv - w);
-      }
+      int own = t >= v0 && t < v0 + Vl;
+      float et = own ? o[t - v0] : 0.0f;
+      for (int j = 0; j < Vl; j++)
+        o[j] = grad_scale * (o[j] * inv - fe);
+      if (own) /* the target's weight is 1 - eps */
+        o[t - v0] = grad_scale * (et * inv - (1.0f - eps));
     }
   }
   if (loss_sum) *loss_sum += loss_acc;

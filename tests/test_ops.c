@@ -17,6 +17,7 @@
 #include "harness.h"
 #include "ops.h"
 #include "optim.h"
+#include "tpops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -806,6 +807,43 @@ static void test_helpers(void) {
   TEST_EXPECT(ok, "ops_add / ops_acc / ops_scale");
 }
 
+/* tpops_xent on one rank (MPI_COMM_SELF, the whole vocabulary): the loss and gradient of
+ * ops_xent within float rounding (libm expf there, a polynomial here), a pad row zeroed,
+ * argmax right, and in place bit-identical to out of place, at odd widths. */
+static void test_tpops_xent_one_rank(void) {
+  const int widths[] = {2, 17, 1003};
+  for (int w = 0; w < 3; w++) {
+    const int V = widths[w], n = 4, pad = 1;
+    const int32_t t[4] = {0, V - 1, pad, V / 2};
+    float *z = frand(n * V, 5.0), *g1 = fzero(n * V), *g2 = fzero(n * V);
+    z[3 * V + 1] = 9.0f; /* row 3's argmax */
+    double l1 = 0.0, nl1 = 0.0, l2 = 0.0, nl2 = 0.0, scratch[16];
+    int32_t am[4];
+    int64_t c1 = ops_xent(g1, z, t, n, V, pad, 0.1f, 0.5f, &l1, &nl1);
+    int64_t c2 = tpops_xent(g2, z, t, n, V, 0, V, pad, 0.1f, 0.5f, &l2, &nl2, am, MPI_COMM_SELF,
+                            scratch);
+    int64_t want = 0;
+    for (int i = 0; i < n; i++)
+      want += t[i] != pad;
+    TEST_EXPECT(c1 == want && c2 == want && test_close(l2, l1, 1e-6, 1e-6) &&
+                    test_close(nl2, nl1, 1e-6, 1e-6),
+                "tpops_xent V=%d: count %lld loss %.9g nll %.9g, ops_xent %lld %.9g %.9g", V,
+                (long long)c2, l2, nl2, (long long)c1, l1, nl1);
+    double *ref = malloc(sizeof(double) * n * V);
+    for (int64_t i = 0; i < (int64_t)n * V; i++)
+      ref[i] = g1[i];
+    char what[64];
+    snprintf(what, sizeof what, "tpops_xent V=%d dlogits vs ops_xent", V);
+    expect_close(what, g2, ref, n * V, 1e-5, 1e-8);
+    TEST_EXPECT(am[3] == 1, "tpops_xent V=%d: argmax of row 3 is %d, want 1", V, am[3]);
+    float *za = copyf(z, n * V);
+    tpops_xent(za, za, t, n, V, 0, V, pad, 0.1f, 0.5f, NULL, NULL, NULL, MPI_COMM_SELF, scratch);
+    TEST_EXPECT(memcmp(za, g2, sizeof(float) * n * V) == 0, "tpops_xent V=%d in place differs",
+                V);
+    free(z), free(g1), free(g2), free(ref), free(za);
+  }
+}
+
 /* optim_sync_grads on one rank (MPI_COMM_SELF for dp, tp and pp): grads scaled exactly
  * (g * scale in float), and the norm over [norm_lo, norm_hi) against an in-order double
  * sum, at sizes around the 16 lanes and a norm range that starts and ends mid-block. */
@@ -850,6 +888,7 @@ int main(int argc, char **argv) {
   test_xent();
   test_helpers();
   test_sync_grads();
+  test_tpops_xent_one_rank();
   int rc = test_finish();
   MPI_Finalize();
   return rc;
