@@ -49,6 +49,13 @@ int main(int argc, char **argv) {
   float *mean = buf(n), *rstd = buf(n);
   BENCH("layernorm_forward", ops_layernorm_forward(y, mean, rstd, x, g, b, n, d, 1e-5f));
   BENCH("layernorm_backward", ops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d));
+  /* the column-split LayerNorm on one rank (what tp > 1 runs on each column block) */
+  float *lscr = buf(2 * (int64_t)n);
+  BENCH("tpops_layernorm_forward_1rank",
+        tpops_layernorm_forward(y, mean, rstd, x, g, b, n, d, d, 1e-5f, MPI_COMM_SELF));
+  BENCH("tpops_layernorm_backward_1rank",
+        tpops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d, d, MPI_COMM_SELF, lscr));
+  free(lscr);
   BENCH("relu_forward", ops_relu_forward(y, x, (int64_t)n * d));
   BENCH("relu_backward", ops_relu_backward(dx, dy, y, (int64_t)n * d));
   BENCH("dropout_0.1", ops_dropout(y, x, n, d, 0, 0, d, 0.1f, 42));

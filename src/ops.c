@@ -668,6 +668,12 @@ static void ops_xent_grad_row_(float *restrict e, int V, float inv, float gs, fl
     e[j] = gs * (e[j] * inv - epsi);
 }
 
+float ops_exp_sum(float *e, const float *z, int n, float m, double *sum_z) {
+  if (!e) return ops_sum_exp_(z, m, n, sum_z);
+  if (e == z) return ops_exp_store_sum_inplace_(e, n, m, sum_z);
+  return ops_exp_store_sum_(e, z, n, m, sum_z);
+}
+
 int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
                  float eps, float grad_scale, double *loss_sum, double *nll_sum) {
   CHECK(V >= 2, "ops_xent: V = %d", V);

@@ -844,6 +844,43 @@ static void test_tpops_xent_one_rank(void) {
   }
 }
 
+/* tpops LayerNorm on one rank (MPI_COMM_SELF, dl = d) against ops LayerNorm within float
+ * rounding at widths around the 16 lanes; its backward without dg/db gives the same dx. */
+static void test_tpops_layernorm_one_rank(void) {
+  const int widths[] = {1, 15, 16, 37, 515};
+  for (int w = 0; w < 5; w++) {
+    const int n = 3, d = widths[w];
+    float *x = frand(n * d, 2.0), *g = frand(d, 1.0), *b = frand(d, 1.0), *dy = frand(n * d, 1.0);
+    float *y1 = fzero(n * d), *y2 = fzero(n * d), m1[3], r1[3], m2[3], r2[3], scr[6];
+    float *dx1 = fzero(n * d), *dx2 = fzero(n * d), *dx3 = fzero(n * d);
+    float *dg1 = fzero(d), *db1 = fzero(d), *dg2 = fzero(d), *db2 = fzero(d);
+    ops_layernorm_forward(y1, m1, r1, x, g, b, n, d, 1e-5f);
+    tpops_layernorm_forward(y2, m2, r2, x, g, b, n, d, d, 1e-5f, MPI_COMM_SELF);
+    ops_layernorm_backward(dx1, dg1, db1, dy, x, m1, r1, g, n, d);
+    tpops_layernorm_backward(dx2, dg2, db2, dy, x, m2, r2, g, n, d, d, MPI_COMM_SELF, scr);
+    tpops_layernorm_backward(dx3, NULL, NULL, dy, x, m2, r2, g, n, d, d, MPI_COMM_SELF, scr);
+    double *r = malloc(sizeof(double) * n * d);
+    char what[64];
+#define TPLN_CMP(name, got, want, len)                                                             \
+  do {                                                                                             \
+    for (int i_ = 0; i_ < (len); i_++)                                                             \
+      r[i_] = (want)[i_];                                                                          \
+    snprintf(what, sizeof what, "tpops layernorm d=%d %s", d, name);                              \
+    expect_close(what, got, r, len, 1e-4, 1e-5);                                                   \
+  } while (0)
+    TPLN_CMP("y", y2, y1, n * d);
+    TPLN_CMP("rstd", r2, r1, n);
+    TPLN_CMP("dx", dx2, dx1, n * d);
+    TPLN_CMP("dg", dg2, dg1, d);
+    TPLN_CMP("db", db2, db1, d);
+#undef TPLN_CMP
+    TEST_EXPECT(memcmp(dx2, dx3, sizeof(float) * n * d) == 0,
+                "tpops layernorm d=%d: dx without dg/db differs", d);
+    free(x), free(g), free(b), free(dy), free(y1), free(y2), free(dx1), free(dx2), free(dx3);
+    free(dg1), free(db1), free(dg2), free(db2), free(r);
+  }
+}
+
 /* optim_sync_grads on one rank (MPI_COMM_SELF for dp, tp and pp): grads scaled exactly
  * (g * scale in float), and the norm over [norm_lo, norm_hi) against an in-order double
  * sum, at sizes around the 16 lanes and a norm range that starts and ends mid-block. */
@@ -889,6 +926,7 @@ int main(int argc, char **argv) {
   test_helpers();
   test_sync_grads();
   test_tpops_xent_one_rank();
+  test_tpops_layernorm_one_rank();
   int rc = test_finish();
   MPI_Finalize();
   return rc;
