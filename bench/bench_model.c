@@ -29,12 +29,12 @@
 
 /* ---- PMPI wrappers: time spent inside the MPI calls the step makes ------------------ */
 static double mpi_seconds = 0;
-#define TIMED(call)                    \
-  do {                                 \
-    double t0_ = MPI_Wtime();          \
-    int rc_ = call;                    \
-    mpi_seconds += MPI_Wtime() - t0_;  \
-    return rc_;                        \
+#define TIMED(call)                                                                                \
+  do {                                                                                             \
+    double t0_ = MPI_Wtime();                                                                      \
+    int rc_ = call;                                                                                \
+    mpi_seconds += MPI_Wtime() - t0_;                                                              \
+    return rc_;                                                                                    \
   } while (0)
 int MPI_Allreduce(const void *s, void *r, int n, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
   TIMED(PMPI_Allreduce(s, r, n, t, op, c));
@@ -43,10 +43,12 @@ int MPI_Allgatherv(const void *s, int n, MPI_Datatype t, void *r, const int *rc,
                    MPI_Datatype rt, MPI_Comm c) {
   TIMED(PMPI_Allgatherv(s, n, t, r, rc, d, rt, c));
 }
-int MPI_Allgather(const void *s, int n, MPI_Datatype t, void *r, int rn, MPI_Datatype rt, MPI_Comm c) {
+int MPI_Allgather(const void *s, int n, MPI_Datatype t, void *r, int rn, MPI_Datatype rt,
+                  MPI_Comm c) {
   TIMED(PMPI_Allgather(s, n, t, r, rn, rt, c));
 }
-int MPI_Reduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
+int MPI_Reduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op,
+                       MPI_Comm c) {
   TIMED(PMPI_Reduce_scatter(s, r, rc, t, op, c));
 }
 int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c) {
@@ -55,8 +57,12 @@ int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c)
 int MPI_Recv(void *b, int n, MPI_Datatype t, int src, int tag, MPI_Comm c, MPI_Status *st) {
   TIMED(PMPI_Recv(b, n, t, src, tag, c, st));
 }
-int MPI_Wait(MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Wait(r, st)); }
-int MPI_Waitall(int n, MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Waitall(n, r, st)); }
+int MPI_Wait(MPI_Request *r, MPI_Status *st) {
+  TIMED(PMPI_Wait(r, st));
+}
+int MPI_Waitall(int n, MPI_Request *r, MPI_Status *st) {
+  TIMED(PMPI_Waitall(n, r, st));
+}
 int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c) {
   TIMED(PMPI_Bcast(b, n, t, root, c));
 }
@@ -104,8 +110,10 @@ static double sgemm_rate(void) {
   int m = 2048, n = 2048, k = 512;
   float *a = common_calloc((size_t)m * k, 4), *b = common_calloc((size_t)k * n, 4),
         *c = common_calloc((size_t)m * n, 4);
-  for (int i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
-  for (int i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
+  for (int i = 0; i < m * k; i++)
+    a[i] = (float)(i % 7) * 0.1f;
+  for (int i = 0; i < k * n; i++)
+    b[i] = (float)(i % 5) * 0.1f;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
   int reps = 0;
   double t0 = common_now();
@@ -121,7 +129,7 @@ static double sgemm_rate(void) {
 /* Matmul FLOPs of one training step (forward + backward = 3x forward) for B x T. */
 static double step_flops(const model_dims *D, int B, int T) {
   double n = (double)B * T, d = D->d, F = D->ffn, H = D->heads, V = D->vocab;
-  double lin = 2 * n * d * d;                         /* one d x d projection */
+  double lin = 2 * n * d * d;                            /* one d x d projection */
   double attn = 2 * 2 * B * H * (double)T * T * (d / H); /* QK^T and PV */
   double ffn = 2 * 2 * n * d * F;
   double enc = D->n_enc * (4 * lin + attn + ffn);
@@ -188,13 +196,15 @@ int main(int argc, char **argv) {
   if (rank == 0) {
     double tok_s = (double)B * T * g.dp * steps / t_step;
     double gflops = step_flops(&dims, B, T) * g.dp * steps / t_step / 1e9 / size;
-    printf("{\"shape\":\"%s\",\"ranks\":%d,\"tp_grid\":\"%dx%d\",\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
+    printf("{\"shape\":\"%s\",\"ranks\":%d,\"tp_grid\":\"%dx%d\",\"batch\":\"%dx%d\",\"tokens_per_"
+           "s\":%.1f,"
            "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
            "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
-           "\"params_mib_per_rank\":%.1f,\"outside_matmul_ms\":%.1f,\"outside_matmul_fraction\":%.3f}\n",
+           "\"params_mib_per_rank\":%.1f,\"outside_matmul_ms\":%.1f,\"outside_matmul_fraction\":%."
+           "3f}\n",
            shape, size, pr, pc, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
-           t_step / steps, zero, optim_state_bytes(&o) / 1048576.0,
-           m->n_floats * 4.0 / 1048576.0, 1e3 * t_out / steps, t_out / t_step);
+           t_step / steps, zero, optim_state_bytes(&o) / 1048576.0, m->n_floats * 4.0 / 1048576.0,
+           1e3 * t_out / steps, t_out / t_step);
   }
   optim_free(&o);
   model_free(m);

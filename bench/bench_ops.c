@@ -68,8 +68,9 @@ int main(int argc, char **argv) {
   uint8_t *pad = calloc((size_t)n, 1);
   for (int i = 0; i < B; i++)
     pad[i * T + T - 1] = (uint8_t)(i % 2);
-  BENCH("attention_forward", ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d,
-                                                   3 * d, pad, 1, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
+  BENCH("attention_forward",
+        ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d, 3 * d, pad, 1, B, T, T,
+                              H, dh, 0.0f, 7, 0, 0, H, scr));
   BENCH("attention_backward",
         ops_attention_backward(dqkv, dqkv + d, dqkv + 2 * d, dy, d, probs, qkv, 3 * d, qkv + d,
                                qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
@@ -88,8 +89,8 @@ int main(int argc, char **argv) {
   BENCH("xent_loss_and_grad", ops_xent(dlogits, logits, tgt, n, V, 1, 0.1f, 1.0f, &loss, &nll));
   /* the vocabulary-parallel version on one rank (what tp > 1 runs on each column block) */
   double *xscr = common_malloc((size_t)4 * n * sizeof(double));
-  BENCH("tpops_xent_1rank", tpops_xent(dlogits, logits, tgt, n, V, 0, V, 1, 0.1f, 1.0f, &loss,
-                                       &nll, NULL, MPI_COMM_SELF, xscr));
+  BENCH("tpops_xent_1rank", tpops_xent(dlogits, logits, tgt, n, V, 0, V, 1, 0.1f, 1.0f, &loss, &nll,
+                                       NULL, MPI_COMM_SELF, xscr));
   free(xscr);
 
   /* the optimizer over 16M parameters (a `base` model has 35.6M): gradient scaling and

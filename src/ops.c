@@ -353,8 +353,8 @@ static void ops_dropout_row_inplace_(float *restrict y, int cols, uint64_t base,
  * from 32x32->64 products: lo(z) lo(c) + (lo(z) hi(c) + hi(z) lo(c)) << 32. */
 static inline __m256i ops_mul64_(__m256i z, __m256i c, __m256i c_hi) {
   __m256i ll = _mm256_mul_epu32(z, c);
-  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(z, c_hi),
-                                   _mm256_mul_epu32(_mm256_srli_epi64(z, 32), c));
+  __m256i cross =
+      _mm256_add_epi64(_mm256_mul_epu32(z, c_hi), _mm256_mul_epu32(_mm256_srli_epi64(z, 32), c));
   return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
 }
 
@@ -381,7 +381,7 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
   if (cols >= 8) {
     uint64_t z0 = key + (base + 1) * G;
     __m256i za = _mm256_set_epi64x((long long)(z0 + 3 * G), (long long)(z0 + 2 * G),
-                                   (long long)(z0 + G), (long long)z0); /* lanes 0..3 */
+                                   (long long)(z0 + G), (long long)z0);        /* lanes 0..3 */
     __m256i zb = _mm256_add_epi64(za, _mm256_set1_epi64x((long long)(4 * G))); /* 4..7 */
     const __m256i step = _mm256_set1_epi64x((long long)(8 * G));
     const __m256i vthr = _mm256_set1_epi32((int)thr);

@@ -132,7 +132,7 @@ void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, 
                               const float *mean, const float *rstd, const float *g, int n, int dl,
                               int d, MPI_Comm row_comm, float *scratch) {
   DEBUG_AGREE(row_comm, n, d, dx != NULL); /* no dx: no all-reduce */
-  for (int i = 0; i < n && dg && db; i++) /* the training case, vectorized */
+  for (int i = 0; i < n && dg && db; i++)  /* the training case, vectorized */
     tpops_ln_bwd_row_(dg, db, scratch + 2 * i, dy + (int64_t)i * dl, x + (int64_t)i * dl, g,
                       mean[i], rstd[i], dl);
   for (int i = 0; i < n && !(dg && db); i++) { /* the same sums; dg or db not wanted */

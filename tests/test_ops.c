@@ -820,8 +820,8 @@ static void test_tpops_xent_one_rank(void) {
     double l1 = 0.0, nl1 = 0.0, l2 = 0.0, nl2 = 0.0, scratch[16];
     int32_t am[4];
     int64_t c1 = ops_xent(g1, z, t, n, V, pad, 0.1f, 0.5f, &l1, &nl1);
-    int64_t c2 = tpops_xent(g2, z, t, n, V, 0, V, pad, 0.1f, 0.5f, &l2, &nl2, am, MPI_COMM_SELF,
-                            scratch);
+    int64_t c2 =
+        tpops_xent(g2, z, t, n, V, 0, V, pad, 0.1f, 0.5f, &l2, &nl2, am, MPI_COMM_SELF, scratch);
     int64_t want = 0;
     for (int i = 0; i < n; i++)
       want += t[i] != pad;
@@ -838,8 +838,7 @@ static void test_tpops_xent_one_rank(void) {
     TEST_EXPECT(am[3] == 1, "tpops_xent V=%d: argmax of row 3 is %d, want 1", V, am[3]);
     float *za = copyf(z, n * V);
     tpops_xent(za, za, t, n, V, 0, V, pad, 0.1f, 0.5f, NULL, NULL, NULL, MPI_COMM_SELF, scratch);
-    TEST_EXPECT(memcmp(za, g2, sizeof(float) * n * V) == 0, "tpops_xent V=%d in place differs",
-                V);
+    TEST_EXPECT(memcmp(za, g2, sizeof(float) * n * V) == 0, "tpops_xent V=%d in place differs", V);
     free(z), free(g1), free(g2), free(ref), free(za);
   }
 }
@@ -865,7 +864,7 @@ static void test_tpops_layernorm_one_rank(void) {
   do {                                                                                             \
     for (int i_ = 0; i_ < (len); i_++)                                                             \
       r[i_] = (want)[i_];                                                                          \
-    snprintf(what, sizeof what, "tpops layernorm d=%d %s", d, name);                              \
+    snprintf(what, sizeof what, "tpops layernorm d=%d %s", d, name);                               \
     expect_close(what, got, r, len, 1e-4, 1e-5);                                                   \
   } while (0)
     TPLN_CMP("y", y2, y1, n * d);
@@ -904,8 +903,8 @@ static void test_sync_grads(void) {
     }
     TEST_EXPECT(bad == 0, "sync_grads n=%lld: %lld gradients not scaled exactly", (long long)n,
                 (long long)bad);
-    TEST_EXPECT(fabs(norm - sqrt(ref)) <= 1e-12 * sqrt(ref), "sync_grads n=%lld: norm %.17g want %.17g",
-                (long long)n, norm, sqrt(ref));
+    TEST_EXPECT(fabs(norm - sqrt(ref)) <= 1e-12 * sqrt(ref),
+                "sync_grads n=%lld: norm %.17g want %.17g", (long long)n, norm, sqrt(ref));
     optim_free(&o);
     free(g), free(g0);
   }
