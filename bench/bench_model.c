@@ -12,10 +12,14 @@
  * matmul GFLOP/s achieved per rank, the sgemm rate of one core (2048x2048x512), the
  * parameter MiB per rank, and comm_fraction: the share of the step rank 0 spends inside
  * MPI calls (the calls of mpiformer and of ScaLAPACK/BLACS, timed through the PMPI
- * profiling interface below; waiting for a slower partner counts as communication).
+ * profiling interface below; waiting for a slower partner counts as communication), and
+ * outside_matmul_ms / outside_matmul_fraction: rank 0's step time outside the matmuls (time
+ * inside cblas_sgemm and ScaLAPACK's psgemm_, both interposed below; psgemm_'s own
+ * communication counts as matmul there).
  * Figures, not pass/fail.
  */
 #include <cblas.h>
+#include <dlfcn.h>
 #include <string.h>
 
 #include "config.h"
@@ -25,12 +29,12 @@
 
 /* ---- PMPI wrappers: time spent inside the MPI calls the step makes ------------------ */
 static double mpi_seconds = 0;
-#define TIMED(call)                    \
-  do {                                 \
-    double t0_ = MPI_Wtime();          \
-    int rc_ = call;                    \
-    mpi_seconds += MPI_Wtime() - t0_;  \
-    return rc_;                        \
+#define TIMED(call)                                                                                \
+  do {                                                                                             \
+    double t0_ = MPI_Wtime();                                                                      \
+    int rc_ = call;                                                                                \
+    mpi_seconds += MPI_Wtime() - t0_;                                                              \
+    return rc_;                                                                                    \
   } while (0)
 int MPI_Allreduce(const void *s, void *r, int n, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
   TIMED(PMPI_Allreduce(s, r, n, t, op, c));
@@ -39,10 +43,12 @@ int MPI_Allgatherv(const void *s, int n, MPI_Datatype t, void *r, const int *rc,
                    MPI_Datatype rt, MPI_Comm c) {
   TIMED(PMPI_Allgatherv(s, n, t, r, rc, d, rt, c));
 }
-int MPI_Allgather(const void *s, int n, MPI_Datatype t, void *r, int rn, MPI_Datatype rt, MPI_Comm c) {
+int MPI_Allgather(const void *s, int n, MPI_Datatype t, void *r, int rn, MPI_Datatype rt,
+                  MPI_Comm c) {
   TIMED(PMPI_Allgather(s, n, t, r, rn, rt, c));
 }
-int MPI_Reduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op, MPI_Comm c) {
+int MPI_Reduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op,
+                       MPI_Comm c) {
   TIMED(PMPI_Reduce_scatter(s, r, rc, t, op, c));
 }
 int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c) {
@@ -51,8 +57,12 @@ int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c)
 int MPI_Recv(void *b, int n, MPI_Datatype t, int src, int tag, MPI_Comm c, MPI_Status *st) {
   TIMED(PMPI_Recv(b, n, t, src, tag, c, st));
 }
-int MPI_Wait(MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Wait(r, st)); }
-int MPI_Waitall(int n, MPI_Request *r, MPI_Status *st) { TIMED(PMPI_Waitall(n, r, st)); }
+int MPI_Wait(MPI_Request *r, MPI_Status *st) {
+  TIMED(PMPI_Wait(r, st));
+}
+int MPI_Waitall(int n, MPI_Request *r, MPI_Status *st) {
+  TIMED(PMPI_Waitall(n, r, st));
+}
 int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c) {
   TIMED(PMPI_Bcast(b, n, t, root, c));
 }
@@ -61,12 +71,49 @@ int MPI_Sendrecv(const void *sb, int sn, MPI_Datatype st, int dst, int stag, voi
   TIMED(PMPI_Sendrecv(sb, sn, st, dst, stag, rb, rn, rt, src, rtag, c, s));
 }
 
+/* ---- matmul time: cblas_sgemm and psgemm_ interposed, the real ones found by dlsym ------- */
+static double matmul_seconds = 0;
+typedef void (*sgemm_fn)(const enum CBLAS_ORDER, const enum CBLAS_TRANSPOSE,
+                         const enum CBLAS_TRANSPOSE, const blasint, const blasint, const blasint,
+                         const float, const float *, const blasint, const float *, const blasint,
+                         const float, float *, const blasint);
+void cblas_sgemm(const enum CBLAS_ORDER o, const enum CBLAS_TRANSPOSE ta,
+                 const enum CBLAS_TRANSPOSE tb, const blasint m, const blasint n, const blasint k,
+                 const float alpha, const float *a, const blasint lda, const float *b,
+                 const blasint ldb, const float beta, float *c, const blasint ldc) {
+  static sgemm_fn real;
+  if (!real) CHECK((real = (sgemm_fn)dlsym(RTLD_NEXT, "cblas_sgemm")), "no cblas_sgemm");
+  double t0 = common_now();
+  real(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  matmul_seconds += common_now() - t0;
+}
+typedef void (*psgemm_fn)(const char *, const char *, const int *, const int *, const int *,
+                          const float *, const float *, const int *, const int *, const int *,
+                          const float *, const int *, const int *, const int *, const float *,
+                          float *, const int *, const int *, const int *);
+void psgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
+             const float *alpha, const float *a, const int *ia, const int *ja, const int *da,
+             const float *b, const int *ib, const int *jb, const int *db, const float *beta,
+             float *c, const int *ic, const int *jc, const int *dc);
+void psgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
+             const float *alpha, const float *a, const int *ia, const int *ja, const int *da,
+             const float *b, const int *ib, const int *jb, const int *db, const float *beta,
+             float *c, const int *ic, const int *jc, const int *dc) {
+  static psgemm_fn real;
+  if (!real) CHECK((real = (psgemm_fn)dlsym(RTLD_NEXT, "psgemm_")), "no psgemm_");
+  double t0 = common_now();
+  real(ta, tb, m, n, k, alpha, a, ia, ja, da, b, ib, jb, db, beta, c, ic, jc, dc);
+  matmul_seconds += common_now() - t0;
+}
+
 static double sgemm_rate(void) {
   int m = 2048, n = 2048, k = 512;
   float *a = common_calloc((size_t)m * k, 4), *b = common_calloc((size_t)k * n, 4),
         *c = common_calloc((size_t)m * n, 4);
-  for (int i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
-  for (int i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
+  for (int i = 0; i < m * k; i++)
+    a[i] = (float)(i % 7) * 0.1f;
+  for (int i = 0; i < k * n; i++)
+    b[i] = (float)(i % 5) * 0.1f;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
   int reps = 0;
   double t0 = common_now();
@@ -82,7 +129,7 @@ static double sgemm_rate(void) {
 /* Matmul FLOPs of one training step (forward + backward = 3x forward) for B x T. */
 static double step_flops(const model_dims *D, int B, int T) {
   double n = (double)B * T, d = D->d, F = D->ffn, H = D->heads, V = D->vocab;
-  double lin = 2 * n * d * d;                         /* one d x d projection */
+  double lin = 2 * n * d * d;                            /* one d x d projection */
   double attn = 2 * 2 * B * H * (double)T * T * (d / H); /* QK^T and PV */
   double ffn = 2 * 2 * n * d * F;
   double enc = D->n_enc * (4 * lin + attn + ffn);
@@ -128,10 +175,10 @@ int main(int argc, char **argv) {
   double sgemm = 0;
   if (rank == 0) sgemm = sgemm_rate(); /* alone, before the ranks compete for cores */
   MPI_Barrier(MPI_COMM_WORLD);
-  double t_step = 0, t_comm = 0, mpi0 = 0;
+  double t_step = 0, t_comm = 0, mpi0 = 0, mm0 = 0;
   for (int s = -1; s < steps; s++) { /* step -1 warms up (arena, BLAS buffers) */
     MPI_Barrier(MPI_COMM_WORLD);
-    if (s == 0) mpi0 = mpi_seconds;
+    if (s == 0) mpi0 = mpi_seconds, mm0 = matmul_seconds;
     double t0 = common_now(), loss = 0, nll = 0;
     model_zero_grad(m);
     model_set_mode(m, 1, (uint64_t)s + 100);
@@ -144,17 +191,20 @@ int main(int argc, char **argv) {
     if (s >= 0) t_step += dt;
   }
   t_comm = mpi_seconds - mpi0;
+  double t_out = t_step - (matmul_seconds - mm0); /* rank 0's step outside matmuls */
   MPI_Allreduce(MPI_IN_PLACE, &t_step, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0) {
     double tok_s = (double)B * T * g.dp * steps / t_step;
     double gflops = step_flops(&dims, B, T) * g.dp * steps / t_step / 1e9 / size;
-    printf("{\"shape\":\"%s\",\"ranks\":%d,\"tp_grid\":\"%dx%d\",\"batch\":\"%dx%d\",\"tokens_per_s\":%.1f,"
+    printf("{\"shape\":\"%s\",\"ranks\":%d,\"tp_grid\":\"%dx%d\",\"batch\":\"%dx%d\",\"tokens_per_"
+           "s\":%.1f,"
            "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
            "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
-           "\"params_mib_per_rank\":%.1f}\n",
+           "\"params_mib_per_rank\":%.1f,\"outside_matmul_ms\":%.1f,\"outside_matmul_fraction\":%."
+           "3f}\n",
            shape, size, pr, pc, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
-           t_step / steps, zero, optim_state_bytes(&o) / 1048576.0,
-           m->n_floats * 4.0 / 1048576.0);
+           t_step / steps, zero, optim_state_bytes(&o) / 1048576.0, m->n_floats * 4.0 / 1048576.0,
+           1e3 * t_out / steps, t_out / t_step);
   }
   optim_free(&o);
   model_free(m);

@@ -5,7 +5,10 @@
  *   bench_ops [B T d H V]     defaults: 64 32 512 8 8000
  */
 #include "common.h"
+#include "config.h"
 #include "ops.h"
+#include "optim.h"
+#include "tpops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,10 +49,18 @@ int main(int argc, char **argv) {
   float *mean = buf(n), *rstd = buf(n);
   BENCH("layernorm_forward", ops_layernorm_forward(y, mean, rstd, x, g, b, n, d, 1e-5f));
   BENCH("layernorm_backward", ops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d));
+  /* the column-split LayerNorm on one rank (what tp > 1 runs on each column block) */
+  float *lscr = buf(2 * (int64_t)n);
+  BENCH("tpops_layernorm_forward_1rank",
+        tpops_layernorm_forward(y, mean, rstd, x, g, b, n, d, d, 1e-5f, MPI_COMM_SELF));
+  BENCH("tpops_layernorm_backward_1rank",
+        tpops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d, d, MPI_COMM_SELF, lscr));
+  free(lscr);
   BENCH("relu_forward", ops_relu_forward(y, x, (int64_t)n * d));
   BENCH("relu_backward", ops_relu_backward(dx, dy, y, (int64_t)n * d));
   BENCH("dropout_0.1", ops_dropout(y, x, n, d, 0, 0, d, 0.1f, 42));
   BENCH("add", ops_add(y, x, dy, (int64_t)n * d));
+  BENCH("positions_add", ops_positions_add(y, B, T, d, 2));
 
   /* self-attention on a fused (n, 3d) q|k|v array, causal, no dropout and dropout 0.1 */
   float *qkv = buf((int64_t)n * 3 * d), *dqkv = buf((int64_t)n * 3 * d);
@@ -57,8 +68,9 @@ int main(int argc, char **argv) {
   uint8_t *pad = calloc((size_t)n, 1);
   for (int i = 0; i < B; i++)
     pad[i * T + T - 1] = (uint8_t)(i % 2);
-  BENCH("attention_forward", ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d,
-                                                   3 * d, pad, 1, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
+  BENCH("attention_forward",
+        ops_attention_forward(y, d, probs, qkv, 3 * d, qkv + d, qkv + 2 * d, 3 * d, pad, 1, B, T, T,
+                              H, dh, 0.0f, 7, 0, 0, H, scr));
   BENCH("attention_backward",
         ops_attention_backward(dqkv, dqkv + d, dqkv + 2 * d, dy, d, probs, qkv, 3 * d, qkv + d,
                                qkv + 2 * d, 3 * d, B, T, T, H, dh, 0.0f, 7, 0, 0, H, scr));
@@ -75,6 +87,24 @@ int main(int argc, char **argv) {
     tgt[i] = (int32_t)((i * 7919) % V);
   double loss = 0.0, nll = 0.0;
   BENCH("xent_loss_and_grad", ops_xent(dlogits, logits, tgt, n, V, 1, 0.1f, 1.0f, &loss, &nll));
+  /* the vocabulary-parallel version on one rank (what tp > 1 runs on each column block) */
+  double *xscr = common_malloc((size_t)4 * n * sizeof(double));
+  BENCH("tpops_xent_1rank", tpops_xent(dlogits, logits, tgt, n, V, 0, V, 1, 0.1f, 1.0f, &loss, &nll,
+                                       NULL, MPI_COMM_SELF, xscr));
+  free(xscr);
+
+  /* the optimizer over 16M parameters (a `base` model has 35.6M): gradient scaling and
+   * norm, then Adam */
+  const int64_t np = 16 << 20;
+  float *params = buf(np), *grads = buf(np);
+  config c;
+  config_defaults(&c);
+  optim o;
+  optim_init(&o, &c, np, MPI_COMM_SELF);
+  BENCH("sync_grads_16M", optim_sync_grads(&o, grads, 1.0f));
+  BENCH("adam_update_16M", optim_update(&o, params, grads, 1e-4, 1.0f));
+  optim_free(&o);
+  free(params), free(grads);
   free(x), free(y), free(dy), free(dx), free(g), free(b), free(dg), free(db), free(mean);
   free(rstd), free(qkv), free(dqkv), free(probs), free(scr), free(pad), free(logits), free(dlogits);
   free(tgt);

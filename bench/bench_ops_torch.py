@@ -43,6 +43,8 @@ def main():
     bench("relu_backward", lambda: torch.autograd.grad(yr, xr, dy, retain_graph=True))
     bench("dropout_0.1", lambda: F.dropout(x, 0.1, True))
     bench("add", lambda: torch.add(x, dy))
+    pe = torch.rand(T, d)  # fairseq adds a (T, d) table it has computed once
+    bench("positions_add", lambda: x.view(B, T, d).add_(pe))
 
     qkv = (torch.rand(n, 3 * d) * 2 - 1).requires_grad_()
     pad = torch.zeros(B, T, dtype=torch.bool)
@@ -77,6 +79,18 @@ def main():
         torch.autograd.grad(loss, logits)
 
     bench("xent_loss_and_grad", xent)
+
+    # the optimizer over 16M parameters: grads scaled and their norm, then Adam (foreach)
+    params = [torch.rand(16 << 20).requires_grad_()]
+    params[0].grad = torch.rand(16 << 20)
+    opt = torch.optim.Adam(params, lr=1e-4)
+
+    def sync():
+        params[0].grad.mul_(1.0)
+        return params[0].grad.norm()
+
+    bench("sync_grads_16M", sync)
+    bench("adam_update_16M", opt.step)
 
 
 if __name__ == "__main__":

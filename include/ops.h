@@ -117,6 +117,12 @@ void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int
 int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
                  float eps, float grad_scale, double *loss_sum, double *nll_sum);
 
+/* The row sums of the cross-entropy, for callers that split the vocabulary (tpops_xent):
+ * e(n) = exp(z(n) - m) (z <= m; the same ~2-ulp polynomial exp as ops_xent) and returns
+ * sum_j e[j] (float, 16 fixed lanes: reproducible), with *sum_z = sum_j z[j] in double.
+ * e may be NULL (sums only) or equal z; n may be 0. Not collective. */
+float ops_exp_sum(float *e, const float *z, int n, float m, double *sum_z);
+
 /* ---- Small vector helpers --------------------------------------------------------- */
 /* Elementwise on n floats. Not collective. */
 void ops_add(float *y, const float *a, const float *b, int64_t n); /* y = a + b */

@@ -20,7 +20,7 @@
 #include "gemm.h"
 
 #include <cblas.h>
-#ifdef __AVX__
+#if defined(__AVX__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -237,8 +237,50 @@ void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
 
 /* dx(n,d) += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * g;
  * dg(d) += sum_rows dy * xhat; db(d) += sum_rows dy. dx, dg, db may each be NULL. */
+/* One row of LayerNorm backward's reductions, fused: dg(d) += dy * (x - mu) * rs,
+ * db(d) += dy, *s1 = sum dy * g and *s2 = sum dy * g * (x - mu), in one sweep instead of
+ * three. Same lanes and the same expressions as ops_dot_ / ops_dot3_centered_ and the
+ * dg/db loop: the same bits. */
+static void ops_ln_bwd_row_sums_(float *restrict dg, float *restrict db, float *s1, float *s2,
+                                 const float *restrict dyr, const float *restrict xr,
+                                 const float *restrict gg, float mu, float rs, int d) {
+  float a1[OPS_LANES] = {0}, a2[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= d; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float dyv = dyr[j + l], xc = xr[j + l] - mu;
+      dg[j + l] += dyv * xc * rs;
+      db[j + l] += dyv;
+      a1[l] += dyv * gg[j + l];
+      a2[l] += dyv * gg[j + l] * xc;
+    }
+  for (; j < d; j++) {
+    float dyv = dyr[j], xc = xr[j] - mu;
+    dg[j] += dyv * xc * rs;
+    db[j] += dyv;
+    a1[0] += dyv * gg[j];
+    a2[0] += dyv * gg[j] * xc;
+  }
+  *s1 = ops_lanes_total_(a1);
+  *s2 = ops_lanes_total_(a2);
+}
+
 void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *g, int n, int d) {
+  if (dx && dg && db) { /* the training case: one sweep for the sums, one for dx */
+    for (int i = 0; i < n; i++) {
+      const float *restrict xr = x + (int64_t)i * d;
+      const float *restrict dyr = dy + (int64_t)i * d;
+      const float *restrict gg = g;
+      float *restrict dxr = dx + (int64_t)i * d;
+      float mu = mean[i], rs = rstd[i], s1, s2;
+      ops_ln_bwd_row_sums_(dg, db, &s1, &s2, dyr, xr, gg, mu, rs, d);
+      float m1 = s1 / (float)d, m2 = s2 * rs / (float)d;
+      for (int j = 0; j < d; j++)
+        dxr[j] += rs * (dyr[j] * gg[j] - m1 - (xr[j] - mu) * rs * m2);
+    }
+    return;
+  }
   for (int i = 0; i < n; i++) {
     const float *restrict xr = x + (int64_t)i * d;
     const float *restrict dyr = dy + (int64_t)i * d;
@@ -307,6 +349,62 @@ static void ops_dropout_row_inplace_(float *restrict y, int cols, uint64_t base,
     y[j] = y[j] * (ops_hash24_(key, base + (uint64_t)j) < thr ? 0.0f : scale);
 }
 
+#ifdef __AVX2__
+/* z * c mod 2^64 in each 64-bit lane: AVX2 has no 64-bit multiply, so it is put together
+ * from 32x32->64 products: lo(z) lo(c) + (lo(z) hi(c) + hi(z) lo(c)) << 32. */
+static inline __m256i ops_mul64_(__m256i z, __m256i c, __m256i c_hi) {
+  __m256i ll = _mm256_mul_epu32(z, c);
+  __m256i cross =
+      _mm256_add_epi64(_mm256_mul_epu32(z, c_hi), _mm256_mul_epu32(_mm256_srli_epi64(z, 32), c));
+  return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
+}
+
+/* common_mix64 on 4 lanes, bit for bit. */
+static inline __m256i ops_mix64x4_(__m256i z) {
+  const __m256i c1 = _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ULL);
+  const __m256i c1h = _mm256_set1_epi64x((long long)(0xBF58476D1CE4E5B9ULL >> 32));
+  const __m256i c2 = _mm256_set1_epi64x((long long)0x94D049BB133111EBULL);
+  const __m256i c2h = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL >> 32));
+  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), c1, c1h);
+  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), c2, c2h);
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+/* The same row as ops_dropout_row_ (y may equal x) for its first cols - cols % 8 elements
+ * (returned; the caller does the tail), 8 elements a step: the splitmix64
+ * states of counters base+j .. base+j+7 are key + (base+j+1+l) * G, so they advance by 8G;
+ * the 24-bit values are the top bits of each lane, gathered into one 8 x 32-bit vector.
+ * The masks and the products are bit-identical to the scalar loop. */
+static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t base, uint32_t thr,
+                                 float scale, uint64_t key) {
+  const uint64_t G = 0x9e3779b97f4a7c15ULL;
+  int j = 0;
+  if (cols >= 8) {
+    uint64_t z0 = key + (base + 1) * G;
+    __m256i za = _mm256_set_epi64x((long long)(z0 + 3 * G), (long long)(z0 + 2 * G),
+                                   (long long)(z0 + G), (long long)z0);        /* lanes 0..3 */
+    __m256i zb = _mm256_add_epi64(za, _mm256_set1_epi64x((long long)(4 * G))); /* 4..7 */
+    const __m256i step = _mm256_set1_epi64x((long long)(8 * G));
+    const __m256i vthr = _mm256_set1_epi32((int)thr);
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (; j + 8 <= cols; j += 8) {
+      __m256 ha = _mm256_castsi256_ps(ops_mix64x4_(za));
+      __m256 hb = _mm256_castsi256_ps(ops_mix64x4_(zb));
+      /* high 32-bit words: per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3], then in order */
+      __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(ha, hb, _MM_SHUFFLE(3, 1, 3, 1)));
+      hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));
+      __m256i h24 = _mm256_srli_epi32(hi, 8); /* (z >> 40), < 2^24: signed compare is fine */
+      __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, h24)); /* h24 < thr */
+      __m256 f = _mm256_andnot_ps(drop, vscale);                        /* 0 or scale */
+      _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+      za = _mm256_add_epi64(za, step);
+      zb = _mm256_add_epi64(zb, step);
+    }
+  }
+  return j;
+}
+#endif
+
 /* y(rows, cols) = dropout of x(rows, cols), element (i,j) at global index
  * (row0 + i) * cols_global + col0 + j. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
@@ -331,10 +429,14 @@ void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int
     uint64_t base = (uint64_t)((row0 + i) * cols_global + col0);
     float *yr = y + (int64_t)i * cols;
     const float *xr = x + (int64_t)i * cols;
+    int j = 0; /* elements done by the vector path; the scalar loops finish the row */
+#ifdef __AVX2__
+    j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
+#endif
     if (yr == xr)
-      ops_dropout_row_inplace_(yr, cols, base, thr, scale, key);
+      ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
     else
-      ops_dropout_row_(yr, xr, cols, base, thr, scale, key);
+      ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
   }
 }
 
@@ -480,30 +582,91 @@ void ops_positions_add_cols(float *y, int ld, int B, int T, int d, int col0, int
         "ops_positions_add_cols: bad block");
   int half = d / 2;
   float c = (float)(-log(10000.0) / (double)(half - 1));
+  enum { CHUNK = 256 }; /* PE values of one position, a chunk of columns at a time */
+  float pe[CHUNK];
   for (int t = 0; t < T; t++) {
     float pos = (float)(pos0 + t);
-    for (int j = 0; j < cols; j++) {
-      int i = col0 + j < half ? col0 + j : col0 + j - half;
-      float a = pos * expf((float)i * c);
-      float v = col0 + j < half ? sinf(a) : cosf(a);
-      for (int b = 0; b < B; b++)
-        y[((int64_t)b * T + t) * ld + j] += v;
+    for (int j0 = 0; j0 < cols; j0 += CHUNK) {
+      int nj = cols - j0 < CHUNK ? cols - j0 : CHUNK;
+      for (int jj = 0; jj < nj; jj++) {
+        int j = j0 + jj, i = col0 + j < half ? col0 + j : col0 + j - half;
+        float a = pos * expf((float)i * c);
+        pe[jj] = col0 + j < half ? sinf(a) : cosf(a);
+      }
+      /* rows b*T + t: contiguous runs of nj floats (the old loop strode over b) */
+      for (int b = 0; b < B; b++) {
+        float *restrict yr = y + ((int64_t)b * T + t) * ld + j0;
+        for (int jj = 0; jj < nj; jj++)
+          yr[jj] += pe[jj];
+      }
     }
   }
 }
 
 /* ---- Cross-entropy ---------------------------------------------------------------- */
 
-/* out[j] = gs * (exp(z[j] - m) * inv - epsi) for a row; the caller fixes the target. */
-static void ops_xent_grad_row_(float *restrict out, const float *restrict z, int V, float m,
-                               float inv, float gs, float epsi) {
-  for (int j = 0; j < V; j++)
-    out[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+/* e(V) = exp(z - m); returns sum_j e[j] in float and sum_j z[j] in double, in the 16 lanes
+ * of ops_sum_exp_ (the same bits). e and z do not overlap: see ops_exp_store_sum_inplace_. */
+static float ops_exp_store_sum_(float *restrict e, const float *restrict z, int V, float m,
+                                double *sum_z) {
+  float acc[OPS_LANES] = {0};
+  double accd[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= V; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float ex = ops_expf_(z[j + l] - m);
+      e[j + l] = ex;
+      acc[l] += ex;
+      accd[l] += (double)z[j + l];
+    }
+  for (; j < V; j++) {
+    e[j] = ops_expf_(z[j] - m);
+    acc[0] += e[j];
+    accd[0] += (double)z[j];
+  }
+  double sz = 0.0;
+  for (int l = 0; l < OPS_LANES; l++)
+    sz += accd[l];
+  *sum_z = sz;
+  return ops_lanes_total_(acc);
 }
-static void ops_xent_grad_row_inplace_(float *restrict z, int V, float m, float inv, float gs,
-                                       float epsi) {
+
+/* The same with e == z: z(V) = exp(z - m) in place. */
+static float ops_exp_store_sum_inplace_(float *restrict z, int V, float m, double *sum_z) {
+  float acc[OPS_LANES] = {0};
+  double accd[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= V; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
+      float zz = z[j + l], ex = ops_expf_(zz - m);
+      z[j + l] = ex;
+      acc[l] += ex;
+      accd[l] += (double)zz;
+    }
+  for (; j < V; j++) {
+    float zz = z[j];
+    z[j] = ops_expf_(zz - m);
+    acc[0] += z[j];
+    accd[0] += (double)zz;
+  }
+  double sz = 0.0;
+  for (int l = 0; l < OPS_LANES; l++)
+    sz += accd[l];
+  *sum_z = sz;
+  return ops_lanes_total_(acc);
+}
+
+/* out(V) = gs * (e * inv - epsi) in place over e (e = exp(z - m)); the caller fixes the
+ * target. */
+static void ops_xent_grad_row_(float *restrict e, int V, float inv, float gs, float epsi) {
   for (int j = 0; j < V; j++)
-    z[j] = gs * (ops_expf_(z[j] - m) * inv - epsi);
+    e[j] = gs * (e[j] * inv - epsi);
+}
+
+float ops_exp_sum(float *e, const float *z, int n, float m, double *sum_z) {
+  if (!e) return ops_sum_exp_(z, m, n, sum_z);
+  if (e == z) return ops_exp_store_sum_inplace_(e, n, m, sum_z);
+  return ops_exp_store_sum_(e, z, n, m, sum_z);
 }
 
 int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V, int pad,
@@ -522,22 +685,25 @@ int64_t ops_xent(float *dlogits, const float *logits, const int32_t *targets, in
     CHECK(t >= 0 && t < V, "ops_xent: target %d outside [0, %d)", t, V);
     float m = ops_rowmax_(z, V);
     double sz;
-    float se = ops_sum_exp_(z, m, V, &sz);
+    float zt = z[t], se;
+    float *o = dlogits ? dlogits + (int64_t)i * V : NULL;
+    if (o == z) /* exp once: stored in o, then turned into the gradient */
+      se = ops_exp_store_sum_inplace_(o, V, m, &sz);
+    else if (o)
+      se = ops_exp_store_sum_(o, z, V, m, &sz);
+    else
+      se = ops_sum_exp_(z, m, V, &sz);
     double lse = (double)m + log((double)se);
-    double nll = lse - (double)z[t];
+    double nll = lse - (double)zt;
     double smooth = (double)V * lse - sz; /* -sum_j lp_j */
     loss_acc += (1.0 - (double)eps - (double)epsi) * nll + (double)epsi * smooth;
     nll_acc += nll;
     count++;
-    if (dlogits) {
-      float *o = dlogits + (int64_t)i * V;
-      float zt = z[t], inv = 1.0f / se;
-      if (o == z)
-        ops_xent_grad_row_inplace_(o, V, m, inv, grad_scale, epsi);
-      else
-        ops_xent_grad_row_(o, z, V, m, inv, grad_scale, epsi);
-      /* target weight is 1 - eps, not eps_i: subtract the difference */
-      o[t] = grad_scale * (ops_expf_(zt - m) * inv - (1.0f - eps));
+    if (o) {
+      float inv = 1.0f / se, et = o[t];
+      ops_xent_grad_row_(o, V, inv, grad_scale, epsi);
+      /* target weight is 1 - eps, not eps_i */
+      o[t] = grad_scale * (et * inv - (1.0f - eps));
     }
   }
   if (loss_sum) *loss_sum += loss_acc;

@@ -1,12 +1,16 @@
 /* tpops.c: LayerNorm and cross-entropy over column-split rows (see tpops.h).
  *
  * Each function computes per-row partial sums of its own columns, all-reduces them over
- * the process row in one call (n or 2n or 3n values), and finishes locally. Partial sums
- * of the cross-entropy are doubles: the loss is reported in double, as ops_xent does.
+ * the process row in one call (n or 2n or 3n values), and finishes locally. The local sums
+ * run in 16 fixed lanes so that gcc vectorizes them (in-order float sums are bound by the
+ * add latency); the cross-entropy's exp and sums are ops_exp_sum's (ops_xent's polynomial
+ * exp), and its partials are all-reduced as doubles: the loss is reported in double, as
+ * ops_xent does.
  */
 #include "tpops.h"
 
 #include "debug.h"
+#include "ops.h"
 
 #include <float.h>
 #include <math.h>
@@ -22,25 +26,96 @@ static int64_t tpops_targets_sum_(const int32_t *targets, int n) {
 }
 #endif
 
+/* Row reductions in 16 fixed lanes (as ops.c's): vectorized and reproducible. */
+#define TPOPS_LANES 16
+static float tpops_lanes_total_(const float *acc) {
+  float s = 0.0f;
+  for (int l = 0; l < TPOPS_LANES; l++)
+    s += acc[l];
+  return s;
+}
+
+/* sum_j x[j] */
+static float tpops_sum_(const float *restrict x, int n) {
+  float acc[TPOPS_LANES] = {0};
+  int j = 0;
+  for (; j + TPOPS_LANES <= n; j += TPOPS_LANES)
+    for (int l = 0; l < TPOPS_LANES; l++)
+      acc[l] += x[j + l];
+  for (; j < n; j++)
+    acc[0] += x[j];
+  return tpops_lanes_total_(acc);
+}
+
+/* sum_j (x[j] - mu)^2 */
+static float tpops_sumsq_centered_(const float *restrict x, float mu, int n) {
+  float acc[TPOPS_LANES] = {0};
+  int j = 0;
+  for (; j + TPOPS_LANES <= n; j += TPOPS_LANES)
+    for (int l = 0; l < TPOPS_LANES; l++)
+      acc[l] += (x[j + l] - mu) * (x[j + l] - mu);
+  for (; j < n; j++)
+    acc[0] += (x[j] - mu) * (x[j] - mu);
+  return tpops_lanes_total_(acc);
+}
+
+/* One row of LayerNorm backward's local sums: dg(dl) += dy * xhat, db(dl) += dy,
+ * s[0] = sum dy * g, s[1] = sum dy * g * xhat, xhat = (x - mu) * rs. */
+static void tpops_ln_bwd_row_(float *restrict dg, float *restrict db, float *s,
+                              const float *restrict dyr, const float *restrict xr,
+                              const float *restrict g, float mu, float rs, int dl) {
+  float a1[TPOPS_LANES] = {0}, a2[TPOPS_LANES] = {0};
+  int j = 0;
+  for (; j + TPOPS_LANES <= dl; j += TPOPS_LANES)
+    for (int l = 0; l < TPOPS_LANES; l++) {
+      float xhat = (xr[j + l] - mu) * rs, dyv = dyr[j + l];
+      dg[j + l] += dyv * xhat;
+      db[j + l] += dyv;
+      a1[l] += dyv * g[j + l];
+      a2[l] += dyv * g[j + l] * xhat;
+    }
+  for (; j < dl; j++) {
+    float xhat = (xr[j] - mu) * rs, dyv = dyr[j];
+    dg[j] += dyv * xhat;
+    db[j] += dyv;
+    a1[0] += dyv * g[j];
+    a2[0] += dyv * g[j] * xhat;
+  }
+  s[0] = tpops_lanes_total_(a1);
+  s[1] = tpops_lanes_total_(a2);
+}
+
+/* The sums of tpops_ln_bwd_row_ alone (the same lanes and expressions: the same bits). */
+static void tpops_ln_bwd_sums_(float *s, const float *restrict dyr, const float *restrict xr,
+                               const float *restrict g, float mu, float rs, int dl) {
+  float a1[TPOPS_LANES] = {0}, a2[TPOPS_LANES] = {0};
+  int j = 0;
+  for (; j + TPOPS_LANES <= dl; j += TPOPS_LANES)
+    for (int l = 0; l < TPOPS_LANES; l++) {
+      float xhat = (xr[j + l] - mu) * rs, dyv = dyr[j + l];
+      a1[l] += dyv * g[j + l];
+      a2[l] += dyv * g[j + l] * xhat;
+    }
+  for (; j < dl; j++) {
+    float xhat = (xr[j] - mu) * rs, dyv = dyr[j];
+    a1[0] += dyv * g[j];
+    a2[0] += dyv * g[j] * xhat;
+  }
+  s[0] = tpops_lanes_total_(a1);
+  s[1] = tpops_lanes_total_(a2);
+}
+
 void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                              const float *b, int n, int dl, int d, float eps, MPI_Comm row_comm) {
   CHECK(y != x, "tpops_layernorm_forward: y may not alias x");
   DEBUG_AGREE(row_comm, n, d, debug_bits(eps));
-  for (int i = 0; i < n; i++) {
-    const float *xr = x + (int64_t)i * dl;
-    float s = 0.0f;
-    for (int j = 0; j < dl; j++)
-      s += xr[j];
-    mean[i] = s;
-  }
+  for (int i = 0; i < n; i++) /* (n) row sums of this rank's columns */
+    mean[i] = tpops_sum_(x + (int64_t)i * dl, dl);
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean, n, MPI_FLOAT, MPI_SUM, row_comm));
   for (int i = 0; i < n; i++) {
-    const float *xr = x + (int64_t)i * dl;
-    float mu = mean[i] / (float)d, v = 0.0f;
-    for (int j = 0; j < dl; j++)
-      v += (xr[j] - mu) * (xr[j] - mu);
+    float mu = mean[i] / (float)d;
     mean[i] = mu;
-    rstd[i] = v;
+    rstd[i] = tpops_sumsq_centered_(x + (int64_t)i * dl, mu, dl);
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, rstd, n, MPI_FLOAT, MPI_SUM, row_comm));
   for (int i = 0; i < n; i++) {
@@ -57,18 +132,17 @@ void tpops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, 
                               const float *mean, const float *rstd, const float *g, int n, int dl,
                               int d, MPI_Comm row_comm, float *scratch) {
   DEBUG_AGREE(row_comm, n, d, dx != NULL); /* no dx: no all-reduce */
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < n && dg && db; i++)  /* the training case, vectorized */
+    tpops_ln_bwd_row_(dg, db, scratch + 2 * i, dy + (int64_t)i * dl, x + (int64_t)i * dl, g,
+                      mean[i], rstd[i], dl);
+  for (int i = 0; i < n && !(dg && db); i++) { /* the same sums; dg or db not wanted */
     const float *xr = x + (int64_t)i * dl, *dyr = dy + (int64_t)i * dl;
-    float mu = mean[i], rs = rstd[i], s1 = 0.0f, s2 = 0.0f;
-    for (int j = 0; j < dl; j++) {
-      float xhat = (xr[j] - mu) * rs;
-      if (dg) dg[j] += dyr[j] * xhat;
-      if (db) db[j] += dyr[j];
-      s1 += dyr[j] * g[j];
-      s2 += dyr[j] * g[j] * xhat;
-    }
-    scratch[2 * i] = s1;
-    scratch[2 * i + 1] = s2;
+    float mu = mean[i], rs = rstd[i];
+    tpops_ln_bwd_sums_(scratch + 2 * i, dyr, xr, g, mu, rs, dl);
+    for (int j = 0; j < dl && dg; j++)
+      dg[j] += dyr[j] * ((xr[j] - mu) * rs);
+    for (int j = 0; j < dl && db; j++)
+      db[j] += dyr[j];
   }
   if (!dx) return;
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, scratch, 2 * n, MPI_FLOAT, MPI_SUM, row_comm));
@@ -104,20 +178,20 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
     mx[i].i = at;
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mx, n, MPI_FLOAT_INT, MPI_MAXLOC, row_comm));
-  /* pass 2: sum of exp(z - m), sum of z, the target's logit (0 where not owned) */
+  /* pass 2: sum of exp(z - m), sum of z, the target's logit (0 where not owned); with
+   * dlogits, exp(z - m) is kept there for pass 3 (computed once; dlogits may be logits:
+   * each z[j] is read before its slot is written) */
   double *part = scratch + n;
   for (int i = 0; i < n; i++) {
     const float *z = logits + (int64_t)i * Vl;
+    float *e = dlogits ? dlogits + (int64_t)i * Vl : NULL;
     float m = mx[i].v;
     double se = 0.0, sz = 0.0, zt = 0.0;
     int t = targets[i];
     if (t != pad) {
       CHECK(t >= 0 && t < V, "tpops_xent: target %d outside [0, %lld)", t, (long long)V);
-      for (int j = 0; j < Vl; j++) {
-        se += (double)expf(z[j] - m);
-        sz += (double)z[j];
-      }
       if (t >= v0 && t < v0 + Vl) zt = (double)z[t - v0];
+      se = (double)ops_exp_sum(e, z, Vl, m, &sz); /* vectorized: float lanes, double sum_z */
     }
     part[3 * i] = se, part[3 * i + 1] = sz, part[3 * i + 2] = zt;
   }
@@ -139,13 +213,14 @@ int64_t tpops_xent(float *dlogits, const float *logits, const int32_t *targets, 
     loss_acc += (1.0 - (double)eps - epsi) * nll + epsi * ((double)V * lse - sz);
     nll_acc += nll;
     count++;
-    if (o) {
-      const float *z = logits + (int64_t)i * Vl;
+    if (o) { /* o holds exp(z - m) from pass 2 */
       float inv = (float)(1.0 / se), fe = (float)epsi;
-      for (int j = 0; j < Vl; j++) {
-        float w = (v0 + j == t) ? 1.0f - eps : fe;
-        o[j] = grad_scale * (expf(z[j] - m) * inv - w);
-      }
+      int own = t >= v0 && t < v0 + Vl;
+      float et = own ? o[t - v0] : 0.0f;
+      for (int j = 0; j < Vl; j++)
+        o[j] = grad_scale * (o[j] * inv - fe);
+      if (own) /* the target's weight is 1 - eps */
+        o[t - v0] = grad_scale * (et * inv - (1.0f - eps));
     }
   }
   if (loss_sum) *loss_sum += loss_acc;

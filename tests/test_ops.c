@@ -13,8 +13,11 @@
  *   exactly the mask of the whole matrix, positions spot values, eps = 0 is plain NLL.
  */
 // NP: 1
+#include "config.h"
 #include "harness.h"
 #include "ops.h"
+#include "optim.h"
+#include "tpops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -222,6 +225,36 @@ static void test_dropout(void) {
   free(x), free(y), free(xb), free(yb);
 }
 
+/* Dropout bit for bit against the rule of ops.h, element by element, at every row width
+ * 1..41 (vector body of 8 and every tail), column offsets 0..9 into a wider matrix, a
+ * first row far out (counters near 2^45: the 64-bit state wraps), in place and not. */
+static void test_dropout_exact(void) {
+  const float p = 0.25f, scale = 1.0f / (1.0f - p);
+  const uint64_t key = ops_hash_key(9, 8, 7, 6);
+  const int rows = 3;
+  int64_t bad = 0, checked = 0, bad_inplace = 0;
+  for (int cols = 1; cols <= 41; cols++)
+    for (int col0 = 0; col0 < 10; col0++) {
+      const int64_t cg = col0 + cols + 3, row0 = (int64_t)1 << 40;
+      float *x = frand((int64_t)rows * cols, 1.0), *y = fzero((int64_t)rows * cols);
+      ops_dropout(y, x, rows, cols, row0, col0, cg, p, key);
+      for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+          uint64_t at = (uint64_t)((row0 + i) * cg + col0 + j);
+          float want = x[i * cols + j] * (ops_hash_uniform(key, at) < p ? 0.0f : scale);
+          bad += memcmp(&want, &y[i * cols + j], sizeof want) != 0;
+          checked++;
+        }
+      ops_dropout(x, x, rows, cols, row0, col0, cg, p, key);
+      bad_inplace += memcmp(x, y, sizeof(float) * (size_t)rows * cols) != 0;
+      free(x), free(y);
+    }
+  TEST_EXPECT(bad == 0, "dropout: %lld of %lld elements differ from the scalar rule",
+              (long long)bad, (long long)checked);
+  TEST_EXPECT(bad_inplace == 0, "dropout in place differs at %lld widths/offsets",
+              (long long)bad_inplace);
+}
+
 /* ---- layernorm ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -284,6 +317,53 @@ static void test_layernorm(void) {
   free(ref), free(dx0), free(dg0), free(db0), free(dx), free(dg), free(db), free(gx), free(gg),
       free(gb), free(dx2);
   free(c.x), free(c.g), free(c.b), free(c.y), free(c.mean), free(c.rstd), free(c.r);
+}
+
+/* LayerNorm backward against its formula in double at widths around the 16-lane blocks
+ * (the fused dx+dg+db path and the separate ones must agree bit for bit). */
+static void test_layernorm_backward_widths(void) {
+  const int widths[] = {1, 7, 16, 33, 515};
+  for (int w = 0; w < 5; w++) {
+    const int n = 3, d = widths[w];
+    float *x = frand(n * d, 2.0), *g = frand(d, 1.0), *b = frand(d, 1.0), *y = fzero(n * d);
+    float *dy = frand(n * d, 1.0), mean[3], rstd[3];
+    float *dx = frand(n * d, 1.0), *dg = frand(d, 1.0), *db = frand(d, 1.0);
+    float *dx0 = copyf(dx, n * d), *dg0 = copyf(dg, d), *db0 = copyf(db, d);
+    ops_layernorm_forward(y, mean, rstd, x, g, b, n, d, 1e-5f);
+    ops_layernorm_backward(dx, dg, db, dy, x, mean, rstd, g, n, d);
+    double *rdx = malloc(sizeof(double) * n * d), *rdg = calloc((size_t)d, sizeof(double));
+    double *rdb = calloc((size_t)d, sizeof(double));
+    for (int i = 0; i < n; i++) {
+      double mu = mean[i], rs = rstd[i], m1 = 0.0, m2 = 0.0;
+      for (int j = 0; j < d; j++) {
+        double xh = (x[i * d + j] - mu) * rs, gh = (double)dy[i * d + j] * g[j];
+        m1 += gh / d, m2 += gh * xh / d;
+        rdg[j] += (double)dy[i * d + j] * xh, rdb[j] += dy[i * d + j];
+      }
+      for (int j = 0; j < d; j++) {
+        double xh = (x[i * d + j] - mu) * rs;
+        rdx[i * d + j] = dx0[i * d + j] + rs * ((double)dy[i * d + j] * g[j] - m1 - xh * m2);
+      }
+    }
+    for (int j = 0; j < d; j++)
+      rdg[j] += dg0[j], rdb[j] += db0[j];
+    char what[64];
+    snprintf(what, sizeof what, "layernorm backward d=%d dx", d);
+    expect_close(what, dx, rdx, n * d, 1e-4, 1e-5);
+    snprintf(what, sizeof what, "layernorm backward d=%d dg", d);
+    expect_close(what, dg, rdg, d, 1e-4, 1e-5);
+    snprintf(what, sizeof what, "layernorm backward d=%d db", d);
+    expect_close(what, db, rdb, d, 1e-4, 1e-5);
+    float *dx2 = copyf(dx0, n * d), *dg2 = copyf(dg0, d), *db2 = copyf(db0, d);
+    ops_layernorm_backward(dx2, NULL, NULL, dy, x, mean, rstd, g, n, d);
+    ops_layernorm_backward(NULL, dg2, db2, dy, x, mean, rstd, g, n, d);
+    TEST_EXPECT(memcmp(dx2, dx, sizeof(float) * n * d) == 0 &&
+                    memcmp(dg2, dg, sizeof(float) * d) == 0 &&
+                    memcmp(db2, db, sizeof(float) * d) == 0,
+                "layernorm backward d=%d: the fused path differs from the separate ones", d);
+    free(x), free(g), free(b), free(y), free(dy), free(dx), free(dg), free(db), free(dx0);
+    free(dg0), free(db0), free(rdx), free(rdg), free(rdb), free(dx2), free(dg2), free(db2);
+  }
 }
 
 /* ---- relu ---------------------------------------------------------------------------- */
@@ -571,6 +651,28 @@ static void test_positions(void) {
       same &= blk[r * 6 + j] == full[r * d + 5 + j];
   TEST_EXPECT(same, "positions of columns 5..10 differ from those of the whole");
   free(y), free(y0), free(ref);
+
+  /* wide rows (the kernel works in chunks of 256 columns: 3 chunks, a tail of 18) on a
+   * column block with row stride ld > cols: every value against the formula, and the
+   * columns past cols untouched */
+  const int B2 = 3, T2 = 7, d2 = 1100, c0 = 37, nc = 530, ld = 541, h2 = d2 / 2;
+  float *w = frand((int64_t)B2 * T2 * ld, 1.0), *w0 = copyf(w, (int64_t)B2 * T2 * ld);
+  ops_positions_add_cols(w, ld, B2, T2, d2, c0, nc, 3);
+  double *wr = malloc(sizeof(double) * B2 * T2 * ld);
+  for (int r = 0; r < B2 * T2; r++)
+    for (int j = 0; j < ld; j++) {
+      int gj = c0 + j, i = gj < h2 ? gj : gj - h2;
+      double a = (3 + r % T2) * exp(-i * log(10000.0) / (h2 - 1));
+      wr[r * ld + j] = w0[r * ld + j] + (j >= nc ? 0.0 : gj < h2 ? sin(a) : cos(a));
+    }
+  /* float pos * freq loses ~1e-7 relative of an argument up to 9: a few 1e-6 absolute */
+  expect_close("positions, wide column block", w, wr, (int64_t)B2 * T2 * ld, 0, 5e-6);
+  int untouched = 1;
+  for (int r = 0; r < B2 * T2; r++)
+    for (int j = nc; j < ld; j++)
+      untouched &= w[r * ld + j] == w0[r * ld + j];
+  TEST_EXPECT(untouched, "positions wrote past cols");
+  free(w), free(w0), free(wr);
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------- */
@@ -654,6 +756,33 @@ static void test_xent(void) {
     gsum += dbig[j];
   TEST_EXPECT(fabs(gsum) < 1e-4, "xent V=1000: gradient rows do not sum to 0 (%g)", gsum);
   free(c.logits), free(dl), free(al), free(big), free(dbig);
+
+  /* every gradient element against the formula in double at widths around the 16-lane
+   * blocks (tails 0..15), targets at the first, last and a tail column, in place and not */
+  const int widths[] = {2, 15, 16, 17, 31, 47, 1003};
+  for (int w = 0; w < 7; w++) {
+    const int V3 = widths[w], n3 = 3;
+    const int32_t t3[3] = {0, V3 - 1, V3 / 2};
+    float *z = frand(n3 * V3, 6.0), *g3 = fzero(n3 * V3);
+    double l3 = 0.0, nl3 = 0.0;
+    ops_xent(g3, z, t3, n3, V3, -1, 0.1f, 0.5f, &l3, &nl3);
+    double *gref = malloc(sizeof(double) * n3 * V3);
+    for (int i = 0; i < n3; i++) {
+      double m = -INFINITY, se = 0.0, epsi = 0.1 / (V3 - 1);
+      for (int j = 0; j < V3; j++)
+        m = fmax(m, z[i * V3 + j]);
+      for (int j = 0; j < V3; j++)
+        se += exp(z[i * V3 + j] - m);
+      for (int j = 0; j < V3; j++)
+        gref[i * V3 + j] = 0.5 * (exp(z[i * V3 + j] - m) / se - (j == t3[i] ? 0.9 : epsi));
+    }
+    char what[64];
+    snprintf(what, sizeof what, "xent dlogits V=%d", V3);
+    expect_close(what, g3, gref, n3 * V3, 1e-5, 1e-7);
+    ops_xent(z, z, t3, n3, V3, -1, 0.1f, 0.5f, &l3, &nl3);
+    TEST_EXPECT(memcmp(z, g3, sizeof(float) * n3 * V3) == 0, "xent V=%d in place differs", V3);
+    free(z), free(g3), free(gref);
+  }
 }
 
 /* ---- vector helpers ------------------------------------------------------------------ */
@@ -678,17 +807,125 @@ static void test_helpers(void) {
   TEST_EXPECT(ok, "ops_add / ops_acc / ops_scale");
 }
 
+/* tpops_xent on one rank (MPI_COMM_SELF, the whole vocabulary): the loss and gradient of
+ * ops_xent within float rounding (libm expf there, a polynomial here), a pad row zeroed,
+ * argmax right, and in place bit-identical to out of place, at odd widths. */
+static void test_tpops_xent_one_rank(void) {
+  const int widths[] = {2, 17, 1003};
+  for (int w = 0; w < 3; w++) {
+    const int V = widths[w], n = 4, pad = 1;
+    const int32_t t[4] = {0, V - 1, pad, V / 2};
+    float *z = frand(n * V, 5.0), *g1 = fzero(n * V), *g2 = fzero(n * V);
+    z[3 * V + 1] = 9.0f; /* row 3's argmax */
+    double l1 = 0.0, nl1 = 0.0, l2 = 0.0, nl2 = 0.0, scratch[16];
+    int32_t am[4];
+    int64_t c1 = ops_xent(g1, z, t, n, V, pad, 0.1f, 0.5f, &l1, &nl1);
+    int64_t c2 =
+        tpops_xent(g2, z, t, n, V, 0, V, pad, 0.1f, 0.5f, &l2, &nl2, am, MPI_COMM_SELF, scratch);
+    int64_t want = 0;
+    for (int i = 0; i < n; i++)
+      want += t[i] != pad;
+    TEST_EXPECT(c1 == want && c2 == want && test_close(l2, l1, 1e-6, 1e-6) &&
+                    test_close(nl2, nl1, 1e-6, 1e-6),
+                "tpops_xent V=%d: count %lld loss %.9g nll %.9g, ops_xent %lld %.9g %.9g", V,
+                (long long)c2, l2, nl2, (long long)c1, l1, nl1);
+    double *ref = malloc(sizeof(double) * n * V);
+    for (int64_t i = 0; i < (int64_t)n * V; i++)
+      ref[i] = g1[i];
+    char what[64];
+    snprintf(what, sizeof what, "tpops_xent V=%d dlogits vs ops_xent", V);
+    expect_close(what, g2, ref, n * V, 1e-5, 1e-8);
+    TEST_EXPECT(am[3] == 1, "tpops_xent V=%d: argmax of row 3 is %d, want 1", V, am[3]);
+    float *za = copyf(z, n * V);
+    tpops_xent(za, za, t, n, V, 0, V, pad, 0.1f, 0.5f, NULL, NULL, NULL, MPI_COMM_SELF, scratch);
+    TEST_EXPECT(memcmp(za, g2, sizeof(float) * n * V) == 0, "tpops_xent V=%d in place differs", V);
+    free(z), free(g1), free(g2), free(ref), free(za);
+  }
+}
+
+/* tpops LayerNorm on one rank (MPI_COMM_SELF, dl = d) against ops LayerNorm within float
+ * rounding at widths around the 16 lanes; its backward without dg/db gives the same dx. */
+static void test_tpops_layernorm_one_rank(void) {
+  const int widths[] = {1, 15, 16, 37, 515};
+  for (int w = 0; w < 5; w++) {
+    const int n = 3, d = widths[w];
+    float *x = frand(n * d, 2.0), *g = frand(d, 1.0), *b = frand(d, 1.0), *dy = frand(n * d, 1.0);
+    float *y1 = fzero(n * d), *y2 = fzero(n * d), m1[3], r1[3], m2[3], r2[3], scr[6];
+    float *dx1 = fzero(n * d), *dx2 = fzero(n * d), *dx3 = fzero(n * d);
+    float *dg1 = fzero(d), *db1 = fzero(d), *dg2 = fzero(d), *db2 = fzero(d);
+    ops_layernorm_forward(y1, m1, r1, x, g, b, n, d, 1e-5f);
+    tpops_layernorm_forward(y2, m2, r2, x, g, b, n, d, d, 1e-5f, MPI_COMM_SELF);
+    ops_layernorm_backward(dx1, dg1, db1, dy, x, m1, r1, g, n, d);
+    tpops_layernorm_backward(dx2, dg2, db2, dy, x, m2, r2, g, n, d, d, MPI_COMM_SELF, scr);
+    tpops_layernorm_backward(dx3, NULL, NULL, dy, x, m2, r2, g, n, d, d, MPI_COMM_SELF, scr);
+    double *r = malloc(sizeof(double) * n * d);
+    char what[64];
+#define TPLN_CMP(name, got, want, len)                                                             \
+  do {                                                                                             \
+    for (int i_ = 0; i_ < (len); i_++)                                                             \
+      r[i_] = (want)[i_];                                                                          \
+    snprintf(what, sizeof what, "tpops layernorm d=%d %s", d, name);                               \
+    expect_close(what, got, r, len, 1e-4, 1e-5);                                                   \
+  } while (0)
+    TPLN_CMP("y", y2, y1, n * d);
+    TPLN_CMP("rstd", r2, r1, n);
+    TPLN_CMP("dx", dx2, dx1, n * d);
+    TPLN_CMP("dg", dg2, dg1, d);
+    TPLN_CMP("db", db2, db1, d);
+#undef TPLN_CMP
+    TEST_EXPECT(memcmp(dx2, dx3, sizeof(float) * n * d) == 0,
+                "tpops layernorm d=%d: dx without dg/db differs", d);
+    free(x), free(g), free(b), free(dy), free(y1), free(y2), free(dx1), free(dx2), free(dx3);
+    free(dg1), free(db1), free(dg2), free(db2), free(r);
+  }
+}
+
+/* optim_sync_grads on one rank (MPI_COMM_SELF for dp, tp and pp): grads scaled exactly
+ * (g * scale in float), and the norm over [norm_lo, norm_hi) against an in-order double
+ * sum, at sizes around the 16 lanes and a norm range that starts and ends mid-block. */
+static void test_sync_grads(void) {
+  config c;
+  config_defaults(&c);
+  const int64_t sizes[] = {1, 15, 16, 33, 100003};
+  for (int k = 0; k < 5; k++) {
+    const int64_t n = sizes[k], lo = n > 40 ? 7 : 0, hi = n > 40 ? n - 9 : n;
+    float *g = frand(n, 3.0), *g0 = copyf(g, n);
+    optim o;
+    optim_init(&o, &c, n, MPI_COMM_SELF);
+    optim_set_tp(&o, MPI_COMM_SELF, hi);
+    optim_set_pp(&o, MPI_COMM_SELF, lo);
+    double norm = optim_sync_grads(&o, g, 0.37f), ref = 0.0;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+      float want = g0[i] * 0.37f;
+      bad += memcmp(&want, &g[i], sizeof want) != 0;
+      if (i >= lo && i < hi) ref += (double)want * want;
+    }
+    TEST_EXPECT(bad == 0, "sync_grads n=%lld: %lld gradients not scaled exactly", (long long)n,
+                (long long)bad);
+    TEST_EXPECT(fabs(norm - sqrt(ref)) <= 1e-12 * sqrt(ref),
+                "sync_grads n=%lld: norm %.17g want %.17g", (long long)n, norm, sqrt(ref));
+    optim_free(&o);
+    free(g), free(g0);
+  }
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   test_hash();
   test_dropout();
+  test_dropout_exact();
   test_layernorm();
+  test_layernorm_backward_widths();
   test_relu();
   test_attention();
   test_embedding();
   test_positions();
   test_xent();
   test_helpers();
+  test_sync_grads();
+  test_tpops_xent_one_rank();
+  test_tpops_layernorm_one_rank();
   int rc = test_finish();
   MPI_Finalize();
   return rc;
