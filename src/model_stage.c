@@ -81,6 +81,16 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
   return (int64_t)t[2];
 }
 
+/* The stage's encoder layers backward from a->gs_a, then the source embedding's gradient
+ * (first stage) or the gradient to send to the previous stage (g_out). */
+static void enc_bwd(model *m, float *g_out, int B, int S) {
+  float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
+  if (m->enc_l0 == 0)
+    model_embed_bwd(m, gs, m->enc_embed, m->acts->src, B, S, SITE_ENC_EMBED);
+  else
+    memcpy(g_out, gs, (size_t)B * S * m->dl * sizeof(float));
+}
+
 void model_stage_backward(model *m, const float *g_in, float *g_out) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
@@ -97,11 +107,7 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
       model_cls_head_bwd(m);
     else
       model_mlm_head_bwd(m);
-    float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
-    if (m->enc_l0 == 0)
-      model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
-    else
-      memcpy(g_out, gs, ne * sizeof(float));
+    enc_bwd(m, g_out, B, S);
     model_vec_grads_end(m);
     return;
   }
@@ -133,11 +139,7 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
       memcpy(a->gs_a, g_in, ne * sizeof(float));
     else if (!has_dec)
       memcpy(a->g_enc, g_in, ne * sizeof(float));
-    float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
-    if (m->enc_l0 == 0)
-      model_embed_bwd(m, gs, m->enc_embed, a->src, B, S, SITE_ENC_EMBED);
-    else
-      memcpy(g_out, gs, ne * sizeof(float));
+    enc_bwd(m, g_out, B, S);
   }
   model_vec_grads_end(m);
 }
