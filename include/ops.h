@@ -129,4 +129,42 @@ void ops_add(float *y, const float *a, const float *b, int64_t n); /* y = a + b 
 void ops_acc(float *y, const float *x, int64_t n);                 /* y += x */
 void ops_scale(float *y, float s, int64_t n);                      /* y *= s */
 
+/* Row reductions in OPS_LANES fixed lanes, shared by ops.c and tpops.c: gcc vectorizes
+ * these (a plain `s += x[j]` loop becomes an in-order, latency-bound reduction without
+ * -ffast-math), and the summation order is fixed, so results are reproducible run to run
+ * and equal on every layout that sums the same elements. */
+#define OPS_LANES 16
+
+/* The sum of the OPS_LANES partial sums acc, in lane order. Not collective. */
+static inline float ops_lanes_total(const float *acc) {
+  float s = 0.0f;
+  for (int l = 0; l < OPS_LANES; l++)
+    s += acc[l];
+  return s;
+}
+
+/* sum_j x[j], j < n, in fixed lanes. Not collective. */
+static inline float ops_row_sum(const float *restrict x, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += x[j + l];
+  for (; j < n; j++)
+    acc[0] += x[j];
+  return ops_lanes_total(acc);
+}
+
+/* sum_j (x[j] - mu)^2, j < n, in fixed lanes. Not collective. */
+static inline float ops_row_sumsq_centered(const float *restrict x, float mu, int n) {
+  float acc[OPS_LANES] = {0};
+  int j = 0;
+  for (; j + OPS_LANES <= n; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++)
+      acc[l] += (x[j + l] - mu) * (x[j + l] - mu);
+  for (; j < n; j++)
+    acc[0] += (x[j] - mu) * (x[j] - mu);
+  return ops_lanes_total(acc);
+}
+
 #endif

@@ -89,41 +89,6 @@ static float ops_rowmax_(const float *restrict x, int n) {
   return m;
 }
 
-/* Row reductions in 16 fixed lanes: gcc vectorizes these (a plain `s += x[j]` loop
- * becomes an in-order, latency-bound reduction without -ffast-math), and the summation
- * order is fixed, so results are still reproducible run to run. */
-#define OPS_LANES 16
-static float ops_lanes_total_(const float *acc) {
-  float s = 0.0f;
-  for (int l = 0; l < OPS_LANES; l++)
-    s += acc[l];
-  return s;
-}
-
-/* sum_j x[j] */
-static float ops_sum_(const float *restrict x, int n) {
-  float acc[OPS_LANES] = {0};
-  int j = 0;
-  for (; j + OPS_LANES <= n; j += OPS_LANES)
-    for (int l = 0; l < OPS_LANES; l++)
-      acc[l] += x[j + l];
-  for (; j < n; j++)
-    acc[0] += x[j];
-  return ops_lanes_total_(acc);
-}
-
-/* sum_j (x[j] - mu)^2 */
-static float ops_sumsq_centered_(const float *restrict x, float mu, int n) {
-  float acc[OPS_LANES] = {0};
-  int j = 0;
-  for (; j + OPS_LANES <= n; j += OPS_LANES)
-    for (int l = 0; l < OPS_LANES; l++)
-      acc[l] += (x[j + l] - mu) * (x[j + l] - mu);
-  for (; j < n; j++)
-    acc[0] += (x[j] - mu) * (x[j] - mu);
-  return ops_lanes_total_(acc);
-}
-
 /* sum_j a[j] * b[j] */
 static float ops_dot_(const float *restrict a, const float *restrict b, int n) {
   float acc[OPS_LANES] = {0};
@@ -133,7 +98,7 @@ static float ops_dot_(const float *restrict a, const float *restrict b, int n) {
       acc[l] += a[j + l] * b[j + l];
   for (; j < n; j++)
     acc[0] += a[j] * b[j];
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* sum_j a[j] * b[j] * (c[j] - mu) */
@@ -146,7 +111,7 @@ static float ops_dot3_centered_(const float *restrict a, const float *restrict b
       acc[l] += a[j + l] * b[j + l] * (c[j + l] - mu);
   for (; j < n; j++)
     acc[0] += a[j] * b[j] * (c[j] - mu);
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* s[j] = exp(s[j] - m) in place (s[j] <= m); returns sum_j s[j]. */
@@ -163,7 +128,7 @@ static float ops_exp_inplace_sum_(float *restrict s, float m, int n) {
     s[j] = ops_expf_(s[j] - m);
     acc[0] += s[j];
   }
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* sum_j exp(z[j] - m) in float (z[j] <= m) and sum_j z[j] in double. */
@@ -184,7 +149,7 @@ static float ops_sum_exp_(const float *restrict z, float m, int n, double *sum_z
   for (int l = 0; l < OPS_LANES; l++)
     sz += accd[l];
   *sum_z = sz;
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* The 24-bit hash value whose scaled version is ops_hash_uniform: splitmix64's output
@@ -225,8 +190,8 @@ void ops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
     const float *restrict xr = x + (int64_t)i * d;
     float *restrict yr = y + (int64_t)i * d;
     const float *restrict gg = g, *restrict bb = b;
-    float mu = ops_sum_(xr, d) / (float)d;
-    float v = ops_sumsq_centered_(xr, mu, d);
+    float mu = ops_row_sum(xr, d) / (float)d;
+    float v = ops_row_sumsq_centered(xr, mu, d);
     float rs = 1.0f / sqrtf(v / (float)d + eps);
     for (int j = 0; j < d; j++)
       yr[j] = (xr[j] - mu) * rs * gg[j] + bb[j];
@@ -261,8 +226,8 @@ static void ops_ln_bwd_row_sums_(float *restrict dg, float *restrict db, float *
     a1[0] += dyv * gg[j];
     a2[0] += dyv * gg[j] * xc;
   }
-  *s1 = ops_lanes_total_(a1);
-  *s2 = ops_lanes_total_(a2);
+  *s1 = ops_lanes_total(a1);
+  *s2 = ops_lanes_total(a2);
 }
 
 void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
@@ -628,7 +593,7 @@ static float ops_exp_store_sum_(float *restrict e, const float *restrict z, int 
   for (int l = 0; l < OPS_LANES; l++)
     sz += accd[l];
   *sum_z = sz;
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* The same with e == z: z(V) = exp(z - m) in place. */
@@ -653,7 +618,7 @@ static float ops_exp_store_sum_inplace_(float *restrict z, int V, float m, doubl
   for (int l = 0; l < OPS_LANES; l++)
     sz += accd[l];
   *sum_z = sz;
-  return ops_lanes_total_(acc);
+  return ops_lanes_total(acc);
 }
 
 /* out(V) = gs * (e * inv - epsi) in place over e (e = exp(z - m)); the caller fixes the

@@ -26,48 +26,15 @@ static int64_t tpops_targets_sum_(const int32_t *targets, int n) {
 }
 #endif
 
-/* Row reductions in 16 fixed lanes (as ops.c's): vectorized and reproducible. */
-#define TPOPS_LANES 16
-static float tpops_lanes_total_(const float *acc) {
-  float s = 0.0f;
-  for (int l = 0; l < TPOPS_LANES; l++)
-    s += acc[l];
-  return s;
-}
-
-/* sum_j x[j] */
-static float tpops_sum_(const float *restrict x, int n) {
-  float acc[TPOPS_LANES] = {0};
-  int j = 0;
-  for (; j + TPOPS_LANES <= n; j += TPOPS_LANES)
-    for (int l = 0; l < TPOPS_LANES; l++)
-      acc[l] += x[j + l];
-  for (; j < n; j++)
-    acc[0] += x[j];
-  return tpops_lanes_total_(acc);
-}
-
-/* sum_j (x[j] - mu)^2 */
-static float tpops_sumsq_centered_(const float *restrict x, float mu, int n) {
-  float acc[TPOPS_LANES] = {0};
-  int j = 0;
-  for (; j + TPOPS_LANES <= n; j += TPOPS_LANES)
-    for (int l = 0; l < TPOPS_LANES; l++)
-      acc[l] += (x[j + l] - mu) * (x[j + l] - mu);
-  for (; j < n; j++)
-    acc[0] += (x[j] - mu) * (x[j] - mu);
-  return tpops_lanes_total_(acc);
-}
-
 /* One row of LayerNorm backward's local sums: dg(dl) += dy * xhat, db(dl) += dy,
  * s[0] = sum dy * g, s[1] = sum dy * g * xhat, xhat = (x - mu) * rs. */
 static void tpops_ln_bwd_row_(float *restrict dg, float *restrict db, float *s,
                               const float *restrict dyr, const float *restrict xr,
                               const float *restrict g, float mu, float rs, int dl) {
-  float a1[TPOPS_LANES] = {0}, a2[TPOPS_LANES] = {0};
+  float a1[OPS_LANES] = {0}, a2[OPS_LANES] = {0};
   int j = 0;
-  for (; j + TPOPS_LANES <= dl; j += TPOPS_LANES)
-    for (int l = 0; l < TPOPS_LANES; l++) {
+  for (; j + OPS_LANES <= dl; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
       float xhat = (xr[j + l] - mu) * rs, dyv = dyr[j + l];
       dg[j + l] += dyv * xhat;
       db[j + l] += dyv;
@@ -81,17 +48,17 @@ static void tpops_ln_bwd_row_(float *restrict dg, float *restrict db, float *s,
     a1[0] += dyv * g[j];
     a2[0] += dyv * g[j] * xhat;
   }
-  s[0] = tpops_lanes_total_(a1);
-  s[1] = tpops_lanes_total_(a2);
+  s[0] = ops_lanes_total(a1);
+  s[1] = ops_lanes_total(a2);
 }
 
 /* The sums of tpops_ln_bwd_row_ alone (the same lanes and expressions: the same bits). */
 static void tpops_ln_bwd_sums_(float *s, const float *restrict dyr, const float *restrict xr,
                                const float *restrict g, float mu, float rs, int dl) {
-  float a1[TPOPS_LANES] = {0}, a2[TPOPS_LANES] = {0};
+  float a1[OPS_LANES] = {0}, a2[OPS_LANES] = {0};
   int j = 0;
-  for (; j + TPOPS_LANES <= dl; j += TPOPS_LANES)
-    for (int l = 0; l < TPOPS_LANES; l++) {
+  for (; j + OPS_LANES <= dl; j += OPS_LANES)
+    for (int l = 0; l < OPS_LANES; l++) {
       float xhat = (xr[j + l] - mu) * rs, dyv = dyr[j + l];
       a1[l] += dyv * g[j + l];
       a2[l] += dyv * g[j + l] * xhat;
@@ -101,8 +68,8 @@ static void tpops_ln_bwd_sums_(float *s, const float *restrict dyr, const float 
     a1[0] += dyv * g[j];
     a2[0] += dyv * g[j] * xhat;
   }
-  s[0] = tpops_lanes_total_(a1);
-  s[1] = tpops_lanes_total_(a2);
+  s[0] = ops_lanes_total(a1);
+  s[1] = ops_lanes_total(a2);
 }
 
 void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
@@ -110,12 +77,12 @@ void tpops_layernorm_forward(float *y, float *mean, float *rstd, const float *x,
   CHECK(y != x, "tpops_layernorm_forward: y may not alias x");
   DEBUG_AGREE(row_comm, n, d, debug_bits(eps));
   for (int i = 0; i < n; i++) /* (n) row sums of this rank's columns */
-    mean[i] = tpops_sum_(x + (int64_t)i * dl, dl);
+    mean[i] = ops_row_sum(x + (int64_t)i * dl, dl);
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean, n, MPI_FLOAT, MPI_SUM, row_comm));
   for (int i = 0; i < n; i++) {
     float mu = mean[i] / (float)d;
     mean[i] = mu;
-    rstd[i] = tpops_sumsq_centered_(x + (int64_t)i * dl, mu, dl);
+    rstd[i] = ops_row_sumsq_centered(x + (int64_t)i * dl, mu, dl);
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, rstd, n, MPI_FLOAT, MPI_SUM, row_comm));
   for (int i = 0; i < n; i++) {
