@@ -33,32 +33,7 @@ steps=${TEST_CLUSTER_STEPS:-120}
 # the nodes share this machine's CPUs (see cluster_local.sh); the one-host runs the same
 export OMPI_MCA_mpi_yield_when_idle=1
 
-job_field() { scontrol -o show job "$1" 2>/dev/null | grep -o " $2=[^ ]*" | head -1 | cut -d= -f2-; }
-wait_state() {
-  local id=$1 t=$2 s=""
-  shift 2
-  for _ in $(seq $((t * 4))); do
-    s=$(job_field "$id" JobState)
-    for want in "$@"; do [ "$s" = "$want" ] && { echo "$s"; return 0; }; done
-    sleep 0.25
-  done
-  echo "$s"
-  return 1
-}
-n_train() { grep -c '"type":"train"' "$1" 2>/dev/null || true; }
-lossg() {
-  $PY -c '
-import json, sys
-for l in open(sys.argv[1]):
-    o = json.loads(l)
-    if o["type"] == "train": print(o["step"], repr(o["loss"]), repr(o["gnorm"]))' "$1"
-}
-sums() {
-  $PY -c '
-import h5py, sys
-f = h5py.File(sys.argv[1], "r")
-f.visititems(lambda k, v: print(k, v.attrs["checksum"]) if isinstance(v, h5py.Dataset) else None)' "$1"
-}
+source "$(dirname "$0")/lib_slurm.sh"
 # node_ranks NODE: "pid hostname" of each mpiformer process in NODE's network namespace
 node_ranks() {
   "$root/scripts/cluster_local.sh" exec "$cdir" "$1" sh -c '
@@ -149,13 +124,13 @@ if [ "$state" = COMPLETED ] && [ "$(job_field "$id" ExitCode)" = 0:0 ] && grep -
   grep -q '"type":"preempted"' "$m"; then
   ok "job finished: COMPLETED 0:0 after a checkpoint, a requeue and a resume ($SECONDS s into the test)"
 else bad "job ended $state (ExitCode $(job_field "$id" ExitCode))"; tail -20 "$tmp/pp.out"; fi
-lossg "$tmp/ref_pp/metrics.jsonl" >"$tmp/ref_pp.loss"
-lossg "$m" >"$tmp/pp.loss"
+loss_gnorm "$tmp/ref_pp/metrics.jsonl" >"$tmp/ref_pp.loss"
+loss_gnorm "$m" >"$tmp/pp.loss"
 if [ -s "$tmp/ref_pp.loss" ] && cmp -s "$tmp/pp.loss" "$tmp/ref_pp.loss"; then
   ok "per-step loss and gnorm of all $(wc -l <"$tmp/pp.loss") steps identical to one host's dp=2 x pp=2"
 else bad "2-node losses differ from one host's"; diff "$tmp/pp.loss" "$tmp/ref_pp.loss" | head -5; fi
-sums "$tmp/ref_pp/$final" >"$tmp/ref.sums" 2>&1
-sums "$tmp/runs/pp/$final" >"$tmp/pp.sums" 2>&1
+ckpt_sums "$tmp/ref_pp/$final" >"$tmp/ref.sums" 2>&1
+ckpt_sums "$tmp/runs/pp/$final" >"$tmp/pp.sums" 2>&1
 if [ -s "$tmp/ref.sums" ] && cmp -s "$tmp/ref.sums" "$tmp/pp.sums"; then
   ok "the checkpoint both nodes wrote: weights and Adam moments identical ($(wc -l <"$tmp/ref.sums") dataset checksums)"
 else bad "final checkpoints differ"; diff "$tmp/pp.sums" "$tmp/ref.sums" | head -5; fi
@@ -172,8 +147,8 @@ echo "MPIFORMER_LAUNCHER=srun -N 2 --ntasks-per-node=1: tp=2 across the nodes"
 id=$(MPIFORMER_LAUNCHER=srun MPIFORMER_RUN_NAME=tp sbatch --parsable -N 2 --ntasks-per-node=1 \
   -o "$tmp/tp.out" "$root/slurm/train.sbatch" "$tmp/c.conf" tp=2 max_steps=30)
 state=$(wait_state "$id" 120 COMPLETED FAILED CANCELLED TIMEOUT)
-lossg "$tmp/ref_tp/metrics.jsonl" >"$tmp/ref_tp.loss"
-lossg "$tmp/runs/tp/metrics.jsonl" >"$tmp/tp.loss" 2>/dev/null
+loss_gnorm "$tmp/ref_tp/metrics.jsonl" >"$tmp/ref_tp.loss"
+loss_gnorm "$tmp/runs/tp/metrics.jsonl" >"$tmp/tp.loss" 2>/dev/null
 if [ "$state" = COMPLETED ] && grep -q '"world":2' "$tmp/runs/tp/metrics.jsonl" &&
   [ -s "$tmp/tp.loss" ] && cmp -s "$tmp/tp.loss" "$tmp/ref_tp.loss"; then
   ok "srun job on $(job_field "$id" NodeList): 30 steps, losses and gnorms identical to one host's tp=2"

@@ -25,36 +25,7 @@ steps=400
 # give them back to every replica). TEST_SLURM_ZERO=1 checks the sharded case.
 zero=${TEST_SLURM_ZERO:-0}
 
-# job_field ID FIELD: the value of FIELD in `scontrol show job ID`
-job_field() { scontrol -o show job "$1" 2>/dev/null | grep -o " $2=[^ ]*" | head -1 | cut -d= -f2-; }
-# wait_state ID SECONDS STATE...: wait until the job is in one of the states; prints it
-wait_state() {
-  local id=$1 t=$2 s=""
-  shift 2
-  for _ in $(seq $((t * 4))); do
-    s=$(job_field "$id" JobState)
-    for want in "$@"; do [ "$s" = "$want" ] && { echo "$s"; return 0; }; done
-    sleep 0.25
-  done
-  echo "$s"
-  return 1
-}
-n_train() { grep -c '"type":"train"' "$1" 2>/dev/null || true; }
-# "step loss gnorm" of the train lines, as written
-losses() {
-  $PY -c '
-import json, sys
-for l in open(sys.argv[1]):
-    o = json.loads(l)
-    if o["type"] == "train": print(o["step"], repr(o["loss"]), repr(o["gnorm"]))' "$1"
-}
-# per-dataset checksums of a checkpoint (layout-independent; equal iff the tensors are)
-sums() {
-  $PY -c '
-import h5py, sys
-f = h5py.File(sys.argv[1], "r")
-f.visititems(lambda k, v: print(k, v.attrs["checksum"]) if isinstance(v, h5py.Dataset) else None)' "$1"
-}
+source "$(dirname "$0")/lib_slurm.sh"
 
 [ -x "$BIN" ] || { bad "$BIN not built"; finish; }
 $PY tests/make_tiny_dataset.py "$tmp/tiny.h5" --vocab 40 --train 400 --valid 24 --test 24 --seed 3 >/dev/null ||
@@ -73,7 +44,7 @@ echo "    exit $rc in $((SECONDS - t0)) s"
 if [ $rc -ne 0 ] || [ ! -s "$tmp/ref/ckpt/ckpt_$(printf %08d $steps).h5" ]; then
   bad "reference run failed (exit $rc)"; tail -5 "$tmp/ref.log"; finish
 fi
-losses "$tmp/ref/metrics.jsonl" > "$tmp/ref.loss"
+loss_gnorm "$tmp/ref/metrics.jsonl" > "$tmp/ref.loss"
 
 echo "local Slurm cluster"
 # OMP_NUM_THREADS=1 (as many users set it) must not shrink the node: nproc honours it
@@ -144,7 +115,7 @@ assert s0["resumed"] == 0 and s1["resumed"] == 1, "resumed flags"
 assert 0 < pre["step"] < p and s1["step"] == pre["step"], "preempted step / resume step"
 assert end["step"] == p, "end step"' "$m" "$steps"; then ok "metrics: preempted, then resumed at the same step"
 else bad "metrics events wrong"; fi
-losses "$m" > "$tmp/pre.loss"
+loss_gnorm "$m" > "$tmp/pre.loss"
 if cmp -s "$tmp/pre.loss" "$tmp/ref.loss"; then
   ok "per-step loss and gnorm of all $(wc -l <"$tmp/pre.loss") steps identical to the uninterrupted run"
 else
@@ -152,8 +123,8 @@ else
   diff "$tmp/pre.loss" "$tmp/ref.loss" | head -5
 fi
 final=ckpt/ckpt_$(printf %08d $steps).h5
-sums "$tmp/ref/$final" > "$tmp/ref.sums" 2>&1
-sums "$tmp/runs/pre/$final" > "$tmp/pre.sums" 2>&1
+ckpt_sums "$tmp/ref/$final" > "$tmp/ref.sums" 2>&1
+ckpt_sums "$tmp/runs/pre/$final" > "$tmp/pre.sums" 2>&1
 if [ -s "$tmp/ref.sums" ] && cmp -s "$tmp/ref.sums" "$tmp/pre.sums"; then
   ok "final weights and Adam moments identical ($(wc -l <"$tmp/ref.sums") dataset checksums)"
 else bad "final checkpoints differ"; diff "$tmp/pre.sums" "$tmp/ref.sums" | head -5; fi
