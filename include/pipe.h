@@ -22,7 +22,7 @@
  * Progress: with shared memory and no single-copy mechanism, a large message moves in
  * fragments that the sender must push, so a send posted before a long compute would sit
  * until the sender next enters MPI, and the receiver would wait a whole compute. pipe_init
- * hooks m->progress, which model.c calls after every sublayer, to an MPI_Testall of the
+ * hooks m->progress, which model_blocks.c calls after every sublayer, to an MPI_Testall of the
  * pending sends, so messages move while the sender computes.
  *
  * Test hook: the environment variable MPIFORMER_PP_SKIP_SEND="S:K" makes stage S skip

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-/* m->progress: let MPI move the pending sends (model.c calls it between sublayers). */
+/* m->progress: let MPI move the pending sends (model_blocks.c calls it between sublayers). */
 static void pipe_progress(void *ctx) {
   pipe_sched *p = ctx;
   int done = 0;

@@ -4,7 +4,7 @@
  * stages) and all-reduces its sums, for the training loop, evaluation and dump alike.
  *
  * Not here: the loop and the optimizer with its gradient sums over ranks (train.c,
- * optim.c), the model itself (model.c), reading the file (data.c, ckpt.c).
+ * optim.c), the model itself (model_*.c), reading the file (data.c, ckpt.c).
  *
  * Pair rows. Row j is `bos a eos b eos`. When a + b + 3 exceeds max_len the longer side
  * loses its last token until it fits (ties: a), HuggingFace's "longest_first".

@@ -5,7 +5,7 @@ Usage: tests/torch_ref.py CKPT.h5 DUMP.h5 [CKPT.h5 DUMP.h5 ...] [--norm pre|post
            [--share none|decoder_io|all] [--heads H] [--label-smoothing EPS] [--loss-rtol 1e-6] [--grad-rtol 1e-4]
            [--grad-afloor 1e-6] [--perturb NAME] [--mutate M] [--self-test] [-q]
 
-The model is rebuilt from docs/MODEL.md alone (not translated from src/model.c):
+The model is rebuilt from docs/MODEL.md alone (not translated from src/model_*.c):
 sinusoidal embeddings, Post-LN or Pre-LN encoder/decoder layers, fairseq's label-smoothed
 cross entropy; or, for a dump of arch=encoder_classifier (/batch/tokens, /batch/labels),
 the encoder with the RoBERTa classification head and plain cross-entropy over the rows. Keys not given on the command line (norm, share_embeddings, heads,
