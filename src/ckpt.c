@@ -1,4 +1,5 @@
-/* ckpt.c: checkpoints as parallel HDF5 files, written and read block by block (see ckpt.h).
+/* ckpt.c: checkpoints as parallel HDF5 files, written and read block by block (see ckpt.h);
+ * this file has the shared helpers and the save, ckpt_load.c the load, verify and resolve.
  *
  * What it does: every tensor becomes a global float32 dataset with its PyTorch shape; each
  * rank writes the rectangle it owns (or, for ZeRO-1 moments, its flat slice of the local
@@ -17,6 +18,7 @@
  * return C_ERR on every rank with one message; HDF5's error stack is never printed.
  */
 #include "ckpt.h"
+#include "ckpt_internal.h"
 #include "debug.h"
 
 #include "h5quiet.h"
@@ -31,27 +33,20 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#define CKPT_FORMAT_VERSION 1
-#define CKPT_MSG 1024                /* internal error message buffer */
-#define CKPT_VERIFY_FLOATS (1 << 20) /* floats per read of the checksum pass (4 MB) */
-#define CKPT_PATH 4096
-#define CKPT_CLOSE_MARGIN (64 << 10) /* bytes free beyond the metadata still to write */
-
 /* ---------------------------------------------------------------- small helpers */
 
-static void msgf(char *msg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void msgf(char *msg, const char *fmt, ...) {
+void ckpt_msgf(char *msg, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, CKPT_MSG, fmt, ap);
   va_end(ap);
 }
 
-static void copy_err(char *err, size_t err_len, const char *msg) {
+void ckpt_copy_err(char *err, size_t err_len, const char *msg) {
   if (err && err_len) snprintf(err, err_len, "%s", msg);
 }
 
-static hid_t fapl_mpio(MPI_Comm comm) {
+hid_t ckpt_fapl_mpio(MPI_Comm comm) {
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   CHECK(fapl >= 0, "H5Pcreate(file access) failed");
   CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) >= 0, "H5Pset_fapl_mpio failed");
@@ -61,7 +56,7 @@ static hid_t fapl_mpio(MPI_Comm comm) {
   return fapl;
 }
 
-static hid_t dxpl_collective(void) {
+hid_t ckpt_dxpl_collective(void) {
   hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
   CHECK(dxpl >= 0 && H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) >= 0,
         "cannot make a collective transfer property list");
@@ -77,7 +72,7 @@ static int fsync_path(const char *path, int is_dir) {
 }
 
 /* 1 if name is exactly ckpt_<digits>.h5 (with suffix ".tmp" when tmp), step parsed. */
-static int parse_ckpt_name(const char *name, int tmp, long long *step) {
+int ckpt_parse_name(const char *name, int tmp, long long *step) {
   if (strncmp(name, "ckpt_", 5) != 0) return 0;
   const char *p = name + 5, *q = p;
   while (*q >= '0' && *q <= '9')
@@ -91,7 +86,7 @@ static int parse_ckpt_name(const char *name, int tmp, long long *step) {
 /* ---------------------------------------------------------------- checksums */
 
 /* Sum of ckpt_hash_element over a run of n consecutive global flat indices. */
-static uint64_t hash_run(uint64_t gidx0, const float *v, int64_t n) {
+uint64_t ckpt_hash_run(uint64_t gidx0, const float *v, int64_t n) {
   uint64_t s = 0;
   for (int64_t k = 0; k < n; k++)
     s += ckpt_hash_element(gidx0 + (uint64_t)k, v[k]);
@@ -102,8 +97,8 @@ static uint64_t hash_run(uint64_t gidx0, const float *v, int64_t n) {
 static uint64_t hash_block(const dmat *m) {
   uint64_t s = 0;
   for (int i = 0; i < m->rows_local; i++)
-    s += hash_run((uint64_t)((m->row0 + i) * m->cols + m->col0), m->data + (int64_t)i * m->ld,
-                  m->cols_local);
+    s += ckpt_hash_run((uint64_t)((m->row0 + i) * m->cols + m->col0), m->data + (int64_t)i * m->ld,
+                       m->cols_local);
   return s;
 }
 
@@ -113,7 +108,7 @@ static uint64_t hash_flat(const dmat *m, int64_t lo, int64_t hi, const float *v)
   int64_t cl = m->cols_local;
   for (int64_t i = lo; i < hi;) {
     int64_t r = i / cl, c = i % cl, len = cl - c < hi - i ? cl - c : hi - i;
-    s += hash_run((uint64_t)((m->row0 + r) * m->cols + m->col0 + c), v + (i - lo), len);
+    s += ckpt_hash_run((uint64_t)((m->row0 + r) * m->cols + m->col0 + c), v + (i - lo), len);
     i += len;
   }
   return s;
@@ -145,7 +140,7 @@ static hid_t mem_none(void) {
 
 /* Select this rank's rectangle of m in fs and return the matching memory space of its
  * row-major block (rows_local x ld); none when !active or the block is empty. */
-static hid_t select_block(hid_t fs, const dmat *m, int is_vector, int active) {
+hid_t ckpt_select_block(hid_t fs, const dmat *m, int is_vector, int active) {
   if (!active || dmat_local_size(m) == 0) {
     CHECK(H5Sselect_none(fs) >= 0, "H5Sselect_none failed");
     return mem_none();
@@ -163,7 +158,7 @@ static hid_t select_block(hid_t fs, const dmat *m, int is_vector, int active) {
  * rows, a partial last row (in global coordinates), joined with OR. Returns a dense 1-D
  * memory space of hi - lo floats (none when empty). HDF5 transfers a hyperslab union in
  * row-major file order, which is the local flat order, so the dense buffer lines up. */
-static hid_t select_flat(hid_t fs, const dmat *m, int is_vector, int64_t lo, int64_t hi) {
+hid_t ckpt_select_flat(hid_t fs, const dmat *m, int is_vector, int64_t lo, int64_t hi) {
   if (hi <= lo) {
     CHECK(H5Sselect_none(fs) >= 0, "H5Sselect_none failed");
     return mem_none();
@@ -214,7 +209,7 @@ static int put_str_attr(hid_t loc, const char *name, const char *s) {
   return rc;
 }
 
-static int get_attr(hid_t loc, const char *name, hid_t mtype, void *v) {
+int ckpt_get_attr(hid_t loc, const char *name, hid_t mtype, void *v) {
   if (H5Aexists(loc, name) <= 0) return C_ERR;
   hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
   int ok = a >= 0 && H5Aread(a, mtype, v) >= 0;
@@ -223,7 +218,7 @@ static int get_attr(hid_t loc, const char *name, hid_t mtype, void *v) {
 }
 
 /* A fixed-length string attribute, malloc'd into *out. */
-static int get_str_attr(hid_t loc, const char *name, char **out) {
+int ckpt_get_str_attr(hid_t loc, const char *name, char **out) {
   *out = NULL;
   if (H5Aexists(loc, name) <= 0) return C_ERR;
   hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
@@ -250,13 +245,13 @@ static int get_str_attr(hid_t loc, const char *name, char **out) {
 
 /* ---------------------------------------------------------------- argument checks */
 
-static void dsname(char *buf, size_t len, const char *group, const char *name) {
+void ckpt_dsname(char *buf, size_t len, const char *group, const char *name) {
   CHECK(snprintf(buf, len, "%s/%s", group, name) < (int)len, "tensor name too long: %s", name);
 }
 
 /* Programming errors in the tensor list abort; a list that differs between ranks too (it
  * would otherwise hang in a collective). Collective on comm. */
-static void check_tensors(const ckpt_tensor *t, int n, int reading, MPI_Comm comm) {
+void ckpt_check_tensors(const ckpt_tensor *t, int n, int reading, MPI_Comm comm) {
   uint64_t h = 1469598103934665603ULL; /* FNV-1a over names and shapes */
   for (int i = 0; i < n; i++) {
     const dmat *m = t[i].param;
@@ -321,10 +316,10 @@ static int put_dataset(hid_t file, const char *path, const dmat *m, int is_vecto
     hid_t ms;
     const float *buf;
     if (kind == 0) {
-      ms = select_block(fs, m, is_vector, active);
+      ms = ckpt_select_block(fs, m, is_vector, active);
       buf = active && dmat_local_size(m) ? m->data : &dummy;
     } else {
-      ms = select_flat(fs, m, is_vector, active ? lo : 0, active ? hi : 0);
+      ms = ckpt_select_flat(fs, m, is_vector, active ? lo : 0, active ? hi : 0);
       buf = active && hi > lo ? v : &dummy;
     }
     errno = 0;
@@ -352,8 +347,8 @@ typedef struct save_job {
 
 /* msg = "<tmp>: <what> failed: <reason>", the reason found from errno or the disk. */
 static void write_failed(char *msg, const save_job *j, const char *what, int eno) {
-  msgf(msg, "%s: %s failed: %s; checkpoint not saved (latest unchanged)", j->tmp, what,
-       common_strerror(common_write_errno(j->dir, eno)));
+  ckpt_msgf(msg, "%s: %s failed: %s; checkpoint not saved (latest unchanged)", j->tmp, what,
+            common_strerror(common_write_errno(j->dir, eno)));
 }
 
 /* Phase 1 (collective): the names, the directory, who writes what, the checksums. Every
@@ -367,7 +362,7 @@ static int save_plan(save_job *j, const ckpt_meta *meta, MPI_Comm comm, char *ms
   bad = snprintf(j->tmp, sizeof j->tmp, "%s/%s.tmp", j->dir, j->fname) >= (int)sizeof j->tmp;
   snprintf(j->final, sizeof j->final, "%s/%s", j->dir, j->fname);
   if (bad)
-    msgf(msg, "%s: path too long", j->dir);
+    ckpt_msgf(msg, "%s: path too long", j->dir);
   else if (rank == 0)
     bad = common_mkdir_p(j->dir, msg, CKPT_MSG) != C_OK;
   if (common_agree(comm, bad, msg, CKPT_MSG)) return C_ERR;
@@ -388,16 +383,17 @@ static int save_plan(save_job *j, const ckpt_meta *meta, MPI_Comm comm, char *ms
   for (int i = 0; i < n && !bad; i++) {
     int64_t total = t[i].param->rows * t[i].param->cols;
     if (cov_sum[3 * i] != total) {
-      msgf(msg, "ckpt_save %s: the ranks with write_param=1 own %lld elements of %s, expected %lld",
-           j->dir, (long long)cov_sum[3 * i], t[i].name, (long long)total);
+      ckpt_msgf(msg,
+                "ckpt_save %s: the ranks with write_param=1 own %lld elements of %s, expected %lld",
+                j->dir, (long long)cov_sum[3 * i], t[i].name, (long long)total);
       bad = 1;
     } else if (j->with_optim &&
                !(j->mw[i] = moment_writers(total, cov_sum[3 * i + 1], cov_sum[3 * i + 2]))) {
-      msgf(msg,
-           "ckpt_save %s: the moment slices of %s cover %lld elements (%lld on write_param "
-           "ranks), expected %lld: slices must be disjoint and cover the tensor",
-           j->dir, t[i].name, (long long)cov_sum[3 * i + 1], (long long)cov_sum[3 * i + 2],
-           (long long)total);
+      ckpt_msgf(msg,
+                "ckpt_save %s: the moment slices of %s cover %lld elements (%lld on write_param "
+                "ranks), expected %lld: slices must be disjoint and cover the tensor",
+                j->dir, t[i].name, (long long)cov_sum[3 * i + 1], (long long)cov_sum[3 * i + 2],
+                (long long)total);
       bad = 1;
     }
   }
@@ -424,7 +420,7 @@ static int save_plan(save_job *j, const ckpt_meta *meta, MPI_Comm comm, char *ms
 
 /* Phase 2 (collective): create DIR/ckpt_<step>.h5.tmp on every rank. */
 static int save_open_tmp(save_job *j, MPI_Comm comm, char *msg) {
-  hid_t fapl = fapl_mpio(comm);
+  hid_t fapl = ckpt_fapl_mpio(comm);
   errno = 0;
   j->file = H5Fcreate(j->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   int eno = errno;
@@ -442,7 +438,7 @@ static int save_write_tensors(save_job *j, MPI_Comm comm, char *msg) {
   CHECK(dcpl >= 0 && H5Pset_layout(dcpl, H5D_CONTIGUOUS) >= 0 &&
             H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0,
         "cannot make the dataset creation property list");
-  hid_t dxpl = dxpl_collective();
+  hid_t dxpl = ckpt_dxpl_collective();
   const char *groups[] = {"/model", "/optim", "/optim/exp_avg", "/optim/exp_avg_sq"};
   int bad = 0, eno = 0;
   for (int k = 0; k < (j->with_optim ? 4 : 1) && !bad; k++) {
@@ -460,11 +456,11 @@ static int save_write_tensors(save_job *j, MPI_Comm comm, char *msg) {
     for (int k = 0; k < (j->with_optim ? 3 : 1) && !bad; k++) {
       int fail;
       if (k == 0) {
-        dsname(path, sizeof path, "/model", x->name);
+        ckpt_dsname(path, sizeof path, "/model", x->name);
         fail = put_dataset(j->file, path, x->param, x->is_vector, 0, x->write_param, 0, 0, NULL,
                            cs[0], dcpl, dxpl, &eno) != C_OK;
       } else {
-        dsname(path, sizeof path, k == 1 ? "/optim/exp_avg" : "/optim/exp_avg_sq", x->name);
+        ckpt_dsname(path, sizeof path, k == 1 ? "/optim/exp_avg" : "/optim/exp_avg_sq", x->name);
         fail = put_dataset(j->file, path, x->param, x->is_vector, 1, mine, x->opt_lo, x->opt_hi,
                            k == 1 ? x->exp_avg : x->exp_avg_sq, cs[k], dcpl, dxpl, &eno) != C_OK;
       }
@@ -557,12 +553,12 @@ static int save_publish(const save_job *j, char *msg) {
     return C_ERR;
   }
   if (rename(j->tmp, j->final) != 0) {
-    msgf(msg, "%s: cannot rename to %s: %s", j->tmp, j->final, strerror(errno));
+    ckpt_msgf(msg, "%s: cannot rename to %s: %s", j->tmp, j->final, strerror(errno));
     unlink(j->tmp);
     return C_ERR;
   }
   if (fsync_path(j->dir, 1) != C_OK) {
-    msgf(msg, "%s: fsync of the directory failed: %s", j->dir, strerror(errno));
+    ckpt_msgf(msg, "%s: fsync of the directory failed: %s", j->dir, strerror(errno));
     return C_ERR;
   }
   int fd = open(ltmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -575,8 +571,8 @@ static int save_publish(const save_job *j, char *msg) {
   if (ok && rename(ltmp, latest) != 0) ok = 0, eno = errno;
   if (ok && fsync_path(j->dir, 1) != C_OK) ok = 0, eno = errno;
   if (!ok) {
-    msgf(msg, "%s: cannot update %s to name %s: %s", j->dir, latest, j->fname,
-         common_strerror(common_write_errno(j->dir, eno)));
+    ckpt_msgf(msg, "%s: cannot update %s to name %s: %s", j->dir, latest, j->fname,
+              common_strerror(common_write_errno(j->dir, eno)));
     unlink(ltmp);
     return C_ERR;
   }
@@ -589,17 +585,17 @@ static void save_prune(const save_job *j, int keep_last) {
   DIR *d = opendir(j->dir);
   if (!d) return;
   long long cur;
-  CHECK(parse_ckpt_name(j->fname, 0, &cur), "bad checkpoint name %s", j->fname);
+  CHECK(ckpt_parse_name(j->fname, 0, &cur), "bad checkpoint name %s", j->fname);
   int cap = 16, cnt = 0;
   long long *steps = common_malloc(sizeof(long long) * (size_t)cap);
   struct dirent *e;
   char p[CKPT_PATH];
   while ((e = readdir(d))) {
     long long s;
-    if (parse_ckpt_name(e->d_name, 1, &s)) { /* a stale .tmp of a killed save */
+    if (ckpt_parse_name(e->d_name, 1, &s)) { /* a stale .tmp of a killed save */
       snprintf(p, sizeof p, "%s/%s", j->dir, e->d_name);
       if (unlink(p) != 0) fprintf(stderr, "ckpt: warning: cannot remove %s\n", p);
-    } else if (parse_ckpt_name(e->d_name, 0, &s) && s != cur) {
+    } else if (ckpt_parse_name(e->d_name, 0, &s) && s != cur) {
       if (cnt == cap) steps = realloc(steps, sizeof(long long) * (size_t)(cap *= 2));
       CHECK(steps, "out of memory");
       steps[cnt++] = s;
@@ -630,7 +626,7 @@ int ckpt_save(const char *dir, const ckpt_tensor *t, int n, const ckpt_meta *met
   MPI_CHECK(MPI_Comm_rank(comm, &rank));
   CHECK(dir && meta && meta->step >= 0 && n >= 0, "ckpt_save: bad arguments");
   DEBUG_AGREE(comm, meta->step, meta->epoch, meta->batch_in_epoch, keep_last);
-  check_tensors(t, n, 0, comm);
+  ckpt_check_tensors(t, n, 0, comm);
   h5quiet q;
   h5quiet_begin(&q);
   save_job j = {.dir = dir, .t = t, .n = n, .file = -1};
@@ -648,566 +644,6 @@ out:
   free(j.mw);
   free(j.cs_sum);
   h5quiet_end(&q);
-  if (rc != C_OK) copy_err(err, err_len, msg);
+  if (rc != C_OK) ckpt_copy_err(err, err_len, msg);
   return rc;
-}
-
-/* ---------------------------------------------------------------- load */
-
-/* Open PATH read-only on every rank and check that it is a complete checkpoint of our
- * format. Returns the file id, or -1 on every rank with msg set. Collective. */
-static hid_t open_ckpt(const char *path, MPI_Comm comm, char *msg) {
-  int rank, bad = 0;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  if (rank == 0) {
-    struct stat st;
-    if (stat(path, &st) != 0) {
-      msgf(msg, "%s: no such file (%s)", path, strerror(errno));
-      bad = 1;
-    } else if (S_ISDIR(st.st_mode)) {
-      msgf(msg, "%s: is a directory (name a ckpt_*.h5 file, or resume from the directory)", path);
-      bad = 1;
-    }
-  }
-  if (common_agree(comm, bad, msg, CKPT_MSG)) return -1;
-  hid_t fapl = fapl_mpio(comm);
-  hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-  H5Pclose(fapl);
-  if (file < 0) msgf(msg, "%s: not a readable HDF5 file (truncated or corrupt?)", path);
-  if (common_agree(comm, file < 0, msg, CKPT_MSG)) {
-    if (file >= 0) H5Fclose(file);
-    return -1;
-  }
-  int32_t complete = 0, version = 0;
-  if (get_attr(file, "complete", H5T_NATIVE_INT32, &complete) != C_OK || complete != 1) {
-    msgf(msg, "%s: incomplete checkpoint (no 'complete' attribute)", path);
-    bad = 1;
-  } else if (get_attr(file, "format_version", H5T_NATIVE_INT32, &version) != C_OK ||
-             version != CKPT_FORMAT_VERSION) {
-    msgf(msg, "%s: checkpoint format_version %d, this program reads version %d", path, version,
-         CKPT_FORMAT_VERSION);
-    bad = 1;
-  }
-  if (common_agree(comm, bad, msg, CKPT_MSG)) {
-    H5Fclose(file);
-    return -1;
-  }
-  return file;
-}
-
-static int read_meta_attrs(hid_t file, const char *path, ckpt_meta *meta, char *msg) {
-  memset(meta, 0, sizeof *meta);
-  const char *i64n[] = {"step", "epoch", "batch_in_epoch", "tokens_seen"};
-  int64_t *i64v[] = {&meta->step, &meta->epoch, &meta->batch_in_epoch, &meta->tokens_seen};
-  const char *bad = NULL;
-  for (int k = 0; k < 4 && !bad; k++)
-    if (get_attr(file, i64n[k], H5T_NATIVE_INT64, i64v[k]) != C_OK) bad = i64n[k];
-  if (!bad && get_attr(file, "seed", H5T_NATIVE_UINT64, &meta->seed) != C_OK) bad = "seed";
-  if (!bad && get_attr(file, "lr", H5T_NATIVE_DOUBLE, &meta->lr) != C_OK) bad = "lr";
-  if (!bad && get_attr(file, "wall_seconds", H5T_NATIVE_DOUBLE, &meta->wall_seconds) != C_OK)
-    bad = "wall_seconds";
-  char *layout = NULL;
-  if (!bad && get_str_attr(file, "layout", &layout) != C_OK) bad = "layout";
-  if (layout) snprintf(meta->layout, sizeof meta->layout, "%s", layout);
-  free(layout);
-  if (!bad && get_str_attr(file, "config", &meta->config_text) != C_OK) bad = "config";
-  if (bad) {
-    msgf(msg, "%s: attribute '%s' missing or unreadable (corrupt?)", path, bad);
-    free(meta->config_text);
-    meta->config_text = NULL;
-    return C_ERR;
-  }
-  return C_OK;
-}
-
-static void shape_str(char *buf, size_t len, int nd, const hsize_t *d) {
-  if (nd == 1)
-    snprintf(buf, len, "(%llu)", (unsigned long long)d[0]);
-  else if (nd == 2)
-    snprintf(buf, len, "(%llu,%llu)", (unsigned long long)d[0], (unsigned long long)d[1]);
-  else
-    snprintf(buf, len, "(%d dimensions)", nd);
-}
-
-/* 1 if every link of an absolute path exists (H5Lexists needs the parents to exist). */
-static int path_exists(hid_t file, const char *path) {
-  char buf[CKPT_PATH];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1;; p++) {
-    if (*p != '/' && *p != '\0') continue;
-    char c = *p;
-    *p = '\0';
-    if (H5Lexists(file, buf, H5P_DEFAULT) <= 0) return 0;
-    *p = c;
-    if (c == '\0') return 1;
-  }
-}
-
-/* Check that dataset group/name exists with the tensor's shape. Not collective. */
-static int check_shape(hid_t file, const char *file_path, const char *group, const ckpt_tensor *x,
-                       char *msg) {
-  char path[CKPT_PATH];
-  dsname(path, sizeof path, group, x->name);
-  if (!path_exists(file, path)) {
-    msgf(msg, "%s: dataset %s missing", file_path, path);
-    return C_ERR;
-  }
-  hid_t ds = H5Dopen2(file, path, H5P_DEFAULT);
-  hid_t fs = ds >= 0 ? H5Dget_space(ds) : -1;
-  int nd = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
-  hsize_t d[2] = {0, 0};
-  if (nd >= 1 && nd <= 2) H5Sget_simple_extent_dims(fs, d, NULL);
-  hid_t ty = ds >= 0 ? H5Dget_type(ds) : -1;
-  int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
-  if (ty >= 0) H5Tclose(ty);
-  if (fs >= 0) H5Sclose(fs);
-  if (ds >= 0) H5Dclose(ds);
-  if (nd < 0 || !is_float) {
-    msgf(msg, "%s: cannot read dataset %s (corrupt, or not float)?", file_path, path);
-    return C_ERR;
-  }
-  const dmat *m = x->param;
-  hsize_t want[2] = {(hsize_t)m->rows, (hsize_t)m->cols};
-  int want_nd = x->is_vector ? 1 : 2;
-  if (x->is_vector) want[0] = (hsize_t)m->cols;
-  if (nd != want_nd || d[0] != want[0] || (nd == 2 && d[1] != want[1])) {
-    char have_s[64], want_s[64];
-    shape_str(have_s, sizeof have_s, nd, d);
-    shape_str(want_s, sizeof want_s, want_nd, want);
-    msgf(msg, "%s: %s has shape %s, the model expects %s", file_path, path, have_s, want_s);
-    return C_ERR;
-  }
-  return C_OK;
-}
-
-typedef struct {
-  char **names;
-  int n, cap;
-} name_list;
-
-static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *op) {
-  name_list *l = op;
-  if (l->n == l->cap) {
-    l->cap = l->cap ? 2 * l->cap : 64;
-    l->names = realloc(l->names, sizeof(char *) * (size_t)l->cap);
-    CHECK(l->names, "out of memory");
-  }
-  l->names[l->n] = strdup(name);
-  CHECK(l->names[l->n], "out of memory");
-  l->n++;
-  return 0;
-}
-
-/* This rank's share of dataset ds in the checksum pass: its contiguous band of rows (1-D:
- * of elements), read independently in pieces of about CKPT_VERIFY_FLOATS. Returns C_ERR if
- * a read fails. Not collective. */
-static int hash_share(hid_t ds, int rank, int size, uint64_t *sum) {
-  *sum = 0;
-  hid_t fs = H5Dget_space(ds);
-  int nd = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
-  if (nd < 1 || nd > 2) {
-    if (fs >= 0) H5Sclose(fs);
-    return C_ERR;
-  }
-  hsize_t d[2] = {0, 1};
-  H5Sget_simple_extent_dims(fs, d, NULL);
-  int64_t rows = (int64_t)d[0], cols = nd == 2 ? (int64_t)d[1] : 1;
-  int64_t r0 = dmat_block_start(rows, rank, size), nr = dmat_block_count(rows, rank, size);
-  int64_t piece = cols > 0 && CKPT_VERIFY_FLOATS / cols > 0 ? CKPT_VERIFY_FLOATS / cols : 1;
-  float *buf = nr > 0 && cols > 0 ? common_malloc(sizeof(float) * (size_t)(piece * cols)) : NULL;
-  int ok = 1;
-  for (int64_t r = r0; r < r0 + nr && cols > 0 && ok; r += piece) {
-    int64_t k = r0 + nr - r < piece ? r0 + nr - r : piece;
-    hsize_t start[2] = {(hsize_t)r, 0}, count[2] = {(hsize_t)k, (hsize_t)cols},
-            mn = (hsize_t)(k * cols);
-    ok = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0;
-    hid_t ms = H5Screate_simple(1, &mn, NULL);
-    ok = ok && ms >= 0 && H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf) >= 0;
-    if (ms >= 0) H5Sclose(ms);
-    if (ok) *sum += hash_run((uint64_t)(r * cols), buf, k * cols);
-  }
-  free(buf);
-  H5Sclose(fs);
-  return ok ? C_OK : C_ERR;
-}
-
-/* The checksum pass over every dataset of /model (and of the moments when with_optim and
- * the file has them): each
- * rank hashes its band, one allreduce, then every rank compares with the attributes and
- * reports the first bad dataset in name order. Collective. */
-static int verify_file(hid_t file, const char *file_path, int with_optim, MPI_Comm comm,
-                       char *msg) {
-  int rank, size;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  MPI_CHECK(MPI_Comm_size(comm, &size));
-  const char *groups[] = {"/model", "/optim/exp_avg", "/optim/exp_avg_sq"};
-  name_list all = {0};
-  int bad = 0;
-  for (int k = 0; k < (with_optim ? 3 : 1) && !bad; k++) {
-    if (k > 0 && !path_exists(file, "/optim")) break; /* saved without moments */
-    name_list l = {0};
-    hid_t g = path_exists(file, groups[k]) ? H5Gopen2(file, groups[k], H5P_DEFAULT) : -1;
-    if (g < 0 || H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_cb, &l) < 0) {
-      msgf(msg, "%s: group %s missing or unreadable (corrupt?)", file_path, groups[k]);
-      bad = 1;
-    }
-    if (g >= 0) H5Gclose(g);
-    for (int i = 0; i < l.n; i++) {
-      char p[CKPT_PATH];
-      dsname(p, sizeof p, groups[k], l.names[i]);
-      free(l.names[i]);
-      if (all.n == all.cap) {
-        all.cap = all.cap ? 2 * all.cap : 64;
-        all.names = realloc(all.names, sizeof(char *) * (size_t)all.cap);
-        CHECK(all.names, "out of memory");
-      }
-      all.names[all.n++] = strdup(p);
-    }
-    free(l.names);
-  }
-  /* the listing is read from the same file by every rank, but agree before collectives */
-  int n = bad ? -1 : all.n, nmin, nmax;
-  MPI_CHECK(MPI_Allreduce(&n, &nmin, 1, MPI_INT, MPI_MIN, comm));
-  MPI_CHECK(MPI_Allreduce(&n, &nmax, 1, MPI_INT, MPI_MAX, comm));
-  if (nmin != nmax) {
-    if (!bad) msgf(msg, "%s: unreadable group listing (corrupt?)", file_path);
-    bad = 1;
-  }
-  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out;
-  /* per dataset: [0] status (0 ok, 1 unreadable, 2 no checksum) max-reduced, sums summed */
-  int *st = common_calloc((size_t)n + 1, sizeof(int)),
-      *st_max = common_calloc((size_t)n + 1, sizeof(int));
-  uint64_t *s = common_calloc((size_t)n + 1, sizeof(uint64_t)),
-           *s_sum = common_calloc((size_t)n + 1, sizeof(uint64_t)),
-           *want = common_calloc((size_t)n + 1, sizeof(uint64_t));
-  for (int i = 0; i < n; i++) {
-    hid_t ds = H5Dopen2(file, all.names[i], H5P_DEFAULT);
-    if (ds < 0 || hash_share(ds, rank, size, &s[i]) != C_OK)
-      st[i] = 1;
-    else if (get_attr(ds, "checksum", H5T_NATIVE_UINT64, &want[i]) != C_OK)
-      st[i] = 2;
-    if (ds >= 0) H5Dclose(ds);
-  }
-  MPI_CHECK(MPI_Allreduce(st, st_max, n, MPI_INT, MPI_MAX, comm));
-  MPI_CHECK(MPI_Allreduce(s, s_sum, n, MPI_UINT64_T, MPI_SUM, comm));
-  for (int i = 0; i < n && !bad; i++) {
-    if (st_max[i] == 1)
-      msgf(msg, "%s: cannot read %s (truncated or corrupt?)", file_path, all.names[i]);
-    else if (st_max[i] == 2)
-      msgf(msg, "%s: %s has no checksum attribute (corrupt?)", file_path, all.names[i]);
-    else if (s_sum[i] != want[i])
-      msgf(msg, "%s: checksum mismatch in %s (corrupted)", file_path, all.names[i]);
-    bad = st_max[i] != 0 || s_sum[i] != want[i];
-  }
-  /* every rank read the same attribute, but a rank with a different view must not diverge */
-  bad = common_agree(comm, bad, msg, CKPT_MSG);
-  free(st);
-  free(st_max);
-  free(s);
-  free(s_sum);
-  free(want);
-out:
-  for (int i = 0; i < all.n; i++)
-    free(all.names[i]);
-  free(all.names);
-  return bad ? C_ERR : C_OK;
-}
-
-/* Read this rank's selection of group/name collectively (kind 0: param block; kind 1: the
- * moment slice into v). */
-static int get_dataset(hid_t file, const char *group, const ckpt_tensor *x, int kind, float *v,
-                       hid_t dxpl) {
-  char path[CKPT_PATH];
-  dsname(path, sizeof path, group, x->name);
-  hid_t ds = H5Dopen2(file, path, H5P_DEFAULT);
-  CHECK(ds >= 0, "ckpt: %s vanished between the checks and the read", path);
-  hid_t fs = H5Dget_space(ds);
-  static float dummy;
-  hid_t ms;
-  float *buf;
-  if (kind == 0) {
-    ms = select_block(fs, x->param, x->is_vector, 1);
-    buf = dmat_local_size(x->param) ? x->param->data : &dummy;
-  } else {
-    int active = v != NULL;
-    ms = select_flat(fs, x->param, x->is_vector, active ? x->opt_lo : 0, active ? x->opt_hi : 0);
-    buf = active && x->opt_hi > x->opt_lo ? v : &dummy;
-  }
-  int ok = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf) >= 0;
-  H5Sclose(ms);
-  H5Sclose(fs);
-  H5Dclose(ds);
-  return ok ? C_OK : C_ERR;
-}
-
-/* ---------------------------------------------------------------- verified once */
-
-/* The file ckpt_resolve verified last on this rank: ckpt_load of the same, unchanged file
- * right after it (a resume) need not read every dataset a second time. A file replaced,
- * rewritten or touched since (another inode, size or mtime) is verified again. */
-static struct {
-  int valid;
-  char path[CKPT_PATH];
-  struct stat st;
-} last_verified;
-
-static void remember_verified(const char *path) {
-  last_verified.valid = stat(path, &last_verified.st) == 0 &&
-                        (size_t)snprintf(last_verified.path, sizeof last_verified.path, "%s",
-                                         path) < sizeof last_verified.path;
-}
-
-/* 1 on every rank when every rank verified path and it is unchanged since. Collective. */
-static int verified_before(const char *path, MPI_Comm comm) {
-  struct stat st;
-  const struct stat *v = &last_verified.st;
-  int same = last_verified.valid && !strcmp(path, last_verified.path) && stat(path, &st) == 0 &&
-             st.st_dev == v->st_dev && st.st_ino == v->st_ino && st.st_size == v->st_size &&
-             st.st_mtim.tv_sec == v->st_mtim.tv_sec && st.st_mtim.tv_nsec == v->st_mtim.tv_nsec;
-  int all = 0;
-  MPI_CHECK(MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, comm));
-  return all;
-}
-
-int ckpt_load(const char *path, ckpt_tensor *t, int n, ckpt_meta *meta, int *has_optim,
-              MPI_Comm comm, char *err, size_t err_len) {
-  char msg[CKPT_MSG] = "";
-  int bad = 0, rc = C_ERR;
-  CHECK(path && n >= 0, "ckpt_load: bad arguments");
-  check_tensors(t, n, 1, comm);
-  if (has_optim) *has_optim = 0;
-  h5quiet q;
-  h5quiet_begin(&q);
-  ckpt_meta local_meta;
-  ckpt_meta *mt = meta ? meta : &local_meta;
-  memset(mt, 0, sizeof *mt);
-  hid_t file = open_ckpt(path, comm, msg);
-  if (file < 0) goto out;
-  bad = read_meta_attrs(file, path, mt, msg) != C_OK;
-  int file_optim = path_exists(file, "/optim/exp_avg") && path_exists(file, "/optim/exp_avg_sq");
-  int want = 0, want_any = 0;
-  for (int i = 0; i < n; i++)
-    want |= t[i].exp_avg != NULL;
-  MPI_CHECK(MPI_Allreduce(&want, &want_any, 1, MPI_INT, MPI_MAX, comm));
-  int read_optim = file_optim && want_any;
-  for (int i = 0; i < n && !bad; i++) {
-    bad = check_shape(file, path, "/model", &t[i], msg) != C_OK;
-    if (!bad && read_optim) bad = check_shape(file, path, "/optim/exp_avg", &t[i], msg) != C_OK;
-    if (!bad && read_optim) bad = check_shape(file, path, "/optim/exp_avg_sq", &t[i], msg) != C_OK;
-  }
-  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out_close;
-  if (!verified_before(path, comm) && verify_file(file, path, read_optim, comm, msg) != C_OK)
-    goto out_close;
-  hid_t dxpl = dxpl_collective();
-  for (int i = 0; i < n && !bad; i++) {
-    bad = get_dataset(file, "/model", &t[i], 0, NULL, dxpl) != C_OK;
-    if (!bad && read_optim)
-      bad = get_dataset(file, "/optim/exp_avg", &t[i], 1, t[i].exp_avg, dxpl) != C_OK;
-    if (!bad && read_optim)
-      bad = get_dataset(file, "/optim/exp_avg_sq", &t[i], 1, t[i].exp_avg_sq, dxpl) != C_OK;
-    if (bad) msgf(msg, "%s: reading %s failed (truncated or corrupt?)", path, t[i].name);
-  }
-  H5Pclose(dxpl);
-  if (common_agree(comm, bad, msg, CKPT_MSG)) goto out_close;
-  if (has_optim) *has_optim = file_optim;
-  rc = C_OK;
-out_close:
-  H5Fclose(file);
-out:
-  h5quiet_end(&q);
-  if (rc != C_OK) {
-    free(mt->config_text);
-    mt->config_text = NULL;
-    copy_err(err, err_len, msg);
-  } else if (!meta) {
-    free(mt->config_text);
-  }
-  return rc;
-}
-
-int ckpt_read_meta(const char *path, ckpt_meta *meta, MPI_Comm comm, char *err, size_t err_len) {
-  char msg[CKPT_MSG] = "";
-  CHECK(path && meta, "ckpt_read_meta: bad arguments");
-  memset(meta, 0, sizeof *meta);
-  h5quiet q;
-  h5quiet_begin(&q);
-  int rc = C_ERR;
-  hid_t file = open_ckpt(path, comm, msg);
-  if (file >= 0) {
-    int bad = read_meta_attrs(file, path, meta, msg) != C_OK;
-    if (!common_agree(comm, bad, msg, CKPT_MSG)) rc = C_OK;
-    H5Fclose(file);
-  }
-  h5quiet_end(&q);
-  if (rc != C_OK) {
-    free(meta->config_text);
-    meta->config_text = NULL;
-    copy_err(err, err_len, msg);
-  }
-  return rc;
-}
-
-/* ---------------------------------------------------------------- resolve */
-
-static int cmp_desc(const void *a, const void *b) {
-  long long x = *(const long long *)a, y = *(const long long *)b;
-  return (x < y) - (x > y);
-}
-
-/* Rank 0: the candidate file names of directory d, best first: the one `latest` names,
- * then every ckpt_<step>.h5 by decreasing step. Returns a malloc'd "\n"-joined list. */
-static char *list_candidates(const char *d) {
-  size_t cap = 4096, len = 0;
-  char *out = common_calloc(cap, 1), first[256] = "", p[CKPT_PATH];
-  snprintf(p, sizeof p, "%s/latest", d);
-  FILE *f = fopen(p, "r");
-  if (f) {
-    if (fgets(first, sizeof first, f)) first[strcspn(first, "\r\n")] = '\0';
-    fclose(f);
-    if (strchr(first, '/') || !strcmp(first, ".") || !strcmp(first, "..")) first[0] = '\0';
-    if (first[0]) len += (size_t)snprintf(out, cap, "%s\n", first);
-  }
-  DIR *dd = opendir(d);
-  if (!dd) return out;
-  int n = 0, scap = 16;
-  long long *steps = common_malloc(sizeof(long long) * (size_t)scap);
-  struct dirent *e;
-  while ((e = readdir(dd))) {
-    long long s;
-    if (!parse_ckpt_name(e->d_name, 0, &s) || !strcmp(e->d_name, first)) continue;
-    if (n == scap) steps = realloc(steps, sizeof(long long) * (size_t)(scap *= 2));
-    CHECK(steps, "out of memory");
-    steps[n++] = s;
-  }
-  closedir(dd);
-  qsort(steps, (size_t)n, sizeof *steps, cmp_desc);
-  for (int i = 0; i < n; i++) {
-    if (len + 64 > cap) {
-      out = realloc(out, cap *= 2);
-      CHECK(out, "out of memory");
-    }
-    len += (size_t)snprintf(out + len, cap - len, "ckpt_%08lld.h5\n", steps[i]);
-  }
-  free(steps);
-  return out;
-}
-
-int ckpt_resolve(const char *spec, const char *dir, char *path, size_t path_len, int *none_found,
-                 MPI_Comm comm, char *err, size_t err_len) {
-  char msg[CKPT_MSG] = "", d[CKPT_PATH] = "";
-  int rank, mode = 0; /* 0 error, 1 file as is, 2 directory */
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  *none_found = 0;
-  path[0] = '\0';
-  char *list = NULL;
-  int list_len = 0;
-  if (rank == 0) {
-    struct stat st;
-    const char *base = spec ? strrchr(spec, '/') : NULL;
-    base = base ? base + 1 : spec;
-    if (!spec || !spec[0] || !strcmp(spec, "auto")) {
-      if (dir && dir[0]) {
-        snprintf(d, sizeof d, "%s", dir);
-        mode = 2;
-      } else
-        msgf(msg, "resume=auto needs a checkpoint directory");
-    } else if (stat(spec, &st) != 0) {
-      msgf(msg, "%s: no such file or directory", spec);
-    } else if (S_ISDIR(st.st_mode)) {
-      snprintf(d, sizeof d, "%s", spec);
-      mode = 2;
-    } else if (!strcmp(base, "latest")) { /* DIR/latest: resolve in its directory */
-      snprintf(d, sizeof d, "%.*s", base == spec ? 1 : (int)(base - spec - 1),
-               base == spec ? "." : spec);
-      mode = 2;
-    } else {
-      mode = 1;
-    }
-    if (mode == 2) {
-      list = list_candidates(d);
-      list_len = (int)strlen(list) + 1;
-      if (list_len == 1) {
-        msgf(msg, "%s: no checkpoint found", d);
-        *none_found = 1;
-        mode = 0;
-      }
-    }
-  }
-  int hdr[3] = {mode, list_len, *none_found};
-  MPI_CHECK(MPI_Bcast(hdr, 3, MPI_INT, 0, comm));
-  mode = hdr[0];
-  *none_found = hdr[2];
-  MPI_CHECK(MPI_Bcast(msg, CKPT_MSG, MPI_CHAR, 0, comm));
-  MPI_CHECK(MPI_Bcast(d, CKPT_PATH, MPI_CHAR, 0, comm));
-  if (mode == 0) {
-    free(list);
-    copy_err(err, err_len, msg);
-    return C_ERR;
-  }
-  if (mode == 1) {
-    if ((size_t)snprintf(path, path_len, "%s", spec) >= path_len) {
-      copy_err(err, err_len, "checkpoint path too long");
-      return C_ERR;
-    }
-    return C_OK;
-  }
-  if (rank != 0) list = common_malloc((size_t)hdr[1]);
-  MPI_CHECK(MPI_Bcast(list, hdr[1], MPI_CHAR, 0, comm));
-  h5quiet q;
-  h5quiet_begin(&q);
-  int rc = C_ERR, tried = 0;
-  char last[CKPT_MSG] = "";
-  for (char *name = strtok(list, "\n"); name && rc != C_OK; name = strtok(NULL, "\n")) {
-    char full[CKPT_PATH];
-    if (snprintf(full, sizeof full, "%s/%s", d, name) >= (int)sizeof full)
-      continue; /* too long to exist; every rank skips it (same list) */
-    tried++;
-    hid_t file = open_ckpt(full, comm, msg);
-    if (file >= 0) {
-      int ok = verify_file(file, full, 1, comm, msg) == C_OK;
-      H5Fclose(file);
-      if (ok) {
-        remember_verified(full);
-        if ((size_t)snprintf(path, path_len, "%s", full) >= path_len) {
-          msgf(msg, "%s: checkpoint path too long", full);
-          break;
-        }
-        rc = C_OK;
-        break;
-      }
-    }
-    if (rank == 0) fprintf(stderr, "ckpt: warning: skipping %s; trying an older checkpoint\n", msg);
-    snprintf(last, sizeof last, "%s", msg);
-  }
-  h5quiet_end(&q);
-  free(list);
-  if (rc != C_OK) {
-    if (last[0]) msgf(msg, "%s: no usable checkpoint (%d tried; the last: %.800s)", d, tried, last);
-    copy_err(err, err_len, msg);
-  }
-  return rc;
-}
-
-/* ---- which tensors a checkpoint holds (init_from) ------------------------------------ */
-
-void ckpt_has_tensors(const char *path, const ckpt_tensor *t, int n, uint8_t *has, MPI_Comm comm) {
-  int rank;
-  MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  memset(has, 0, (size_t)n);
-  if (rank == 0) { /* rank 0 looks, everyone is told; HDF5's error stack stays quiet */
-    h5quiet quiet;
-    h5quiet_begin(&quiet);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f >= 0) {
-      char link[160];
-      int has_model = H5Lexists(f, "/model", H5P_DEFAULT) > 0;
-      for (int i = 0; i < n && has_model; i++) {
-        snprintf(link, sizeof link, "/model/%s", t[i].name);
-        has[i] = H5Lexists(f, link, H5P_DEFAULT) > 0;
-      }
-      H5Fclose(f);
-    }
-    h5quiet_end(&quiet);
-  }
-  MPI_CHECK(MPI_Bcast(has, n, MPI_UINT8_T, 0, comm));
 }
