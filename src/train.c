@@ -401,6 +401,10 @@ static void train_eval_and_save(trainer *tr) {
 static void train_schedule(trainer *tr) {
   const config *c = tr->c;
   int64_t step = tr->t.step;
+  if (metrics_failed(&tr->mt)) { /* agreed when the log line failed: stop before a save */
+    tr->stop = TRAIN_FAILED;
+    return;
+  }
   if (c->eval_interval > 0 && step % c->eval_interval == 0) train_eval_and_save(tr);
   if (tr->stop == TRAIN_RUNNING && c->save_interval > 0 && step % c->save_interval == 0)
     train_save_or_fail(tr);

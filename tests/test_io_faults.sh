@@ -10,6 +10,8 @@
 #      that checkpoint (or starts fresh) and finishes.
 #  (b) metrics.jsonl a link to /dev/full (every write: ENOSPC): one line naming the file
 #      and the reason, exit non-zero, on 2 ranks.
+#  (b2) metrics.jsonl on a 4 KiB tmpfs that fills mid-run, a save due every step: exit 1,
+#      one message, and no checkpoint of the step whose log line failed.
 #  (c) out= a read-only tmpfs, and a folder to create inside one: one line with "Read-only
 #      file system", exit 1, no abort, on 2 ranks.
 #  (d) a batch read that fails mid-run on the last rank (MPIFORMER_TEST_READ_FAIL=N, an
@@ -136,6 +138,25 @@ grep -q "^mpiformer: error: $tmp/full/metrics.jsonl: .*No space left on device" 
 one_clean_error "$tmp/full.log" "metrics"
 compgen -G "$tmp/full/ckpt/ckpt_*.h5" >/dev/null && bad "metrics: trained on after the failure" ||
   ok "metrics: stopped before any checkpoint"
+
+echo "(b2) metrics.jsonl fills up mid-run (a 4 KiB tmpfs) with a save due every step"
+mount_tmpfs "$tmp/mfull" "size=4k"
+mkdir -p "$tmp/mid"
+ln -s "$tmp/mfull/metrics.jsonl" "$tmp/mid/metrics.jsonl"
+rc=0
+timeout 60 mpirun --oversubscribe -np 2 "$BIN" train "$tmp/t.conf" out="$tmp/mid" max_steps=40 \
+  >"$tmp/mid.log" 2>&1 || rc=$?
+[ "$rc" -eq 1 ] && ok "metrics mid-run: exit 1" || bad "metrics mid-run: exit $rc"
+one_clean_error "$tmp/mid.log" "metrics mid-run"
+# the failed step: the last one rank 0 printed (its stdout line follows the metrics write)
+failed_step=$(sed -n 's/^step *\([0-9][0-9]*\) |.*/\1/p' "$tmp/mid.log" | tail -1)
+newest=$(cat "$tmp/mid/ckpt/latest" 2>/dev/null)
+nstep=$(echo "$newest" | sed -n 's/^ckpt_0*\([0-9][0-9]*\)\.h5$/\1/p')
+echo "    the metrics line of step $failed_step failed; latest: $newest"
+[ -n "$failed_step" ] && [ "$failed_step" -lt 40 ] && [ -n "$nstep" ] &&
+  [ "$nstep" -lt "$failed_step" ] && [ ! -e "$tmp/mid/ckpt/ckpt_$(printf %08d "$failed_step").h5" ] &&
+  ok "metrics mid-run: stopped at that step, saved nothing for it" ||
+  bad "metrics mid-run: failed at step $failed_step, latest $newest"
 
 echo "(c) a read-only run folder"
 mount_tmpfs "$tmp/ro" "size=1m,ro"
