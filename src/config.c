@@ -431,20 +431,13 @@ static int is_decimal(const char *v) {
   return *p == '\0';
 }
 
-/* Set key k from the raw value text (edges, quotes and dashes handled as documented). */
-static int assign(config *c, const key_info *k, char *raw, const char *where, char *err,
-                  size_t err_len) {
-  char *value = raw;
-  char shown[600], notes[400] = "", d[64];
-  uint32_t dropped = trim_edges(&value);
-  if (dropped) {
-    char_describe(dropped, d, sizeof d);
-    add_warning(c, where, "the value of '%s' has a \\u%04x (%s) at its edge; dropped", k->name,
-                (unsigned)dropped, d);
-  }
-  /* one pair of quotes around the value is not part of it */
-  size_t n = strlen(value);
-  const unsigned char *u = (const unsigned char *)value;
+/* Strip one pair of quotes (plain or typographic: the latter with a warning) around
+ * *value, in place. C_ERR (err set) on a quote at one end only. */
+static int unquote(config *c, const key_info *k, char **value, const char *where, char *err,
+                   size_t err_len) {
+  char *v = *value, shown[600];
+  size_t n = strlen(v);
+  const unsigned char *u = (const unsigned char *)v;
   uint32_t first = 0, last = 0;
   size_t first_len = n ? utf8_decode(u, n, &first) : 0, last_len = 0;
   for (size_t l = 1; l <= 3 && l <= n && !last_len; l++)
@@ -456,57 +449,54 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
                   "the value of '%s' is in typographic quotes \\u%04x...\\u%04x; read "
                   "as if plain quotes, which are not part of the value",
                   k->name, (unsigned)first, (unsigned)last);
-    value[n - last_len] = '\0';
-    value += first_len;
+    v[n - last_len] = '\0';
+    *value = v + first_len;
   } else if (fq || lq) {
-    render(value, shown, sizeof shown);
+    render(v, shown, sizeof shown);
     snprintf(err, err_len,
              "%s: the value of '%s' has an unmatched quote: '%s' (quote the whole "
              "value or nothing)",
              where, k->name, shown);
     return C_ERR;
   }
-  uint32_t bad;
-  if (has_hidden(value, &bad)) {
-    render(value, shown, sizeof shown);
-    describe_odd_chars(value, notes, sizeof notes);
-    snprintf(err, err_len,
-             "%s: the value of '%s' holds an invisible or invalid character: "
-             "'%s' (%s); retype the value",
-             where, k->name, shown, notes);
+  return C_OK;
+}
+
+/* A string key: its length and its choices (with a "did you mean"). */
+static int assign_str(const key_info *k, char *field, const char *value, const char *where,
+                      char *err, size_t err_len) {
+  char shown[600], notes[400] = "";
+  if (strlen(value) >= 256) {
+    snprintf(err, err_len, "%s: value of '%s' is longer than 255 characters", where, k->name);
     return C_ERR;
   }
-  char *field = (char *)c + k->offset;
-  if (k->type == T_STR) {
-    if (strlen(value) >= 256) {
-      snprintf(err, err_len, "%s: value of '%s' is longer than 255 characters", where, k->name);
-      return C_ERR;
-    }
-    if (!choice_ok(k->choices, value)) {
-      render(value, shown, sizeof shown);
-      const char *opts[16];
-      size_t n_opts = 0;
-      char opt_buf[256], *save = NULL;
-      snprintf(opt_buf, sizeof opt_buf, "%s", k->choices);
-      for (char *t = strtok_r(opt_buf, "|", &save); t && n_opts < 16;
-           t = strtok_r(NULL, "|", &save))
-        opts[n_opts++] = t;
-      const char *best = suggest(value, opts, n_opts);
-      describe_odd_chars(value, notes, sizeof notes);
-      snprintf(err, err_len, "%s: '%s' must be one of %s, not '%s'%s%s%s%s%s", where, k->name,
-               k->choices, shown, notes[0] ? ": " : "", notes, best ? " (did you mean '" : "",
-               best ? best : "", best ? "'?)" : "");
-      return C_ERR;
-    }
-    snprintf(field, 256, "%s", value);
-    return C_OK;
+  if (!choice_ok(k->choices, value)) {
+    render(value, shown, sizeof shown);
+    const char *opts[16];
+    size_t n_opts = 0;
+    char opt_buf[256], *save = NULL;
+    snprintf(opt_buf, sizeof opt_buf, "%s", k->choices);
+    for (char *t = strtok_r(opt_buf, "|", &save); t && n_opts < 16; t = strtok_r(NULL, "|", &save))
+      opts[n_opts++] = t;
+    const char *best = suggest(value, opts, n_opts);
+    describe_odd_chars(value, notes, sizeof notes);
+    snprintf(err, err_len, "%s: '%s' must be one of %s, not '%s'%s%s%s%s%s", where, k->name,
+             k->choices, shown, notes[0] ? ": " : "", notes, best ? " (did you mean '" : "",
+             best ? best : "", best ? "'?)" : "");
+    return C_ERR;
   }
-  /* numbers: typographic minus signs and dashes read as '-' */
-  char num[256];
-  size_t o = 0;
-  n = strlen(value);
-  u = (const unsigned char *)value;
-  for (size_t i = 0; i < n && o + 4 < sizeof num;) {
+  snprintf(field, 256, "%s", value);
+  return C_OK;
+}
+
+/* value into num[num_len] with typographic minus signs and dashes read as '-' (with a
+ * warning each). */
+static void ascii_minus(config *c, const key_info *k, const char *value, const char *where,
+                        char *num, size_t num_len) {
+  char d[64];
+  size_t o = 0, n = strlen(value);
+  const unsigned char *u = (const unsigned char *)value;
+  for (size_t i = 0; i < n && o + 4 < num_len;) {
     uint32_t ch;
     size_t l = utf8_decode(u + i, n - i, &ch);
     if (l > 1 && is_minus_like(ch)) {
@@ -521,6 +511,13 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
     i += l ? l : 1;
   }
   num[o] = '\0';
+}
+
+/* A number key (true/yes/on and false/no/off for the 0/1 keys): a decimal number, an
+ * integer where the key wants one, inside the key's range. */
+static int assign_number(const key_info *k, char *field, const char *num, const char *where,
+                         char *err, size_t err_len) {
+  char shown[600], notes[400] = "";
   int is_bool = k->type == T_INT && k->lo == 0 && k->hi == 1;
   double v = 0;
   if (is_bool && (!strcasecmp(num, "true") || !strcasecmp(num, "yes") || !strcasecmp(num, "on")))
@@ -563,6 +560,34 @@ static int assign(config *c, const key_info *k, char *raw, const char *where, ch
   else
     *(double *)field = v;
   return C_OK;
+}
+
+/* Set key k from the raw value text (edges, quotes and dashes handled as documented). */
+static int assign(config *c, const key_info *k, char *raw, const char *where, char *err,
+                  size_t err_len) {
+  char *value = raw, shown[600], notes[400] = "", d[64];
+  uint32_t dropped = trim_edges(&value);
+  if (dropped) {
+    char_describe(dropped, d, sizeof d);
+    add_warning(c, where, "the value of '%s' has a \\u%04x (%s) at its edge; dropped", k->name,
+                (unsigned)dropped, d);
+  }
+  if (unquote(c, k, &value, where, err, err_len) != C_OK) return C_ERR;
+  uint32_t bad;
+  if (has_hidden(value, &bad)) {
+    render(value, shown, sizeof shown);
+    describe_odd_chars(value, notes, sizeof notes);
+    snprintf(err, err_len,
+             "%s: the value of '%s' holds an invisible or invalid character: "
+             "'%s' (%s); retype the value",
+             where, k->name, shown, notes);
+    return C_ERR;
+  }
+  char *field = (char *)c + k->offset;
+  if (k->type == T_STR) return assign_str(k, field, value, where, err, err_len);
+  char num[256];
+  ascii_minus(c, k, value, where, num, sizeof num);
+  return assign_number(k, field, num, where, err, err_len);
 }
 
 /* The message for a line (or argument) that has no '=': what it holds, and a guess. */
