@@ -15,7 +15,14 @@
  * profiling interface below; waiting for a slower partner counts as communication), and
  * outside_matmul_ms / outside_matmul_fraction: rank 0's step time outside the matmuls (time
  * inside cblas_sgemm and ScaLAPACK's psgemm_, both interposed below; psgemm_'s own
- * communication counts as matmul there).
+ * communication counts as matmul there; with gemm=onednn, time inside oneDNN's
+ * dnnl_primitive_execute and dnnl_stream_wait, interposed too; in bf16 the rounding of the
+ * operands to bf16 in gemm_sgemm is not inside these calls and counts as outside).
+ * The local matmul seam's engine and precision come from the environment, like the config
+ * keys gemm and precision: MPIFORMER_GEMM=auto|openblas|onednn (default auto) and
+ * MPIFORMER_PRECISION=fp32|bf16 (default fp32); the JSON line names the engine and precision
+ * that ran, the ISA oneDNN picked, and engine_peak_gflops: gemm_sgemm 2048x2048x512 on one
+ * core in that engine and precision (sgemm_1core_gflops is OpenBLAS's cblas_sgemm).
  * Figures, not pass/fail.
  */
 #include <cblas.h>
@@ -23,6 +30,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gemm.h"
 #include "model.h"
 #include "ops.h"
 #include "optim.h"
@@ -106,7 +114,36 @@ void psgemm_(const char *ta, const char *tb, const int *m, const int *n, const i
   matmul_seconds += common_now() - t0;
 }
 
-static double sgemm_rate(void) {
+#ifdef MPIFORMER_ONEDNN
+#include <dnnl.h>
+/* gemm=onednn: the seam's products run in dnnl_primitive_execute + dnnl_stream_wait */
+typedef dnnl_status_t (*dnnl_exec_fn)(const_dnnl_primitive_t, dnnl_stream_t, int,
+                                      const dnnl_exec_arg_t *);
+typedef dnnl_status_t (*dnnl_wait_fn)(dnnl_stream_t);
+dnnl_status_t DNNL_API dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_stream_t s, int n,
+                                              const dnnl_exec_arg_t *args) {
+  static dnnl_exec_fn real;
+  if (!real)
+    CHECK((real = (dnnl_exec_fn)dlsym(RTLD_NEXT, "dnnl_primitive_execute")),
+          "no dnnl_primitive_execute");
+  double t0 = common_now();
+  dnnl_status_t st = real(p, s, n, args);
+  matmul_seconds += common_now() - t0;
+  return st;
+}
+dnnl_status_t DNNL_API dnnl_stream_wait(dnnl_stream_t s) {
+  static dnnl_wait_fn real;
+  if (!real) CHECK((real = (dnnl_wait_fn)dlsym(RTLD_NEXT, "dnnl_stream_wait")), "no dnnl_stream_wait");
+  double t0 = common_now();
+  dnnl_status_t st = real(s);
+  matmul_seconds += common_now() - t0;
+  return st;
+}
+#endif
+
+/* One core's rate of a 2048x2048x512 product: cblas_sgemm (OpenBLAS) when seam is 0, else
+ * gemm_sgemm in the engine and precision set up. */
+static double sgemm_rate(int seam) {
   int m = 2048, n = 2048, k = 512;
   float *a = common_calloc((size_t)m * k, 4), *b = common_calloc((size_t)k * n, 4),
         *c = common_calloc((size_t)m * n, 4);
@@ -114,12 +151,14 @@ static double sgemm_rate(void) {
     a[i] = (float)(i % 7) * 0.1f;
   for (int i = 0; i < k * n; i++)
     b[i] = (float)(i % 5) * 0.1f;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
-  int reps = 0;
-  double t0 = common_now();
-  while (common_now() - t0 < 1.0 || reps < 3) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
-    reps++;
+  int reps = -1; /* one untimed warm-up (BLAS buffers, oneDNN's primitive) */
+  double t0 = 0;
+  while (reps < 0 || common_now() - t0 < 1.0 || reps < 3) {
+    if (seam)
+      gemm_sgemm('N', 'N', m, n, k, 1, a, k, b, n, 0, c, n);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1, a, k, b, n, 0, c, n);
+    if (++reps == 0) t0 = common_now();
   }
   double t = common_now() - t0;
   free(a), free(b), free(c);
@@ -156,8 +195,13 @@ int main(int argc, char **argv) {
   c.enc_layers = c.dec_layers = small ? 3 : 6;
   c.dropout = 0.1;
   c.zero = zero;
+  const char *eng_env = getenv("MPIFORMER_GEMM"), *prec_env = getenv("MPIFORMER_PRECISION");
+  if (eng_env && *eng_env) snprintf(c.gemm, sizeof c.gemm, "%s", eng_env);
+  if (prec_env && *prec_env) snprintf(c.precision, sizeof c.precision, "%s", prec_env);
   grid g;
   char err[256];
+  /* as session.c: the seam before the model (model_create registers the bf16 shadow) */
+  CHECK(gemm_setup(c.gemm, c.precision, 1, err, sizeof err) == C_OK, "%s", err);
   CHECK(grid_create(&g, pr * pc, pr, pc, 1, err, sizeof err) == C_OK, "%s", err);
   model_dims dims;
   model_dims_from_config(&dims, &c, 8000, 0, 2, 3);
@@ -172,8 +216,8 @@ int main(int argc, char **argv) {
     tout[i] = 4 + (int)(ops_hash_uniform((uint64_t)g.dp_rank + 23, (uint64_t)i) * 7990);
     tin[i] = i % T == 0 ? 2 : tout[i - 1];
   }
-  double sgemm = 0;
-  if (rank == 0) sgemm = sgemm_rate(); /* alone, before the ranks compete for cores */
+  double sgemm = 0, peak = 0;
+  if (rank == 0) sgemm = sgemm_rate(0), peak = sgemm_rate(1); /* alone, before the ranks compete */
   MPI_Barrier(MPI_COMM_WORLD);
   double t_step = 0, t_comm = 0, mpi0 = 0, mm0 = 0;
   for (int s = -1; s < steps; s++) { /* step -1 warms up (arena, BLAS buffers) */
@@ -201,10 +245,14 @@ int main(int argc, char **argv) {
            "\"matmul_gflops_per_rank\":%.2f,\"sgemm_1core_gflops\":%.2f,\"fraction_of_sgemm\":%.3f,"
            "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
            "\"params_mib_per_rank\":%.1f,\"outside_matmul_ms\":%.1f,\"outside_matmul_fraction\":%."
-           "3f}\n",
+           "3f,\"gemm\":\"%s\",\"precision\":\"%s\",\"onednn_isa\":\"%s\",\"bf16_native\":%d,"
+           "\"engine_peak_gflops\":%.2f,\"fraction_of_engine_peak\":%.3f}\n",
            shape, size, pr, pc, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
            t_step / steps, zero, optim_state_bytes(&o) / 1048576.0, m->n_floats * 4.0 / 1048576.0,
-           1e3 * t_out / steps, t_out / t_step);
+           1e3 * t_out / steps, t_out / t_step,
+           gemm_engine() == GEMM_ONEDNN ? "onednn" : "openblas",
+           gemm_precision() == GEMM_BF16 ? "bf16" : "fp32", gemm_onednn_isa(), gemm_bf16_native(),
+           peak, gflops / peak);
   }
   optim_free(&o);
   model_free(m);

@@ -17,39 +17,92 @@
 #  - the pipeline bubble of pp=2 for M = 1, 4, 8 micro-batches against the theoretical
 #    (S-1)/(M+S-1), and tokens/s of `base` with pp=2 against dp=2 and tp=2 on 2 ranks
 #    (bench_pp).
+# The throughput table (issue 11) has, per shape and rank count, PyTorch fp32, PyTorch bf16
+# autocast, mpiformer fp32 on OpenBLAS, fp32 on oneDNN and bf16 (gemm=onednn): tokens/s, the
+# ratios to fp32-OpenBLAS and to PyTorch fp32, matmul GFLOP/s per rank against the engine's
+# own one-core peak measured in the same run, the share of the step outside matmuls, the
+# communication share and the ISA oneDNN picked. It runs with OPENBLAS_CORETYPE as set
+# (Haswell when unset), then once more with OPENBLAS_CORETYPE unset in those commands only.
 # Usage: bench/run_bench.sh [STEPS]   (BUILD=build by default). Absolute numbers are noisy
 # on a shared machine: compare the ratios, which come from back-to-back runs.
+# Reduced runs (PyTorch's bf16 autocast is emulated and slow on CPUs without AVX512-BF16):
+# BENCH_SHAPES="small" BENCH_RANKS="1" limit the throughput tables; BENCH_THROUGHPUT_ONLY=1
+# stops after them.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 STEPS=${1:-3}
+SHAPES=${BENCH_SHAPES:-small base}
+RANKS=${BENCH_RANKS:-1 2}
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-Haswell}
+# PyTorch's bf16 autocast without AVX512-BF16 or AMX is emulated and about 20x slower than its
+# fp32 (docs/BENCH.md): one timed step after the warm-up there, to keep make bench bounded
+TORCH_BF16_STEPS=$STEPS
+grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo || TORCH_BF16_STEPS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 PY=/usr/bin/python3
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "batch 64 sentences x 32 tokens per rank (source and target), $STEPS timed steps after one warm-up"
+echo "cpu flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|amx|f16c)' | sort -u | xargs)"
+echo "batch 64 sentences x 32 tokens per rank (source and target), $STEPS timed steps after one warm-up ($TORCH_BF16_STEPS for PyTorch bf16)"
 echo
-for shape in small base; do
-  for np in 1 2; do
-    mpirun --oversubscribe -np $np "$BUILD/bench/bench_model" $shape 64 32 "$STEPS" > "$out/ours_${shape}_$np.json"
-    OMP_NUM_THREADS=$np $PY bench/bench_torch.py $shape $np 64 32 "$STEPS" > "$out/torch_${shape}_$np.json"
+# The throughput table of issue 11: per shape and rank count, PyTorch fp32, PyTorch bf16
+# autocast, and mpiformer fp32 on OpenBLAS, fp32 on oneDNN and bf16 (on oneDNN; emulated
+# where the CPU lacks bf16 instructions). $1: a title; the rest: a command prefix for every
+# run (env -u OPENBLAS_CORETYPE for the second table), none for the first.
+throughput() {
+  local title=$1 tag=$2
+  shift 2
+  local shape np
+  for shape in $SHAPES; do
+    for np in $RANKS; do
+      "$@" env MPIFORMER_GEMM=openblas MPIFORMER_PRECISION=fp32 mpirun --oversubscribe -np $np \
+        "$BUILD/bench/bench_model" $shape 64 32 "$STEPS" > "$out/${tag}_ob32_${shape}_$np.json"
+      "$@" env MPIFORMER_GEMM=onednn MPIFORMER_PRECISION=fp32 mpirun --oversubscribe -np $np \
+        "$BUILD/bench/bench_model" $shape 64 32 "$STEPS" > "$out/${tag}_dn32_${shape}_$np.json"
+      "$@" env MPIFORMER_GEMM=onednn MPIFORMER_PRECISION=bf16 mpirun --oversubscribe -np $np \
+        "$BUILD/bench/bench_model" $shape 64 32 "$STEPS" > "$out/${tag}_dn16_${shape}_$np.json"
+      "$@" env OMP_NUM_THREADS=$np $PY bench/bench_torch.py $shape $np 64 32 "$STEPS" fp32 \
+        > "$out/${tag}_pt32_${shape}_$np.json"
+      "$@" env OMP_NUM_THREADS=$np $PY bench/bench_torch.py $shape $np 64 32 "$TORCH_BF16_STEPS" bf16 \
+        > "$out/${tag}_pt16_${shape}_$np.json"
+    done
   done
-done
-$PY - "$out" <<'PY'
-import json, sys, glob
-d = sys.argv[1]
-print(f"{'shape':6} {'cores':>5} {'mpiformer tok/s':>16} {'PyTorch tok/s':>14} {'ratio':>6} "
-      f"{'GFLOP/s/rank':>12} {'sgemm 1 core':>12} {'fraction':>8} {'comm':>6}")
-for shape in ("small", "base"):
-    for np in (1, 2):
-        o = json.load(open(f"{d}/ours_{shape}_{np}.json"))
-        t = json.load(open(f"{d}/torch_{shape}_{np}.json"))
-        print(f"{shape:6} {np:5d} {o['tokens_per_s']:16.1f} {t['tokens_per_s']:14.1f} "
-              f"{o['tokens_per_s'] / t['tokens_per_s']:6.2f} {o['matmul_gflops_per_rank']:12.1f} "
-              f"{o['sgemm_1core_gflops']:12.1f} {o['fraction_of_sgemm']:8.2f} {o['comm_fraction']:6.3f}")
+  echo "$title"
+  $PY - "$out" "$tag" "$SHAPES" "$RANKS" <<'PY'
+import json, sys
+d, tag, shapes, ranks = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+def flops(shape, B=64, T=32):  # bench_model.c's step_flops: the matmuls of one step
+    dm, F, H, V, L = (256, 1024, 4, 8000, 3) if shape == "small" else (512, 1024, 4, 8000, 6)
+    n = B * T; lin = 2 * n * dm * dm; attn = 2 * 2 * B * H * T * T * (dm / H); ffn = 2 * 2 * n * dm * F
+    return 3 * (L * (4 * lin + attn + ffn) + L * (8 * lin + 2 * attn + ffn) + 2 * n * dm * V)
+rows = [("pt32", "PyTorch fp32"), ("pt16", "PyTorch bf16 autocast"), ("ob32", "fp32 OpenBLAS"),
+        ("dn32", "fp32 oneDNN"), ("dn16", "bf16 (oneDNN)")]
+print(f"  {'shape':6} {'ranks':>5} {'engine':22} {'tok/s':>8} {'x OB32':>6} {'x PT32':>6} "
+      f"{'GFLOP/s/rank':>12} {'peak':>6} {'of peak':>7} {'outside mm':>10} {'comm':>5}  ISA")
+for shape in shapes:
+    for np in ranks:
+        r = {k: json.load(open(f"{d}/{tag}_{k}_{shape}_{np}.json")) for k, _ in rows}
+        ob, pt = r["ob32"]["tokens_per_s"], r["pt32"]["tokens_per_s"]
+        for k, name in rows:
+            o = r[k]
+            if k.startswith("pt"):  # PyTorch: the same matmul FLOPs over its step, per thread
+                g = flops(shape) * int(np) / o["step_s"] / 1e9 / int(np)
+                tail = f"{g:12.1f} {'-':>6} {'-':>7} {'-':>10} {'-':>5}  -"
+            else:
+                tail = (f"{o['matmul_gflops_per_rank']:12.1f} {o['engine_peak_gflops']:6.1f} "
+                        f"{o['fraction_of_engine_peak']:7.2f} {o['outside_matmul_fraction']:10.3f} "
+                        f"{o['comm_fraction']:5.3f}  {o['onednn_isa'] if o['gemm'] == 'onednn' else 'OpenBLAS'}")
+            t = o["tokens_per_s"]
+            print(f"  {shape:6} {np:>5} {name:22} {t:8.1f} {t / ob:6.2f} {t / pt:6.2f} {tail}")
 PY
+}
+throughput "throughput, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE}:" ct
+echo
+throughput "the same with OPENBLAS_CORETYPE unset (OpenBLAS picks its kernels for this CPU itself, as on a user's machine):" env env -u OPENBLAS_CORETYPE
+[ "${BENCH_THROUGHPUT_ONLY:-0}" = 1 ] && exit 0
 echo
 echo "Adam state per rank for base on 2 ranks, zero=0 against zero=1 (ZeRO-1 sharding):"
 for z in 0 1; do
