@@ -23,6 +23,11 @@
  * MPIFORMER_PRECISION=fp32|bf16 (default fp32); the JSON line names the engine and precision
  * that ran, the ISA oneDNN picked, and engine_peak_gflops: gemm_sgemm 2048x2048x512 on one
  * core in that engine and precision (sgemm_1core_gflops is OpenBLAS's cblas_sgemm).
+ * The data-parallel gradient sum is overlapped with the backward in buckets as the config
+ * keys grad_overlap and grad_bucket_mb say, from MPIFORMER_GRAD_OVERLAP=0|1 (default 1) and
+ * MPIFORMER_GRAD_BUCKET_MB; then comm_fraction counts the time inside the MPI_Test polls
+ * and the final wait, which is the communication the backward did not hide.
+ * MPIFORMER_TRACE=PREFIX writes each rank's timeline (trace.h).
  * Figures, not pass/fail.
  */
 #include <cblas.h>
@@ -31,6 +36,8 @@
 
 #include "config.h"
 #include "gemm.h"
+#include "gradsync.h"
+#include "trace.h"
 #include "model.h"
 #include "ops.h"
 #include "optim.h"
@@ -64,6 +71,17 @@ int MPI_Send(const void *b, int n, MPI_Datatype t, int dst, int tag, MPI_Comm c)
 }
 int MPI_Recv(void *b, int n, MPI_Datatype t, int src, int tag, MPI_Comm c, MPI_Status *st) {
   TIMED(PMPI_Recv(b, n, t, src, tag, c, st));
+}
+int MPI_Test(MPI_Request *r, int *flag, MPI_Status *st) {
+  TIMED(PMPI_Test(r, flag, st));
+}
+int MPI_Iallreduce(const void *s, void *r, int n, MPI_Datatype t, MPI_Op op, MPI_Comm c,
+                   MPI_Request *q) {
+  TIMED(PMPI_Iallreduce(s, r, n, t, op, c, q));
+}
+int MPI_Ireduce_scatter(const void *s, void *r, const int *rc, MPI_Datatype t, MPI_Op op,
+                        MPI_Comm c, MPI_Request *q) {
+  TIMED(PMPI_Ireduce_scatter(s, r, rc, t, op, c, q));
 }
 int MPI_Wait(MPI_Request *r, MPI_Status *st) {
   TIMED(PMPI_Wait(r, st));
@@ -133,7 +151,8 @@ dnnl_status_t DNNL_API dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_str
 }
 dnnl_status_t DNNL_API dnnl_stream_wait(dnnl_stream_t s) {
   static dnnl_wait_fn real;
-  if (!real) CHECK((real = (dnnl_wait_fn)dlsym(RTLD_NEXT, "dnnl_stream_wait")), "no dnnl_stream_wait");
+  if (!real)
+    CHECK((real = (dnnl_wait_fn)dlsym(RTLD_NEXT, "dnnl_stream_wait")), "no dnnl_stream_wait");
   double t0 = common_now();
   dnnl_status_t st = real(s);
   matmul_seconds += common_now() - t0;
@@ -198,6 +217,10 @@ int main(int argc, char **argv) {
   const char *eng_env = getenv("MPIFORMER_GEMM"), *prec_env = getenv("MPIFORMER_PRECISION");
   if (eng_env && *eng_env) snprintf(c.gemm, sizeof c.gemm, "%s", eng_env);
   if (prec_env && *prec_env) snprintf(c.precision, sizeof c.precision, "%s", prec_env);
+  const char *ov_env = getenv("MPIFORMER_GRAD_OVERLAP"),
+             *mb_env = getenv("MPIFORMER_GRAD_BUCKET_MB");
+  if (ov_env && *ov_env) c.grad_overlap = atoi(ov_env);
+  if (mb_env && *mb_env) c.grad_bucket_mb = atof(mb_env);
   grid g;
   char err[256];
   /* as session.c: the seam before the model (model_create registers the bf16 shadow) */
@@ -209,6 +232,10 @@ int main(int argc, char **argv) {
   optim o;
   optim_init(&o, &c, m->n_floats, g.dp_comm);
   if (g.tp > 1) optim_set_tp(&o, g.tp_comm, g.prow == 0 ? m->n_floats : m->vec_lo);
+  gradsync sync = {0}; /* as train.c: buckets summed during the backward */
+  if (c.grad_overlap) gradsync_init(&sync, &o, m, (int64_t)(c.grad_bucket_mb * 1048576.0));
+  if (gradsync_buckets(&sync) > 0) optim_set_sync(&o, &sync);
+  trace_open(MPI_COMM_WORLD);
   int32_t *src = common_malloc((size_t)B * T * 4), *tin = common_malloc((size_t)B * T * 4),
           *tout = common_malloc((size_t)B * T * 4);
   for (int i = 0; i < B * T; i++) {
@@ -226,6 +253,7 @@ int main(int argc, char **argv) {
     double t0 = common_now(), loss = 0, nll = 0;
     model_zero_grad(m);
     model_set_mode(m, 1, (uint64_t)s + 100);
+    gradsync_arm(&sync, 1);
     int64_t ntok = model_forward_backward(m, src, tin, tout, B, T, T, 1.0f, 1, &loss, &nll);
     double total = (double)ntok; /* the replica's total on every rank */
     MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_DOUBLE, MPI_SUM, g.dp_comm);
@@ -246,14 +274,18 @@ int main(int argc, char **argv) {
            "\"comm_fraction\":%.3f,\"step_s\":%.3f,\"zero\":%d,\"adam_state_mib_per_rank\":%.1f,"
            "\"params_mib_per_rank\":%.1f,\"outside_matmul_ms\":%.1f,\"outside_matmul_fraction\":%."
            "3f,\"gemm\":\"%s\",\"precision\":\"%s\",\"onednn_isa\":\"%s\",\"bf16_native\":%d,"
-           "\"engine_peak_gflops\":%.2f,\"fraction_of_engine_peak\":%.3f}\n",
+           "\"engine_peak_gflops\":%.2f,\"fraction_of_engine_peak\":%.3f,\"grad_overlap\":%d,"
+           "\"grad_buckets\":%d,\"grad_bucket_mb\":%g}\n",
            shape, size, pr, pc, B, T, tok_s, gflops, sgemm, gflops / sgemm, t_comm / t_step,
            t_step / steps, zero, optim_state_bytes(&o) / 1048576.0, m->n_floats * 4.0 / 1048576.0,
            1e3 * t_out / steps, t_out / t_step,
            gemm_engine() == GEMM_ONEDNN ? "onednn" : "openblas",
            gemm_precision() == GEMM_BF16 ? "bf16" : "fp32", gemm_onednn_isa(), gemm_bf16_native(),
-           peak, gflops / peak);
+           peak, gflops / peak, gradsync_buckets(&sync) > 0, gradsync_buckets(&sync),
+           c.grad_bucket_mb);
   }
+  trace_close();
+  gradsync_free(&sync);
   optim_free(&o);
   model_free(m);
   grid_destroy(&g);

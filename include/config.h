@@ -85,7 +85,9 @@
   X(pp, INT, 1, 1, 4096, "pipeline stages")                                                        \
   X(microbatches, INT, 1, 1, 4096, "micro-batches per update and replica (= update_freq)")         \
   X(pp_timeout, FLOAT, 300, 0.1, 1e6, "pp > 1: seconds a stage waits for a message, then aborts")  \
-  X(zero, INT, 0, 0, 1, "1: shard Adam states over data-parallel ranks")
+  X(zero, INT, 0, 0, 1, "1: shard Adam states over data-parallel ranks")                           \
+  X(grad_overlap, INT, 1, 0, 1, "dp > 1: sum gradient buckets during the backward (0: after it)")  \
+  X(grad_bucket_mb, FLOAT, 4, 0.001, 4096, "dp > 1: MiB per gradient bucket (grad_overlap = 1)")
 
 typedef struct config {
 #define CONFIG_FIELD_INT(name) int64_t name;

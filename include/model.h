@@ -20,6 +20,8 @@
 #include "config.h"
 #include "dmat.h"
 
+#include <limits.h>
+
 typedef struct model_param {
   char name[112]; /* fairseq name */
   dmat w, g;      /* value and gradient (local blocks in the flat buffers) */
@@ -104,6 +106,12 @@ typedef struct model {
    * the pipeline's pending messages while this rank computes). */
   void (*progress)(void *ctx);
   void *progress_ctx;
+  /* Backward bookkeeping (gradsync.c reads it from its progress hook): n_bwd counts the
+   * stage backwards begun; bwd_step the steps of the current one finished (a head, a
+   * sublayer, an embedding: model_grad_ready numbers them), MODEL_BWD_END once its gradients
+   * are complete. */
+  int64_t n_bwd;
+  int bwd_step;
   struct model_acts *acts;   /* activation arena (model_arena.c) in use */
   struct model_acts **slots; /* one arena per micro-batch in flight (model_use_slot) */
   int n_slots;
@@ -157,6 +165,20 @@ int64_t model_classify(model *m, const int32_t *tokens, const int32_t *labels, i
  * model_classify. */
 int64_t model_mlm(model *m, const int32_t *tokens, const int32_t *targets, int B, int S,
                   float grad_scale, int backward, double *loss_sum, int64_t *n_correct);
+
+/* Backward steps: model_stage_backward sets m->bwd_step to MODEL_BWD_END when its
+ * gradients are complete; MODEL_BWD_NEVER marks a gradient that is complete only after the
+ * backward's caller is done with it (a tensor tied across pipeline stages: pipe_reduce_tied). */
+#define MODEL_BWD_END (INT_MAX - 1)
+#define MODEL_BWD_NEVER INT_MAX
+
+/* ready[i] (n_params): the value of m->bwd_step after which the gradient of params[i] is
+ * final in a backward of this stage (model_stage_backward's order: the head, the decoder
+ * sublayers from the last, the decoder embedding, the encoder sublayers from the last, the
+ * encoder embedding); MODEL_BWD_END for the replicated vectors when pr > 1 (summed over the
+ * process column at the end), MODEL_BWD_NEVER for tensors tied across stages. Not
+ * collective. */
+void model_grad_ready(const model *m, int *ready);
 
 /* ---- pipeline stages -------------------------------------------------------------- */
 

@@ -26,8 +26,9 @@ typedef struct optim {
   MPI_Comm pp_comm; /* ... and over the pipeline stages (MPI_COMM_NULL: not) */
   int64_t norm_lo;  /* the grad norm counts flat indices in [norm_lo, norm_hi) */
   int64_t norm_hi;
-  int *counts, *displs; /* zero=1: the dp slices, for reduce-scatter/all-gather */
-  int64_t step;         /* updates done (bias correction) */
+  int *counts, *displs;  /* zero=1: the dp slices, for reduce-scatter/all-gather */
+  int64_t step;          /* updates done (bias correction) */
+  struct gradsync *sync; /* set: the sum over dp_comm is gradsync_finish's (optim_set_sync) */
 } optim;
 
 /* Moments for n local floats, sliced over dp_comm when c->zero (reads its size and rank).
@@ -41,6 +42,10 @@ void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi);
  * over pp_comm, and this rank skips flat indices below norm_lo (tied embedding copies
  * whose first holder is an earlier stage: model.norm_lo). Not collective. */
 void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo);
+/* Bucketed, overlapped data parallelism: optim_sync_grads leaves the sum over dp_comm to
+ * gradsync_finish(s) (gradsync.h), whose buckets the backward has launched; NULL: one
+ * blocking collective of the whole buffer. Not collective. */
+void optim_set_sync(optim *o, struct gradsync *s);
 /* Free the moments and the slice tables. Not collective. */
 void optim_free(optim *o);
 
@@ -57,10 +62,11 @@ void optim_moments_of(const optim *o, int64_t off, int64_t n, int64_t *lo, int64
 int64_t optim_state_bytes(const optim *o);
 
 /* Sum grads over dp_comm and multiply by scale (1 / global target tokens); with zero=1
- * only the slice [lo, hi) is reduced (reduce-scatter). Returns the global L2 norm of the
- * scaled gradient (over the slice owners: every rank gets the same value).
- * Collective on dp_comm, and on tp_comm and pp_comm where optim_set_tp / optim_set_pp set
- * them (the norm's sum). DEBUG=1 builds check n, zero, the step and scale. */
+ * only the slice [lo, hi) is reduced (reduce-scatter). With optim_set_sync the sum is the
+ * buckets' (gradsync_finish waits for those in flight and launches the rest). Returns the global L2
+ * norm of the scaled gradient (over the slice owners: every rank gets the same value). Collective
+ * on dp_comm, and on tp_comm and pp_comm where optim_set_tp / optim_set_pp set them (the norm's
+ * sum). DEBUG=1 builds check n, zero, the step and scale. */
 double optim_sync_grads(optim *o, float *grads, float scale);
 
 /* One Adam(W) update of [lo, hi) with learning rate lr; grads multiplied by clip_coef

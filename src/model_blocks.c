@@ -203,6 +203,7 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
     size_t nf = (size_t)n * m->fl;
     memset(a->g_h, 0, nf * sizeof(float));
     model_linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
+    model_poll(m);
     if (s->hd != s->h)
       ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
                   p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
@@ -219,14 +220,18 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   int nk = B * Tk;
   memset(a->g_o, 0, (size_t)n * d * sizeof(float));
   model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, A->o_b, n);
+  model_poll(m);
   memset(a->g_q, 0, (size_t)n * d * sizeof(float));
   memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
   memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
   ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
                          Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
                          site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
+  model_poll(m);
   model_linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
+  model_poll(m);
   model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
+  model_poll(m);
   model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, A->v_b, nk);
 }
 
@@ -361,7 +366,7 @@ void model_enc_layers_fwd(model *m, int l0, int l1, int B, int S) {
       sublayer sl = enc_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], a->enc_s[2 * l + j + 1],
                    NULL, B, S, S, a->src_pad);
-      if (m->progress) m->progress(m->progress_ctx);
+      model_poll(m);
     }
   if (l1 == D->n_enc && D->pre_ln)
     model_ln_fwd(m, a->enc_out, a->enc_mean, a->enc_rstd, a->enc_s[2 * D->n_enc], &m->enc_final,
@@ -406,7 +411,7 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
       float *t = gs_out;
       gs_out = gs_in;
       gs_in = t;
-      if (m->progress) m->progress(m->progress_ctx);
+      model_bwd_step_done(m);
     }
   return gs_out;
 }
@@ -419,7 +424,7 @@ void model_dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
       sublayer sl = dec_sublayer(m, l, j);
       sublayer_fwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], a->dec_s[3 * l + j + 1],
                    a->enc_out, B, T, j == 1 ? S : T, a->src_pad);
-      if (m->progress) m->progress(m->progress_ctx);
+      model_poll(m);
     }
 }
 
@@ -439,7 +444,7 @@ float *model_dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, i
       float *t = gs_out;
       gs_out = gs_in;
       gs_in = t;
-      if (m->progress) m->progress(m->progress_ctx);
+      model_bwd_step_done(m);
     }
   return gs_out;
 }

@@ -17,6 +17,18 @@
 #define SITE_ENC_EMBED (1 << 24)
 #define SITE_DEC_EMBED ((1 << 24) + 1)
 
+/* Let pending communication move (m->progress: the pipeline's sends, the gradient
+ * buckets); the backward calls it between its matmuls. */
+static inline void model_poll(model *m) {
+  if (m->progress) m->progress(m->progress_ctx);
+}
+/* A backward step (a head, a sublayer, an embedding) finished: count it, as
+ * model_grad_ready numbers them, then poll. */
+static inline void model_bwd_step_done(model *m) {
+  m->bwd_step++;
+  model_poll(m);
+}
+
 /* ---- activation arena (model_arena.c) -------------------------------------------- */
 
 typedef struct sub_acts {

@@ -8,6 +8,7 @@
  * messages (pipe.c).
  */
 #include "model_internal.h"
+#include "trace.h"
 
 #include <string.h>
 
@@ -85,10 +86,20 @@ int64_t model_stage_forward(model *m, const int32_t *src_g, const int32_t *tgt_i
  * (first stage) or the gradient to send to the previous stage (g_out). */
 static void enc_bwd(model *m, float *g_out, int B, int S) {
   float *gs = model_enc_layers_bwd(m, m->enc_l0, m->enc_l1, B, S);
-  if (m->enc_l0 == 0)
+  if (m->enc_l0 == 0) {
     model_embed_bwd(m, gs, m->enc_embed, m->acts->src, B, S, SITE_ENC_EMBED);
-  else
+    model_bwd_step_done(m);
+  } else {
     memcpy(g_out, gs, (size_t)B * S * m->dl * sizeof(float));
+  }
+}
+
+/* The end of a stage backward: the replicated vectors summed, every gradient complete. */
+static void bwd_end(model *m) {
+  model_vec_grads_end(m);
+  m->bwd_step = MODEL_BWD_END;
+  model_poll(m);
+  trace_end("backward");
 }
 
 void model_stage_backward(model *m, const float *g_in, float *g_out) {
@@ -99,16 +110,21 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
   size_t ne = (size_t)B * S * d, nd = (size_t)nT * d;
   int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0,
       last = m->stage == m->n_stages - 1;
+  trace_begin("backward");
+  m->n_bwd++, m->bwd_step = 0;
   model_vec_grads_begin(m);
   if (D->arch != MODEL_ARCH_TRANSLATION) { /* encoder layers, the head on the last stage */
-    if (!last)
+    if (!last) {
       memcpy(a->gs_a, g_in, ne * sizeof(float));
-    else if (D->arch == MODEL_ARCH_CLASSIFIER)
-      model_cls_head_bwd(m);
-    else
-      model_mlm_head_bwd(m);
+    } else {
+      if (D->arch == MODEL_ARCH_CLASSIFIER)
+        model_cls_head_bwd(m);
+      else
+        model_mlm_head_bwd(m);
+      model_bwd_step_done(m);
+    }
     enc_bwd(m, g_out, B, S);
-    model_vec_grads_end(m);
+    bwd_end(m);
     return;
   }
   if (has_dec) {
@@ -123,15 +139,18 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
         gs = a->gs_b;
       }
       memset(a->g_enc, 0, ne * sizeof(float));
+      model_bwd_step_done(m);
     } else {
       memcpy(gs, g_in + ne, nd * sizeof(float));
       memcpy(a->g_enc, g_in, ne * sizeof(float));
     }
     gs = model_dec_layers_bwd(m, m->dec_l0, m->dec_l1, gs, B, S, T);
-    if (m->dec_l0 == 0)
+    if (m->dec_l0 == 0) {
       model_embed_bwd(m, gs, m->dec_embed, a->tgt_in, B, T, SITE_DEC_EMBED);
-    else
+      model_bwd_step_done(m);
+    } else {
       memcpy(g_out + ne, gs, nd * sizeof(float));
+    }
     if (!has_enc) memcpy(g_out, a->g_enc, ne * sizeof(float));
   }
   if (has_enc) {
@@ -141,7 +160,7 @@ void model_stage_backward(model *m, const float *g_in, float *g_out) {
       memcpy(a->g_enc, g_in, ne * sizeof(float));
     enc_bwd(m, g_out, B, S);
   }
-  model_vec_grads_end(m);
+  bwd_end(m);
 }
 
 int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tgt_in_g,
@@ -156,4 +175,80 @@ int64_t model_forward_backward(model *m, const int32_t *src_g, const int32_t *tg
   if (nll_sum) *nll_sum += sums[MODEL_SUM_NLL];
   if (backward) model_stage_backward(m, NULL, NULL);
   return ntok;
+}
+
+/* ---- which backward step completes each gradient (gradsync.c) ----------------------- */
+
+static void mark(const model *m, int *ready, const model_param *p, int step) {
+  if (p) ready[p - m->params] = step; /* the last touch wins: steps only grow */
+}
+static void mark_attn(const model *m, int *ready, const model_attn *A, int step) {
+  const model_param *ps[8] = {A->q_w, A->q_b, A->k_w, A->k_b, A->v_w, A->v_b, A->o_w, A->o_b};
+  for (int i = 0; i < 8; i++)
+    mark(m, ready, ps[i], step);
+}
+static void mark_ln(const model *m, int *ready, const model_ln *ln, int step) {
+  mark(m, ready, ln->w, step);
+  mark(m, ready, ln->b, step);
+}
+/* Sublayer j of layer L (encoder: self, ffn; decoder: self, cross, ffn). */
+static void mark_sublayer(const model *m, int *ready, const model_layer *L, int dec, int j,
+                          int step) {
+  int kind = dec ? j : (j == 0 ? 0 : 2); /* 0 self, 1 cross, 2 ffn */
+  if (kind == 0) mark_attn(m, ready, &L->self, step), mark_ln(m, ready, &L->ln_self, step);
+  if (kind == 1) mark_attn(m, ready, &L->cross, step), mark_ln(m, ready, &L->ln_cross, step);
+  if (kind == 2) {
+    mark(m, ready, L->fc1_w, step), mark(m, ready, L->fc1_b, step);
+    mark(m, ready, L->fc2_w, step), mark(m, ready, L->fc2_b, step);
+    mark_ln(m, ready, &L->ln_ffn, step);
+  }
+}
+
+/* enc_bwd's steps, after *step: the final LayerNorm (Pre-LN, last encoder layer here)
+ * with the first sublayer, the sublayers from the last, the embedding on stage 0. */
+static void enc_ready(const model *m, int *ready, int *step) {
+  if (m->enc_l1 == m->dims.n_enc && m->dims.pre_ln) mark_ln(m, ready, &m->enc_final, *step + 1);
+  for (int l = m->enc_l1 - 1; l >= m->enc_l0; l--)
+    for (int j = 1; j >= 0; j--)
+      mark_sublayer(m, ready, &m->enc[l], 0, j, ++*step);
+  if (m->enc_l0 == 0) mark(m, ready, m->enc_embed, ++*step);
+}
+
+/* The walk of model_stage_backward (and of model_enc/dec_layers_bwd, whose loops count
+ * a step per sublayer), counting its model_bwd_step_done calls. */
+void model_grad_ready(const model *m, int *ready) {
+  const model_dims *D = &m->dims;
+  int step = 0, last = m->stage == m->n_stages - 1;
+  for (int i = 0; i < m->n_params; i++)
+    ready[i] = 0;
+  if (D->arch != MODEL_ARCH_TRANSLATION) {
+    if (last) {
+      step++;
+      if (D->arch == MODEL_ARCH_CLASSIFIER) {
+        mark(m, ready, m->cls_dense_w, step), mark(m, ready, m->cls_dense_b, step);
+        mark(m, ready, m->cls_out_w, step), mark(m, ready, m->cls_out_b, step);
+      } else {
+        mark(m, ready, m->out_proj, step);
+      }
+    }
+    enc_ready(m, ready, &step);
+  } else {
+    if (m->dec_l1 > m->dec_l0) {
+      if (last) {
+        step++;
+        mark(m, ready, m->out_proj, step);
+        if (D->pre_ln) mark_ln(m, ready, &m->dec_final, step);
+      }
+      for (int l = m->dec_l1 - 1; l >= m->dec_l0; l--)
+        for (int j = 2; j >= 0; j--)
+          mark_sublayer(m, ready, &m->dec[l], 1, j, ++step);
+      if (m->dec_l0 == 0) mark(m, ready, m->dec_embed, ++step);
+    }
+    if (m->enc_l1 > m->enc_l0) enc_ready(m, ready, &step);
+  }
+  for (int i = 0; i < m->n_params; i++) {
+    const model_param *p = &m->params[i];
+    if (p->is_vector && grid_pr(m) > 1) ready[i] = MODEL_BWD_END;
+    if (p->pp_owners > 1) ready[i] = MODEL_BWD_NEVER;
+  }
 }

@@ -10,6 +10,8 @@
 
 #include "debug.h"
 #include "gemm.h"
+#include "gradsync.h"
+#include "trace.h"
 
 #include <math.h>
 #include <string.h>
@@ -54,6 +56,10 @@ void optim_set_tp(optim *o, MPI_Comm tp_comm, int64_t norm_hi) {
 void optim_set_pp(optim *o, MPI_Comm pp_comm, int64_t norm_lo) {
   o->pp_comm = pp_comm;
   o->norm_lo = norm_lo;
+}
+
+void optim_set_sync(optim *o, struct gradsync *s) {
+  o->sync = s;
 }
 
 void optim_free(optim *o) {
@@ -103,7 +109,9 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
               o->pp_comm != MPI_COMM_NULL);
   DEBUG_AGREE(o->tp_comm, o->step, debug_bits(scale), o->pp_comm != MPI_COMM_NULL);
   DEBUG_AGREE(o->pp_comm, o->step, debug_bits(scale), o->tp_comm != MPI_COMM_NULL);
-  if (o->dp > 1) {
+  if (o->sync && o->dp > 1) {
+    gradsync_finish(o->sync);
+  } else if (o->dp > 1) {
     if (o->zero) {
       /* each rank receives the sum of its own slice, in place at grads + lo */
       MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, grads, o->counts, MPI_FLOAT, MPI_SUM, o->dp_comm));
@@ -134,6 +142,7 @@ double optim_sync_grads(optim *o, float *grads, float scale) {
 
 void optim_update(optim *o, float *params, const float *grads, double lr, float clip_coef) {
   DEBUG_AGREE(o->dp_comm, o->n, o->zero, o->step, debug_bits(lr), debug_bits(clip_coef));
+  trace_begin("adam");
   o->step++;
   const double b1 = o->beta1, b2 = o->beta2;
   const double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
@@ -159,6 +168,7 @@ void optim_update(optim *o, float *params, const float *grads, double lr, float 
     MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, o->counts, o->displs, MPI_FLOAT,
                              o->dp_comm));
   gemm_shadow_refresh(params); /* precision=bf16: the weights' bf16 copy, once per update */
+  trace_end("adam");
 }
 
 double optim_lr(const config *c, int64_t step, int64_t epoch) {

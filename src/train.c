@@ -26,11 +26,13 @@
 
 #include "evaluate.h"
 #include "gemm.h"
+#include "gradsync.h"
 #include "metrics.h"
 #include "pipe.h"
 #include "runctl.h"
 #include "session.h"
 #include "task.h"
+#include "trace.h"
 
 /* Fault injection for tests/test_nan.sh: MPIFORMER_TEST_NAN=N makes the last rank's loss
  * sum NaN at update attempt N, as an overflow on one rank would ("N+": at every attempt
@@ -66,6 +68,7 @@ typedef struct trainer {
   metrics mt;
   decode_opts dopt; /* BLEU at evaluation */
   pipe_sched pipe;  /* pp > 1: the 1F1B schedule of each update */
+  gradsync sync;    /* dp > 1, grad_overlap = 1: the gradient buckets */
   data_plan plan;   /* the epoch plan_epoch's batches */
   int64_t plan_epoch;
   int per_step; /* batches one update consumes: dp * update_freq */
@@ -144,10 +147,18 @@ static int train_setup(trainer *tr, int argc, char **argv) {
   tr->per_step = tr->g->dp * (int)tr->c->update_freq;
   tr->interval_t0 = common_now();
   pipe_init(&tr->pipe, tr->g, s->model, tr->c->pp_timeout);
+  if (tr->c->grad_overlap && tr->g->dp > 1) { /* after pipe_init: its hook chains to pipe's */
+    gradsync_init(&tr->sync, &s->opt, s->model, (int64_t)(tr->c->grad_bucket_mb * 1048576.0));
+    optim_set_sync(&s->opt, &tr->sync);
+  }
+  trace_open(tr->g->world);
   return C_OK;
 }
 
 static void train_teardown(trainer *tr) {
+  trace_close();
+  optim_set_sync(&tr->s.opt, NULL);
+  gradsync_free(&tr->sync);
   pipe_free(&tr->pipe);
   data_plan_free(&tr->plan);
   data_split_close(tr->split);
@@ -306,9 +317,13 @@ static int train_update(trainer *tr) {
                     .step = t->step + 1,
                     .epoch = t->epoch,
                     .poison = test_nan_hit(g, ++tr->attempt)};
+  /* the buckets launch during the last backward of those that have a batch */
+  int64_t left = tr->plan.n_batches - pass.first;
+  gradsync_arm(&tr->sync, (int)(left < pass.n ? (left > 0 ? left : 0) : pass.n));
   double sums[MODEL_NSUMS]; /* the world's totals: the same on every rank */
   char err[600];
   if (task_step_run(tr->tk, s->model, &tr->pipe, g, &pass, sums, err, sizeof err) != C_OK) {
+    gradsync_finish(&tr->sync); /* nothing left in flight (every replica is here) */
     if (tr->rank0) fprintf(stderr, "mpiformer: error: %s; no update made\n", err);
     tr->stop = TRAIN_FAILED; /* agreed: every rank got C_ERR */
     return 0;

@@ -5,6 +5,9 @@
 #   run NP ARGS...     mpirun -np NP bin/mpiformer ARGS (5-minute timeout)
 #   losses METRICS     "step loss" of each train line of a metrics.jsonl, full precision
 #   same A B TOL       two such lists have the same steps and losses within relative TOL
+#   loss_gnorm METRICS "step loss gnorm" of each train line, as written
+#   ckpt_sums CKPT     per-dataset checksums of a checkpoint (layout-independent: equal iff
+#                      the tensors are)
 #   finish             print "N passed, N failed" and exit non-zero on any failure
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 BIN=${MPIFORMER_BIN:-bin/mpiformer}
@@ -36,6 +39,19 @@ worst = max(abs(float(x[1]) - float(y[1])) / abs(float(y[1])) for x, y in zip(a,
 steps_equal = all(x[0] == y[0] for x, y in zip(a, b))
 print(f"    {len(a)} steps, max relative difference {worst:.3g} (tolerance {tol:g})")
 sys.exit(0 if steps_equal and worst <= tol else 1)' "$1" "$2" "$3"
+}
+loss_gnorm() {
+  $PY -c '
+import json, sys
+for l in open(sys.argv[1]):
+    o = json.loads(l)
+    if o["type"] == "train": print(o["step"], repr(o["loss"]), repr(o["gnorm"]))' "$1"
+}
+ckpt_sums() {
+  $PY -c '
+import h5py, sys
+f = h5py.File(sys.argv[1], "r")
+f.visititems(lambda k, v: print(k, v.attrs["checksum"]) if isinstance(v, h5py.Dataset) else None)' "$1"
 }
 finish() {
   echo "$passed passed, $failed failed"
