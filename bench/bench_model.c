@@ -197,6 +197,7 @@ static double step_flops(const model_dims *D, int B, int T) {
 }
 
 int main(int argc, char **argv) {
+  gradsync_mpi_defaults(); /* as bin/mpiformer */
   MPI_Init(&argc, &argv);
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -201,6 +201,10 @@ void gradsync_arm(gradsync *s, int n_backward) {
   s->target = n_backward > 0 ? s->m->n_bwd + n_backward : -1;
 }
 
+void gradsync_mpi_defaults(void) {
+  setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0); /* 0: keep the user's */
+}
+
 void gradsync_free(gradsync *s) {
   if (s->n_buckets > 0) {
     MPI_CHECK(MPI_Waitall(s->n_buckets, s->reqs, MPI_STATUSES_IGNORE));

@@ -19,6 +19,7 @@
 #include "decode.h"
 #include "evaluate.h"
 #include "gradnorm.h"
+#include "gradsync.h"
 #include "runctl.h"
 #include "session.h"
 #include "task.h"
@@ -211,6 +212,7 @@ int main(int argc, char **argv) {
     config_print_keys(stdout);
     return 0;
   }
+  gradsync_mpi_defaults(); /* the ring for the gradient buckets' non-blocking all-reduce */
   MPI_Init(&argc, &argv);
   int rc;
   if (!strcmp(cmd, "train"))

@@ -5,8 +5,8 @@
 #      bitwise equal with 1 KiB buckets (hundreds per step, every readiness class: tensors
 #      of each sublayer, tied embeddings, replicated vectors) on dp=2, dp=2 zero=1,
 #      dp=2 x pp=2 with embeddings tied across the stages, dp=2 x tp=2 on a 2x1 grid
-#      (vectors complete only at the end), a classifier and dp=4; dp=4 zero=1 within float32
-#      rounding (another order of the reduce-scatter's sums);
+#      (vectors complete only at the end) and a classifier; dp=4 and dp=4 zero=1 within
+#      float32 rounding (other orders of the sums' terms);
 #   2. an overlapped run stopped at step 10 and resumed gives the uninterrupted run's bits;
 #   3. the timeline (MPIFORMER_TRACE): in every update the buckets launch inside the
 #      last backward, and on each rank buckets complete inside it, i.e. they moved while
@@ -71,9 +71,10 @@ pair 0 dp2z 2 mt.conf zero=1
 pair 0 dp2pp2 4 mt.conf pp=2 microbatches=2 share_embeddings=all norm=post
 pair 0 dp2tp2 4 mt.conf tp=2 tp_grid=2x1
 pair 0 clf 2 enc.conf
-pair 0 dp4 4 mt.conf
-# 4 ranks, zero=1: Open MPI's blocking and non-blocking reduce-scatter add the four terms
-# of some elements in another order (last-bit differences from step 1)
+# 4 ranks: the buckets' ring all-reduce (gradsync_mpi_defaults) and Open MPI's blocking
+# all-reduce, and its blocking and non-blocking reduce-scatter (zero=1), add the four terms
+# of some elements in other orders: last-bit differences from step 1
+pair 1e-5 dp4 4 mt.conf
 pair 1e-5 dp4z 4 mt.conf zero=1
 
 echo "resume of an overlapped run"
