@@ -147,7 +147,8 @@ job() {
   fi
   grep '^{' "$work/$tag.out" | sed "s/}\$/$extra}/" >>"$out/$file"
   printf '{"file":"%s","cmd":"%s","sbatch":"%s","load_before":"%s","load_after":"%s","seconds":%d,"rc":%d}\n' \
-    "$file" "$*" "${args[*]}" "$l0" "$(load)" $((SECONDS - t0)) $rc >>"$out/runs.jsonl"
+    "$file" "$(sed "s|$root/||g; s|$BUILD/|build/|g" <<<"$*")" "${args[*]}" "$l0" "$(load)" $((SECONDS - t0)) $rc \
+    >>"$out/runs.jsonl"
   if [ $rc -ne 0 ] || ! grep -q '^{' "$work/$tag.out"; then
     echo "$me: the job for $file failed (rc $rc):" >&2
     tail -15 "$work/$tag.out" "$work/$tag.id" >&2
