@@ -2,24 +2,27 @@
 """scaling_model.py: the communication fits and the scaling model of docs/SCALING.md.
 
     /usr/bin/python3 scripts/scaling_model.py OUTDIR [--doc docs/SCALING.md] [--png-dir docs]
+                                              [--out DIR]
     /usr/bin/python3 scripts/scaling_model.py --fit FILE.jsonl    (fits of one bench_comm file)
 
 OUTDIR is what scripts/scaling_measure.sh wrote. This script
   1. fits t = alpha + bytes / beta to every bench_comm op at every rate (comm_RATE.jsonl,
-     comm_extra_RATE.jsonl, comm_shm.jsonl): least squares on the relative residuals, so
-     that 4 KiB and 128 MiB points weigh alike; alpha in microseconds, beta in Gbit/s (of
-     the message's bytes: for allreduce, the buffer's), the worst relative residual;
-  2. takes the per-rank compute rate from bench_model base 64 32 on 1 rank (the mean of
-     compute_pair_start/end: one rank in each node at the same time, both cores busy as in
-     the 2-rank runs; compute_alone if those are missing), as matmul FLOP/s of a step;
+     comm_extra_RATE.jsonl, comm_shm.jsonl): beta from the messages >= 1 MiB (least
+     squares of the relative residuals), alpha from the smallest; alpha in microseconds,
+     beta in Gbit/s (of the message's bytes: for allreduce, the buffer's), the worst
+     relative residuals;
+  2. takes the per-rank compute rate from bench_model base 64 32 on 1 rank (the mean of the
+     compute_pair_RATE.jsonl runs: one rank in each node at the same time, both cores busy
+     as in the 2-rank runs; compute_alone if there are none), as matmul FLOP/s of a step;
+     each rate's in-box prediction uses that rate's pair, measured just before its runs;
   3. predicts the in-box points (dp=2 at each rate, with and without gradient overlap;
      tp=2 in one node; pp=2 across the nodes) and compares them with the measured ones;
   4. predicts step time, tokens/s and memory per rank of `base` and of the WMT14 job at 2 to
      256 ranks for dp, tp, pp and mixes on a 25 and a 100 Gbit/s cluster;
-  5. writes OUTDIR/model/: fits.json, predictions.json, tables.md (every table of
+  5. writes OUTDIR/model/ (or --out DIR): fits.json, predictions.json, tables.txt (every table of
      docs/SCALING.md), .dat files and scaling.gp; gnuplot draws scaling.png (the fits, and
-     every measured in-box point next to its prediction) and scaling_predict.png (tokens/s
-     against ranks) into --png-dir (default OUTDIR/model).
+     every measured in-box point next to its prediction) and scaling_predict.png (scaling
+     efficiency against ranks) into --png-dir (default OUTDIR/model).
 With --doc FILE the tables between "<!-- scaling_model:begin NAME -->" and
 "<!-- scaling_model:end NAME -->" lines in FILE are replaced by the new ones.
 The model's equations and assumptions are in docs/SCALING.md; the code says which line is
@@ -64,9 +67,9 @@ def rate_gbit(name):
 def fit_alpha_beta(points, large=1 << 20):
     """points: [(bytes, seconds)]. beta from the large messages (>= `large` bytes): least
     squares of the relative residuals of alpha' + bytes / beta; alpha from the smallest
-    message: its seconds less its bytes at beta (at least 0). The two regimes apart because a shaped link lets a burst through at the veth's speed (tc tbf's bucket:
-    1 ms of the rate, at least 128 KiB), so one straight line through all sizes fits neither
-    end. Falls back to all points where a regime has none. Returns alpha (s), beta (bytes/s),
+    message: its seconds less its bytes at beta (at least 0). The two regimes apart because
+    a shaped link lets a burst through at the veth's speed (tc tbf's bucket: 1 ms of the
+    rate, at least 128 KiB), so one straight line through all sizes fits neither end. Falls back to all points where a regime has none. Returns alpha (s), beta (bytes/s),
     the worst relative residual over all points and over the large ones."""
     pts = sorted(points)
     big = [p for p in pts if p[0] >= large]
@@ -445,6 +448,7 @@ def main():
     ap.add_argument("--fit", help="print the fits of one bench_comm JSON-lines file and exit")
     ap.add_argument("--doc", help="replace the marked tables in this Markdown file")
     ap.add_argument("--png-dir", help="where scaling.png and scaling_predict.png go")
+    ap.add_argument("--out", help="where the tables, fits, .dat files go (default OUTDIR/model)")
     ap.add_argument("--assume-overlap", action="store_true",
                     help="treat MPIFORMER_GRAD_OVERLAP=1 runs as overlapped even if bench_model "
                          "does not report grad_overlap")
@@ -466,7 +470,7 @@ def main():
     opt = dict(DEFAULTS, bucket_mb=args.bucket_mb, overlap_phi=args.overlap_phi,
                emb_exposed=not args.no_emb_exposed, tp_call_s=args.tp_call_ms * 1e-3)
     outdir = args.outdir
-    mdir = os.path.join(outdir, "model")
+    mdir = args.out or os.path.join(outdir, "model")
     os.makedirs(mdir, exist_ok=True)
     png_dir = args.png_dir or mdir
     tables = {}
@@ -579,12 +583,19 @@ def main():
         else:
             verdict = ("within 15%" if within else "not within 15%") + "; " + x["note"]
         cm = f"{x['comm_measured']:.3f}" if x["comm_measured"] is not None else "-"
+        mc = own = "-"
+        if x["comm_measured"] is not None:
+            c_run = x["measured"] - x["comm_measured"]
+            mc = f"{c_run:.2f}"
+            own = f"{(c_run + x['comm_predicted']) / x['measured'] - 1:+.1%}"
         rows.append([x["label"], f"{x['measured']:.3f}", f"{x['predicted']:.3f}", f"{err:+.1%}",
-                     f"{x['compute']:.2f}", cm, f"{x['comm_predicted']:.3f}",
+                     f"{x['compute']:.2f}", mc, cm, f"{x['comm_predicted']:.3f}", own,
                      f"{x['sgemm']:.0f}" if x["sgemm"] else "-", verdict])
     tables["inbox"] = table(["point", "measured step s", "predicted step s", "error",
-                             "compute s (1-rank runs)", "measured comm s (rank 0 in MPI)",
-                             "predicted comm s", "sgemm GFLOP/s at start", "verdict"], rows)
+                             "compute s (1-rank runs)", "compute s in the run (rank 0 outside MPI)",
+                             "measured comm s (rank 0 in MPI)", "predicted comm s",
+                             "error with the run's own compute", "sgemm GFLOP/s at start",
+                             "verdict"], rows)
 
     # memory: peak RSS against the model
     rows = []
@@ -707,7 +718,7 @@ def main():
     ]
     tables["inputs"] = table(["input", "value"], inputs)
 
-    with open(os.path.join(mdir, "tables.md"), "w") as f:
+    with open(os.path.join(mdir, "tables.txt"), "w") as f:
         for k, v in tables.items():
             f.write(f"<!-- scaling_model:begin {k} -->\n{v}\n<!-- scaling_model:end {k} -->\n\n")
 
@@ -736,7 +747,7 @@ def main():
               + (f" ({x['note']})" if x["note"] else ""))
     if tp_implied is not None:
         print(f"  TP: the tp=2 point implies {tp_implied * 1e3:.2f} ms of waiting per TP call")
-    print(f"tables: {os.path.join(mdir, 'tables.md')}; plots: {png_dir}/scaling.png, "
+    print(f"tables: {os.path.join(mdir, 'tables.txt')}; plots: {png_dir}/scaling.png, "
           f"{png_dir}/scaling_predict.png")
 
 
@@ -782,7 +793,7 @@ def plots(outdir, mdir, png_dir, fits, rates, inbox, preds, layouts, Ns, cluster
               f"'' u 1:3:($3*0.85):($3*1.15) w yerrorbars pt -1 lc rgb '#d62728' title 'predicted +-15%'")
     gp.append("unset multiplot")
     # predictions
-    gp.append("set terminal pngcairo size 1200,820 font 'sans,9'")
+    gp.append("set terminal pngcairo size 1100,760 font 'sans,8'")
     gp.append(f"set output '{os.path.join(png_dir, 'scaling_predict.png')}'")
     gp.append("set multiplot layout 2,2")
     gp.append("set logscale x; unset logscale y; set format y '%g'; "

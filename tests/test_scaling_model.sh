@@ -80,7 +80,7 @@ if $PY $model "$d" >"$tmp/model.out" 2>&1 && grep -qE 'dp=2 1gbit overlap=0: .* 
   ok "$(grep 'dp=2 1gbit overlap=0' "$tmp/model.out" | xargs)"
 else bad "model: $(tail -5 "$tmp/model.out")"; fi
 if [ -s "$d/model/scaling.png" ] && [ -s "$d/model/scaling_predict.png" ] &&
-  grep -q 'scaling_model:begin pred_wmt14_100' "$d/model/tables.md"; then
-  ok "tables.md, scaling.png ($(stat -c %s "$d/model/scaling.png") bytes), scaling_predict.png"
+  grep -q 'scaling_model:begin pred_wmt14_100' "$d/model/tables.txt"; then
+  ok "tables.txt, scaling.png ($(stat -c %s "$d/model/scaling.png") bytes), scaling_predict.png"
 else bad "missing outputs: $(ls "$d/model")"; fi
 finish
