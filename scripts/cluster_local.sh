@@ -215,6 +215,9 @@ exports() {
   # them from the ranks they wait for (a checkpoint's hundreds of small collectives went
   # from 10 s to under 1 s with this)
   echo "export OMPI_MCA_mpi_yield_when_idle=1"
+  # every node sees the whole machine, so mpirun's default binding would put each node's
+  # first rank on core 0: all of them on one core
+  echo "export OMPI_MCA_hwloc_base_binding_policy=none"
   if [ "$(id -u)" -eq 0 ]; then
     echo "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
   fi

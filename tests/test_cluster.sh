@@ -31,7 +31,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 steps=${TEST_CLUSTER_STEPS:-120}
 # the nodes share this machine's CPUs (see cluster_local.sh); the one-host runs the same
-export OMPI_MCA_mpi_yield_when_idle=1
+export OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_hwloc_base_binding_policy=none
 
 source "$(dirname "$0")/lib_slurm.sh"
 # node_ranks NODE: "pid hostname" of each mpiformer process in NODE's network namespace
