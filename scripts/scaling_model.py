@@ -283,7 +283,7 @@ class Net:
 
 
 # ---- the step model -----------------------------------------------------------------------
-DEFAULTS = dict(overlap_phi=1.0, bucket_mb=16.0, emb_exposed=True, pblas_nb=256, tp_call_s=0.0)
+DEFAULTS = dict(overlap_phi=1.0, bucket_mb=4.0, emb_exposed=True, pblas_nb=256, tp_call_s=0.0)
 
 
 def tp_comm(s, st, B, T, pr, pc, shm, nb, tp_call_s=0.0):
