@@ -31,6 +31,12 @@ void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
 void ops_relu_forward(float *y, const float *x, int64_t n);
 /* dx(n) += dy * (y > 0), y = the forward output. Not collective. */
 void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
+/* In place, for a dy that is this ReLU's alone: dy(rows, cols) = dy where y > 0, else 0
+ * (y = the forward output); and dcol(cols) += the column sums of that result, row after
+ * row in order (the bias gradient of the linear layer that produced the ReLU's input, in
+ * the same order as a separate sum, so the same bits); dcol may be NULL. One pass instead
+ * of a mask pass and a column-sum pass. Not collective. */
+void ops_relu_backward_inplace(float *dy, const float *y, int rows, int cols, float *dcol);
 
 /* ---- Dropout (inverted, layout-independent) -------------------------------------- */
 /* Element (i, j) of a local block (rows, cols) sits at global index

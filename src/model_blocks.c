@@ -206,10 +206,9 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
     if (s->hd != s->h)
       ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
                   p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
-    /* relu backward in place: g_h *= (h > 0) */
-    for (size_t i = 0; i < nf; i++)
-      if (!(s->h[i] > 0.0f)) a->g_h[i] = 0.0f;
-    model_linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, sl->L->fc1_b, n);
+    /* relu backward in place, fc1's bias gradient in the same pass */
+    ops_relu_backward_inplace(a->g_h, s->h, n, m->fl, sl->L->fc1_b->g.data);
+    model_linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, NULL, n);
     return;
   }
   const model_attn *A = sl->attn;

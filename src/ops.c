@@ -298,6 +298,27 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n) {
     a[i] += yy[i] > 0.0f ? g[i] : 0.0f;
 }
 
+/* A select, not a conditional store: gcc turns `if (!(y > 0)) dy = 0` into a masked store
+ * (vmaskmovps), which is slow on AMD; the select is a compare and an and. NaN in y gives
+ * 0, as the condition !(y > 0) does. */
+void ops_relu_backward_inplace(float *dy, const float *y, int rows, int cols, float *dcol) {
+  for (int i = 0; i < rows; i++) {
+    float *restrict d = dy + (int64_t)i * cols;
+    const float *restrict yr = y + (int64_t)i * cols;
+    if (dcol) {
+      float *restrict dc = dcol;
+      for (int j = 0; j < cols; j++) {
+        float v = yr[j] > 0.0f ? d[j] : 0.0f;
+        d[j] = v;
+        dc[j] += v;
+      }
+    } else {
+      for (int j = 0; j < cols; j++)
+        d[j] = yr[j] > 0.0f ? d[j] : 0.0f;
+    }
+  }
+}
+
 /* ---- Dropout ---------------------------------------------------------------------- */
 
 /* One row of dropout: y[j] = hash24(key, base + j) < thr ? 0 : x[j] * scale.
