@@ -88,7 +88,6 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   a->gs_b = take(base, &c, nmax * d);
   a->g_core = take(base, &c, nmax * d);
   a->g_ln = take(base, &c, nmax * d);
-  a->g_resid = take(base, &c, nmax * d);
   a->g_o = take(base, &c, nmax * d);
   a->g_q = take(base, &c, nmax * d);
   a->g_k = take(base, &c, nmax * d);

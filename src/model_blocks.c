@@ -202,7 +202,7 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   if (sl->kind == CORE_FFN) {
     size_t nf = (size_t)n * m->fl;
     memset(a->g_h, 0, nf * sizeof(float));
-    model_linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
+    model_linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, NULL, n); /* fc2_b: core_out_db */
     if (s->hd != s->h)
       ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
                   p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
@@ -217,7 +217,7 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   float *dsrc = cross ? dkv : dx;
   int nk = B * Tk;
   memset(a->g_o, 0, (size_t)n * d * sizeof(float));
-  model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, A->o_b, n);
+  model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, NULL, n); /* o_b: core_out_db */
   memset(a->g_q, 0, (size_t)n * d * sizeof(float));
   memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
   memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
@@ -239,17 +239,22 @@ static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float 
   if (D->pre_ln) {
     model_ln_fwd(m, s->ln_out, s->mean, s->rstd, s_in, sl->ln, n);
     core_fwd(m, sl, s, s->ln_out, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    ops_add(s_out, s_in, s->core, (int64_t)n * d);
+    ops_dropout_add(s_out, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
   } else {
     core_fwd(m, sl, s, s_in, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    ops_add(s->resid, s_in, s->core, (int64_t)n * d);
+    ops_dropout_add(s->resid, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
     model_ln_fwd(m, s_out, s->mean, s->rstd, s->resid, sl->ln, n);
   }
 }
 
-/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) +=, dkv +=. */
+/* The bias gradient of F's output layer (fc2, or attention's output projection): summed by
+ * sublayer_bwd in its dropout pass over F's output gradient, so core_bwd leaves it. */
+static float *core_out_db(const sublayer *sl) {
+  const model_param *b = sl->kind == CORE_FFN ? sl->L->fc2_b : sl->attn->o_b;
+  return b ? b->g.data : NULL;
+}
+
+/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) (written, not accumulated), dkv +=. */
 static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
                          const float *ds_out, float *ds_in, const float *kv, float *dkv, int B,
                          int Tq, int Tk) {
@@ -260,16 +265,17 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
   int64_t row0 = a->b0 * Tq;
   float p = p_if_train(m, D->dropout);
   if (D->pre_ln) {
-    ops_acc(ds_in, ds_out, (int64_t)nd);
-    ops_dropout(a->g_core, ds_out, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
+    /* one pass: ds_in = ds_out (the residual), g_core = dropout(ds_out), F's output bias */
+    ops_dropout_backward(a->g_core, ds_in, core_out_db(sl), ds_out, n, d, row0, m->d0, D->d, p,
+                         site_key(m, sl->site));
     memset(a->g_ln, 0, nd * sizeof(float));
     core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
     model_ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
   } else {
-    memset(a->g_resid, 0, nd * sizeof(float));
-    model_ln_bwd(m, a->g_resid, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
-    ops_acc(ds_in, a->g_resid, (int64_t)nd);
-    ops_dropout(a->g_core, a->g_resid, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
+    memset(ds_in, 0, nd * sizeof(float));
+    model_ln_bwd(m, ds_in, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
+    ops_dropout_backward(a->g_core, NULL, core_out_db(sl), ds_in, n, d, row0, m->d0, D->d, p,
+                         site_key(m, sl->site));
     core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
   }
 }
@@ -399,7 +405,6 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   for (int l = l1 - 1; l >= l0; l--)
     for (int j = 1; j >= 0; j--) {
       sublayer sl = enc_sublayer(m, l, j);
-      memset(gs_in, 0, (size_t)nS * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
                    B, S, S);
       float *t = gs_out;
@@ -427,12 +432,10 @@ void model_dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
  * holding the gradient of stream 3 l0. */
 float *model_dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, int T) {
   model_acts *a = m->acts;
-  int nT = B * T, d = m->dl;
   float *gs_out = gs, *gs_in = gs == a->gs_a ? a->gs_b : a->gs_a;
   for (int l = l1 - 1; l >= l0; l--)
     for (int j = 2; j >= 0; j--) {
       sublayer sl = dec_sublayer(m, l, j);
-      memset(gs_in, 0, (size_t)nT * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
                    a->g_enc, B, T, j == 1 ? S : T);
       float *t = gs_out;

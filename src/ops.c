@@ -391,14 +391,39 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
 }
 #endif
 
+/* One row of dropout, y(cols) = mask(x) (y may equal x): the vector path, then the scalar
+ * loops for what it left. */
+static void ops_dropout_row_any_(float *yr, const float *xr, int cols, uint64_t base, uint32_t thr,
+                                 float scale, uint64_t key) {
+  int j = 0; /* elements done by the vector path; the scalar loops finish the row */
+#ifdef __AVX2__
+  j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
+#endif
+  if (yr == xr)
+    ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+  else
+    ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+}
+
+/* The checks of every dropout entry point; sets the threshold and the scale for 0 < p < 1. */
+static void ops_dropout_prepare_(const char *who, int cols, int64_t row0, int64_t col0,
+                                 int64_t cols_global, float p, uint32_t *thr, float *scale) {
+  CHECK(p >= 0.0f && p <= 1.0f, "%s: p = %g is not in [0, 1]", who, (double)p);
+  CHECK(col0 >= 0 && col0 + cols <= cols_global && row0 >= 0,
+        "%s: block (row0 %lld, col0 %lld, cols %d) outside cols_global %lld", who, (long long)row0,
+        (long long)col0, cols, (long long)cols_global);
+  /* u < p with u = k * 2^-24 (k integer) <=> k < ceil(p * 2^24) (p * 2^24 is exact). */
+  *thr = p > 0.0f && p < 1.0f ? (uint32_t)ceilf(p * 16777216.0f) : 0;
+  *scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+}
+
 /* y(rows, cols) = dropout of x(rows, cols), element (i,j) at global index
  * (row0 + i) * cols_global + col0 + j. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key) {
-  CHECK(p >= 0.0f && p <= 1.0f, "ops_dropout: p = %g is not in [0, 1]", (double)p);
-  CHECK(col0 >= 0 && col0 + cols <= cols_global && row0 >= 0,
-        "ops_dropout: block (row0 %lld, col0 %lld, cols %d) outside cols_global %lld",
-        (long long)row0, (long long)col0, cols, (long long)cols_global);
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout", cols, row0, col0, cols_global, p, &thr, &scale);
   int64_t n = (int64_t)rows * cols;
   if (p == 0.0f) {
     if (y != x) memcpy(y, x, (size_t)n * sizeof(float));
@@ -408,21 +433,56 @@ void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int
     memset(y, 0, (size_t)n * sizeof(float));
     return;
   }
-  /* u < p with u = k * 2^-24 (k integer) <=> k < ceil(p * 2^24) (p * 2^24 is exact). */
-  uint32_t thr = (uint32_t)ceilf(p * 16777216.0f);
-  float scale = 1.0f / (1.0f - p);
+  for (int i = 0; i < rows; i++)
+    ops_dropout_row_any_(y + (int64_t)i * cols, x + (int64_t)i * cols, cols,
+                         (uint64_t)((row0 + i) * cols_global + col0), thr, scale, key);
+}
+
+/* Row by row: the dropout of a row into y (L1-sized), then the add while it is in cache. */
+void ops_dropout_add(float *y, const float *r, const float *x, int rows, int cols, int64_t row0,
+                     int64_t col0, int64_t cols_global, float p, uint64_t key) {
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout_add", cols, row0, col0, cols_global, p, &thr, &scale);
+  CHECK(y != r || rows * cols == 0, "ops_dropout_add: y may not alias r");
   for (int i = 0; i < rows; i++) {
-    uint64_t base = (uint64_t)((row0 + i) * cols_global + col0);
     float *yr = y + (int64_t)i * cols;
-    const float *xr = x + (int64_t)i * cols;
-    int j = 0; /* elements done by the vector path; the scalar loops finish the row */
-#ifdef __AVX2__
-    j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
-#endif
-    if (yr == xr)
-      ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+    const float *xr = x + (int64_t)i * cols; /* may be yr */
+    if (p == 0.0f) {                         /* dropout is the identity */
+      if (yr != xr) memcpy(yr, xr, (size_t)cols * sizeof(float));
+    } else if (p >= 1.0f) { /* ops_dropout's zeros */
+      memset(yr, 0, (size_t)cols * sizeof(float));
+    } else {
+      ops_dropout_row_any_(yr, xr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
+                           key);
+    }
+    ops_acc(yr, r + (int64_t)i * cols, cols); /* ops_add's a + b: the same sum */
+  }
+}
+
+void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy, int rows,
+                          int cols, int64_t row0, int64_t col0, int64_t cols_global, float p,
+                          uint64_t key) {
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout_backward", cols, row0, col0, cols_global, p, &thr, &scale);
+  CHECK(g != dy && g != dy_copy, "ops_dropout_backward: g may not alias dy or dy_copy");
+  for (int i = 0; i < rows; i++) {
+    float *restrict gr = g + (int64_t)i * cols;
+    const float *restrict dr = dy + (int64_t)i * cols;
+    if (p == 0.0f)
+      memcpy(gr, dr, (size_t)cols * sizeof(float));
+    else if (p >= 1.0f)
+      memset(gr, 0, (size_t)cols * sizeof(float));
     else
-      ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+      ops_dropout_row_any_(gr, dr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
+                           key);
+    if (dy_copy) memcpy(dy_copy + (int64_t)i * cols, dr, (size_t)cols * sizeof(float));
+    if (gcol) {
+      float *restrict gc = gcol;
+      for (int j = 0; j < cols; j++)
+        gc[j] += gr[j];
+    }
   }
 }
 
