@@ -27,7 +27,7 @@ typedef struct sub_acts {
   float *probs;       /* attention: (B,H,Tq,Tk) */
   float *o;           /* attention: heads concatenated (n,d) */
   float *h, *hd;      /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
-  float *core;        /* F's output (n,d), before dropout (only the forward reads it) */
+  float *core;        /* F's output (n,d) before dropout: one scratch for all */
 } sub_acts;
 
 typedef struct model_acts {
