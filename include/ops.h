@@ -105,6 +105,18 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                             const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
                             uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
 
+/* The same with dq, dk and dv WRITTEN (=), not accumulated: each (b, h) block is written
+ * by its gemm with beta = 0, so the caller need not zero them (the same bits as zeroing
+ * and accumulating). dbq, dbk, dbv (H*dh each, or NULL: not wanted) += the column sums of
+ * dq, dk, dv (the biases of the q, k and v projections), taken per block while it is in
+ * cache, each column's rows in order: the same bits as a sum over the whole array after.
+ * Not collective. */
+void ops_attention_backward_set(float *dq, float *dk, float *dv, float *dbq, float *dbk, float *dbv,
+                                const float *dout, int ldo, const float *probs, const float *q,
+                                int ldq, const float *k, const float *v, int ldk, int B, int Tq,
+                                int Tk, int H, int dh, float p, uint64_t key, int64_t b0, int h0,
+                                int Hg, float *scratch);
+
 /* ---- Embedding and sinusoidal positions ------------------------------------------- */
 /* y(n,d) = scale * table[tokens[i]] (table(V,d)). Not collective. */
 void ops_embedding_forward(float *y, const int32_t *tokens, const float *table, int n, int d,

@@ -193,6 +193,11 @@ static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   model_linear_fwd(m, s->core, s->o, A->o_w, A->o_b, n);
 }
 
+/* A bias's gradient (NULL without a bias). */
+static float *bias_grad(const model_param *b) {
+  return b ? b->g.data : NULL;
+}
+
 /* Backward of F: dcore (n,d) -> dx (n,d) += ; dkv (nk,d) += for cross-attention. */
 static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
                      float *dcore, float *dx, float *dkv, int B, int Tq, int Tk) {
@@ -207,7 +212,7 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
       ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
                   p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
     /* relu backward in place, fc1's bias gradient in the same pass */
-    ops_relu_backward_inplace(a->g_h, s->h, n, m->fl, sl->L->fc1_b->g.data);
+    ops_relu_backward_inplace(a->g_h, s->h, n, m->fl, bias_grad(sl->L->fc1_b));
     model_linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, NULL, n);
     return;
   }
@@ -218,15 +223,14 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   int nk = B * Tk;
   memset(a->g_o, 0, (size_t)n * d * sizeof(float));
   model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, NULL, n); /* o_b: core_out_db */
-  memset(a->g_q, 0, (size_t)n * d * sizeof(float));
-  memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
-  memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
-  ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
-                         Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
-                         site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
-  model_linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
-  model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
-  model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, A->v_b, nk);
+  /* g_q, g_k, g_v written, and the q, k, v bias gradients summed per head block */
+  ops_attention_backward_set(a->g_q, a->g_k, a->g_v, bias_grad(A->q_b), bias_grad(A->k_b),
+                             bias_grad(A->v_b), a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
+                             Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
+                             site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
+  model_linear_bwd(m, dx, a->g_q, x, A->q_w, NULL, n);
+  model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, NULL, nk);
+  model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, NULL, nk);
 }
 
 /* One sublayer forward: s_in -> s_out (n,d). */
@@ -250,8 +254,7 @@ static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float 
 /* The bias gradient of F's output layer (fc2, or attention's output projection): summed by
  * sublayer_bwd in its dropout pass over F's output gradient, so core_bwd leaves it. */
 static float *core_out_db(const sublayer *sl) {
-  const model_param *b = sl->kind == CORE_FFN ? sl->L->fc2_b : sl->attn->o_b;
-  return b ? b->g.data : NULL;
+  return bias_grad(sl->kind == CORE_FFN ? sl->L->fc2_b : sl->attn->o_b);
 }
 
 /* One sublayer backward: ds_out (n,d) -> ds_in (n,d) (written, not accumulated), dkv +=. */

@@ -552,11 +552,27 @@ static void ops_softmax_backward_(float *restrict dP, const float *restrict P, i
   }
 }
 
-/* Backward of ops_attention_forward; dq, dk, dv may each be NULL (not wanted). */
-void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
-                            const float *probs, const float *q, int ldq, const float *k,
-                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
-                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch) {
+/* dcol(cols) += the column sums of x(rows, cols) (row stride ld), row after row. */
+static void ops_colsum_acc_(float *restrict dcol, const float *restrict x, int rows, int cols,
+                            int64_t ld) {
+  for (int i = 0; i < rows; i++) {
+    const float *restrict xr = x + (int64_t)i * ld;
+    for (int j = 0; j < cols; j++)
+      dcol[j] += xr[j];
+  }
+}
+
+/* Backward of ops_attention_forward; dq, dk, dv may each be NULL (not wanted). beta = 1
+ * accumulates into them, beta = 0 writes them (each (b, h) block is one gemm's output, so
+ * beta goes to that gemm). dbq, dbk, dbv (H*dh, or NULL) += the column sums of the blocks
+ * just written (beta = 0 only): for each column the rows come in order (b outer, t inner),
+ * as in a sum over the whole array afterwards. */
+static void ops_attention_backward_(float *dq, float *dk, float *dv, float beta, float *dbq,
+                                    float *dbk, float *dbv, const float *dout, int ldo,
+                                    const float *probs, const float *q, int ldq, const float *k,
+                                    const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
+                                    float p, uint64_t key, int64_t b0, int h0, int Hg,
+                                    float *scratch) {
   CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_backward: bad strides");
   const float alpha = 1.0f / sqrtf((float)dh);
   float *Pd = scratch;                    /* (Tq, Tk): dropout(P) */
@@ -575,7 +591,8 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
           A = Pd;
         }
         /* dV(Tk, dh) += A^T(Tk, Tq) dO(Tq, dh) */
-        gemm_sgemm('T', 'N', Tk, dh, Tq, 1.0f, A, Tk, dob, ldo, 1.0f, dv + off_k, ldk);
+        gemm_sgemm('T', 'N', Tk, dh, Tq, 1.0f, A, Tk, dob, ldo, beta, dv + off_k, ldk);
+        if (dbv) ops_colsum_acc_(dbv + (int64_t)h * dh, dv + off_k, Tk, dh, ldk);
       }
       if (!dq && !dk) continue;
       /* dA(Tq, Tk) = dO V^T; then through dropout and softmax. */
@@ -583,12 +600,33 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
       if (p > 0.0f) ops_dropout(dP, dP, Tq, Tk, row0, 0, Tk, p, key);
       ops_softmax_backward_(dP, P, Tq, Tk);
       /* dQ(Tq, dh) += alpha dS K ; dK(Tk, dh) += alpha dS^T Q */
-      if (dq)
-        gemm_sgemm('N', 'N', Tq, dh, Tk, alpha, dP, Tk, k + off_k, ldk, 1.0f, dq + off_q, ldq);
-      if (dk)
-        gemm_sgemm('T', 'N', Tk, dh, Tq, alpha, dP, Tk, q + off_q, ldq, 1.0f, dk + off_k, ldk);
+      if (dq) {
+        gemm_sgemm('N', 'N', Tq, dh, Tk, alpha, dP, Tk, k + off_k, ldk, beta, dq + off_q, ldq);
+        if (dbq) ops_colsum_acc_(dbq + (int64_t)h * dh, dq + off_q, Tq, dh, ldq);
+      }
+      if (dk) {
+        gemm_sgemm('T', 'N', Tk, dh, Tq, alpha, dP, Tk, q + off_q, ldq, beta, dk + off_k, ldk);
+        if (dbk) ops_colsum_acc_(dbk + (int64_t)h * dh, dk + off_k, Tk, dh, ldk);
+      }
     }
   }
+}
+
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
+                            const float *probs, const float *q, int ldq, const float *k,
+                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
+                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch) {
+  ops_attention_backward_(dq, dk, dv, 1.0f, NULL, NULL, NULL, dout, ldo, probs, q, ldq, k, v, ldk,
+                          B, Tq, Tk, H, dh, p, key, b0, h0, Hg, scratch);
+}
+
+void ops_attention_backward_set(float *dq, float *dk, float *dv, float *dbq, float *dbk, float *dbv,
+                                const float *dout, int ldo, const float *probs, const float *q,
+                                int ldq, const float *k, const float *v, int ldk, int B, int Tq,
+                                int Tk, int H, int dh, float p, uint64_t key, int64_t b0, int h0,
+                                int Hg, float *scratch) {
+  ops_attention_backward_(dq, dk, dv, 0.0f, dbq, dbk, dbv, dout, ldo, probs, q, ldq, k, v, ldk, B,
+                          Tq, Tk, H, dh, p, key, b0, h0, Hg, scratch);
 }
 
 /* ---- Embedding and positions ------------------------------------------------------ */

@@ -627,6 +627,36 @@ static void attn_case(const char *name, int B, int Tq, int Tk, int H, int dh, in
   snprintf(what, sizeof what, "attention %s dk,dv", name);
   fd_check(what, kv, nk, gkv, attn_obj, &c);
 
+  /* the writing variant: garbage in dq/dk/dv is overwritten, giving exactly the zeroed and
+   * accumulated result inside the head columns (the rest untouched), and the bias sums
+   * are the column sums over all rows in order */
+  float *zq = fzero(nq), *zkv = fzero(nk), *wq = frand(nq, 9.0), *wkv = frand(nk, 9.0);
+  float *wq0 = copyf(wq, nq), *wkv0 = copyf(wkv, nk), *db0 = frand(3 * H * dh, 1.0);
+  float *db = copyf(db0, 3 * H * dh), *dbw = copyf(db0, 3 * H * dh);
+  ops_attention_backward(zq, zkv, zkv + H * dh, c.r, c.ldo, c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B,
+                         Tq, Tk, H, dh, p, c.key, b0, 0, H, c.scratch);
+  ops_attention_backward_set(wq, wkv, wkv + H * dh, db, db + H * dh, db + 2 * H * dh, c.r, c.ldo,
+                             c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B, Tq, Tk, H, dh, p, c.key, b0,
+                             0, H, c.scratch);
+  int64_t bad_w = 0;
+  for (int i = 0; i < B * Tq; i++)
+    for (int j = 0; j < c.ldq; j++) {
+      float want = j < H * dh ? zq[(int64_t)i * c.ldq + j] : wq0[(int64_t)i * c.ldq + j];
+      bad_w += memcmp(&want, &wq[(int64_t)i * c.ldq + j], sizeof want) != 0;
+      if (j < H * dh) dbw[j] += zq[(int64_t)i * c.ldq + j];
+    }
+  for (int i = 0; i < B * Tk; i++)
+    for (int j = 0; j < c.ldk; j++) {
+      float want = j < 2 * H * dh ? zkv[(int64_t)i * c.ldk + j] : wkv0[(int64_t)i * c.ldk + j];
+      bad_w += memcmp(&want, &wkv[(int64_t)i * c.ldk + j], sizeof want) != 0;
+      if (j < 2 * H * dh) dbw[H * dh + j] += zkv[(int64_t)i * c.ldk + j];
+    }
+  TEST_EXPECT(bad_w == 0, "attention %s: the writing backward differs in %lld elements", name,
+              (long long)bad_w);
+  TEST_EXPECT(memcmp(db, dbw, sizeof(float) * 3 * H * dh) == 0,
+              "attention %s: the q/k/v bias sums differ from the column sums", name);
+  free(zq), free(zkv), free(wq), free(wkv), free(wq0), free(wkv0), free(db0), free(db), free(dbw);
+
   free(kv), free(c.q), free(c.out), free(c.probs), free(c.r), free(c.scratch), free(out_before);
   free(pref), free(oref), free(heads), free(heads_ref), free(dq0), free(dkv0), free(dq), free(dkv);
   free(gq), free(gkv);
