@@ -48,18 +48,28 @@ void ops_relu_backward_inplace(float *dy, const float *y, int rows, int cols, fl
  * Not collective. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key);
+/* Bytes of one row of a kept dropout mask (ops_dropout_add, ops_dropout_backward): bit
+ * j % 8 of byte j / 8 is set when element j of the row was dropped. A (rows, cols) block
+ * keeps rows * ops_dropout_row_bytes(cols) bytes. Not collective. */
+static inline int64_t ops_dropout_row_bytes(int cols) {
+  return ((int64_t)cols + 7) / 8;
+}
 /* y(rows, cols) = r + dropout(x) (the residual add after a dropout), in one pass: the
- * same mask and bits as ops_dropout then ops_add. y may alias x, not r. Not collective. */
+ * same mask and bits as ops_dropout then ops_add. y may alias x, not r. bits (or NULL):
+ * the mask is kept there for ops_dropout_backward (written when 0 < p < 1 only).
+ * Not collective. */
 void ops_dropout_add(float *y, const float *r, const float *x, int rows, int cols, int64_t row0,
-                     int64_t col0, int64_t cols_global, float p, uint64_t key);
+                     int64_t col0, int64_t cols_global, float p, uint64_t key, uint8_t *bits);
 /* The backward of a dropout whose input gradient also flows on past it (a residual), in
  * one pass: g(rows, cols) = dropout(dy) (ops_dropout's mask and bits), dy_copy(rows, cols)
  * = dy (NULL: not wanted), and gcol(cols) += the column sums of g, row after row in order
  * (the bias gradient of the linear layer whose output was dropped out, the same bits as a
- * separate sum; NULL: not wanted). g may not alias dy or dy_copy. Not collective. */
+ * separate sum; NULL: not wanted). The mask comes from bits, kept by the forward's
+ * ops_dropout_add with the same p, or is recomputed from key when bits is NULL (the same
+ * products either way). g may not alias dy or dy_copy. Not collective. */
 void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy, int rows,
                           int cols, int64_t row0, int64_t col0, int64_t cols_global, float p,
-                          uint64_t key);
+                          uint64_t key, const uint8_t *bits);
 /* A uniform float in [0,1) from a 64-bit key and a counter: splitmix64's output number
  * `counter` of the stream seeded with `key`, i.e. z = key + (counter + 1) * 0x9e3779b97f4a7c15,
  * z = (z ^ z>>30) * 0xbf58476d1ce4e5b9, z = (z ^ z>>27) * 0x94d049bb133111eb, z ^= z>>31

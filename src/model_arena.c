@@ -10,10 +10,18 @@
 
 #include <string.h>
 
+#include "ops.h"
+
 static float *take(float *base, size_t *cursor, size_t n) {
   float *p = base ? base + *cursor : NULL;
   *cursor += (n + 15) & ~(size_t)15;
   return p;
+}
+
+/* A dropout mask of n rows of cols elements (ops_dropout_row_bytes), carved from the floats. */
+static uint8_t *take_mask(float *base, size_t *cursor, size_t n, int cols) {
+  size_t bytes = n * (size_t)ops_dropout_row_bytes(cols);
+  return (uint8_t *)take(base, cursor, (bytes + sizeof(float) - 1) / sizeof(float));
 }
 
 /* Lay the arena out for a (B, S, T) batch; returns the floats needed (base NULL: size only). */
@@ -45,6 +53,7 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
       s->mean = take(base, &c, nS);
       s->rstd = take(base, &c, nS);
       s->core = core;
+      s->drop = take_mask(base, &c, nS, m->dl);
       if (j == 0) {
         s->q = take(base, &c, nS * d);
         s->k = take(base, &c, nS * d);
@@ -65,6 +74,7 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
       s->mean = take(base, &c, nT);
       s->rstd = take(base, &c, nT);
       s->core = core;
+      s->drop = take_mask(base, &c, nT, m->dl);
       if (j < 2) {
         size_t nk = j == 0 ? nT : nS, Tk = j == 0 ? (size_t)T : (size_t)S;
         s->q = take(base, &c, nT * d);

@@ -3,8 +3,10 @@
  * wrapped the same way: Pre-LN `s' = s + D(F(LN(s)))`, Post-LN `s' = LN(s + D(F(s)))`.
  * The residual stream s_k is saved between sublayers; a sublayer saves what its
  * backward needs (LN statistics, q/k/v, attention probabilities, FFN hidden). Linear
- * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks are
- * regenerated in backward from counter-based keys, so nothing stores a mask.
+ * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks come from
+ * counter-based keys; the residual dropout of each sublayer keeps its mask as bits (1/32
+ * of an activation) for the backward, the others (embeddings, attention probabilities,
+ * FFN activation) are regenerated in backward from their keys.
  *
  * Tensor parallelism (pr x pc grid). Every activation is a dmat whose process row holds
  * whole sequences (the batch is padded with all-pad sequences to a multiple of pr, so
@@ -243,10 +245,12 @@ static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float 
   if (D->pre_ln) {
     model_ln_fwd(m, s->ln_out, s->mean, s->rstd, s_in, sl->ln, n);
     core_fwd(m, sl, s, s->ln_out, kv, B, Tq, Tk, key_pad);
-    ops_dropout_add(s_out, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
+    ops_dropout_add(s_out, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site),
+                    s->drop);
   } else {
     core_fwd(m, sl, s, s_in, kv, B, Tq, Tk, key_pad);
-    ops_dropout_add(s->resid, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
+    ops_dropout_add(s->resid, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site),
+                    s->drop);
     model_ln_fwd(m, s_out, s->mean, s->rstd, s->resid, sl->ln, n);
   }
 }
@@ -270,7 +274,7 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
   if (D->pre_ln) {
     /* one pass: ds_in = ds_out (the residual), g_core = dropout(ds_out), F's output bias */
     ops_dropout_backward(a->g_core, ds_in, core_out_db(sl), ds_out, n, d, row0, m->d0, D->d, p,
-                         site_key(m, sl->site));
+                         site_key(m, sl->site), s->drop);
     memset(a->g_ln, 0, nd * sizeof(float));
     core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
     model_ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
@@ -278,7 +282,7 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
     memset(ds_in, 0, nd * sizeof(float));
     model_ln_bwd(m, ds_in, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
     ops_dropout_backward(a->g_core, NULL, core_out_db(sl), ds_in, n, d, row0, m->d0, D->d, p,
-                         site_key(m, sl->site));
+                         site_key(m, sl->site), s->drop);
     core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
   }
 }

@@ -28,6 +28,7 @@ typedef struct sub_acts {
   float *o;           /* attention: heads concatenated (n,d) */
   float *h, *hd;      /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
   float *core;        /* F's output (n,d) before dropout: one scratch for all */
+  uint8_t *drop;      /* the residual dropout's mask (n rows of ops_dropout_row_bytes(d)) */
 } sub_acts;
 
 typedef struct model_acts {

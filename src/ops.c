@@ -360,9 +360,10 @@ static inline __m256i ops_mix64x4_(__m256i z) {
  * (returned; the caller does the tail), 8 elements a step: the splitmix64
  * states of counters base+j .. base+j+7 are key + (base+j+1+l) * G, so they advance by 8G;
  * the 24-bit values are the top bits of each lane, gathered into one 8 x 32-bit vector.
- * The masks and the products are bit-identical to the scalar loop. */
+ * The masks and the products are bit-identical to the scalar loop. bits (or NULL): the
+ * mask, one byte per 8 elements (bit l: element j + l dropped). */
 static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t base, uint32_t thr,
-                                 float scale, uint64_t key) {
+                                 float scale, uint64_t key, uint8_t *bits) {
   const uint64_t G = 0x9e3779b97f4a7c15ULL;
   int j = 0;
   if (cols >= 8) {
@@ -383,6 +384,7 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
       __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, h24)); /* h24 < thr */
       __m256 f = _mm256_andnot_ps(drop, vscale);                        /* 0 or scale */
       _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+      if (bits) bits[j >> 3] = (uint8_t)_mm256_movemask_ps(drop);
       za = _mm256_add_epi64(za, step);
       zb = _mm256_add_epi64(zb, step);
     }
@@ -391,15 +393,29 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
 }
 #endif
 
+/* The scalar rule from element j0 (a multiple of 8) to the end of the row, keeping the
+ * mask's bits (y may equal x: each element is read before it is written). */
+static void ops_dropout_row_bits_(float *y, const float *x, int j0, int cols, uint64_t base,
+                                  uint32_t thr, float scale, uint64_t key, uint8_t *bits) {
+  for (int j = j0; j < cols; j++) {
+    int drop = ops_hash24_(key, base + (uint64_t)j) < thr;
+    if ((j & 7) == 0) bits[j >> 3] = 0;
+    bits[j >> 3] |= (uint8_t)(drop << (j & 7));
+    y[j] = x[j] * (drop ? 0.0f : scale);
+  }
+}
+
 /* One row of dropout, y(cols) = mask(x) (y may equal x): the vector path, then the scalar
- * loops for what it left. */
+ * loops for what it left; bits (or NULL): the row's mask, ceil(cols / 8) bytes. */
 static void ops_dropout_row_any_(float *yr, const float *xr, int cols, uint64_t base, uint32_t thr,
-                                 float scale, uint64_t key) {
-  int j = 0; /* elements done by the vector path; the scalar loops finish the row */
+                                 float scale, uint64_t key, uint8_t *bits) {
+  int j = 0; /* elements done by the vector path (a multiple of 8); the scalar loops finish */
 #ifdef __AVX2__
-  j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
+  j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key, bits);
 #endif
-  if (yr == xr)
+  if (bits)
+    ops_dropout_row_bits_(yr, xr, j, cols, base, thr, scale, key, bits);
+  else if (yr == xr)
     ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
   else
     ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
@@ -435,12 +451,31 @@ void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int
   }
   for (int i = 0; i < rows; i++)
     ops_dropout_row_any_(y + (int64_t)i * cols, x + (int64_t)i * cols, cols,
-                         (uint64_t)((row0 + i) * cols_global + col0), thr, scale, key);
+                         (uint64_t)((row0 + i) * cols_global + col0), thr, scale, key, NULL);
+}
+
+/* y(cols) = x * (0 where the row's mask bit is set, else scale): the product of
+ * ops_dropout_row_avx2_ and ops_dropout_row_, from the kept bits (y may equal x). */
+static void ops_dropout_row_apply_(float *y, const float *x, int cols, const uint8_t *bits,
+                                   float scale) {
+  int j = 0;
+#ifdef __AVX2__
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (; j + 8 <= cols; j += 8) {
+    __m256i b = _mm256_and_si256(_mm256_set1_epi32(bits[j >> 3]), sel);
+    __m256 drop = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
+    __m256 f = _mm256_andnot_ps(drop, vscale); /* 0 or scale */
+    _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+  }
+#endif
+  for (; j < cols; j++)
+    y[j] = x[j] * ((bits[j >> 3] >> (j & 7)) & 1 ? 0.0f : scale);
 }
 
 /* Row by row: the dropout of a row into y (L1-sized), then the add while it is in cache. */
 void ops_dropout_add(float *y, const float *r, const float *x, int rows, int cols, int64_t row0,
-                     int64_t col0, int64_t cols_global, float p, uint64_t key) {
+                     int64_t col0, int64_t cols_global, float p, uint64_t key, uint8_t *bits) {
   uint32_t thr;
   float scale;
   ops_dropout_prepare_("ops_dropout_add", cols, row0, col0, cols_global, p, &thr, &scale);
@@ -454,7 +489,7 @@ void ops_dropout_add(float *y, const float *r, const float *x, int rows, int col
       memset(yr, 0, (size_t)cols * sizeof(float));
     } else {
       ops_dropout_row_any_(yr, xr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
-                           key);
+                           key, bits ? bits + (int64_t)i * ops_dropout_row_bytes(cols) : NULL);
     }
     ops_acc(yr, r + (int64_t)i * cols, cols); /* ops_add's a + b: the same sum */
   }
@@ -462,7 +497,7 @@ void ops_dropout_add(float *y, const float *r, const float *x, int rows, int col
 
 void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy, int rows,
                           int cols, int64_t row0, int64_t col0, int64_t cols_global, float p,
-                          uint64_t key) {
+                          uint64_t key, const uint8_t *bits) {
   uint32_t thr;
   float scale;
   ops_dropout_prepare_("ops_dropout_backward", cols, row0, col0, cols_global, p, &thr, &scale);
@@ -474,9 +509,11 @@ void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy
       memcpy(gr, dr, (size_t)cols * sizeof(float));
     else if (p >= 1.0f)
       memset(gr, 0, (size_t)cols * sizeof(float));
+    else if (bits)
+      ops_dropout_row_apply_(gr, dr, cols, bits + (int64_t)i * ops_dropout_row_bytes(cols), scale);
     else
       ops_dropout_row_any_(gr, dr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
-                           key);
+                           key, NULL);
     if (dy_copy) memcpy(dy_copy + (int64_t)i * cols, dr, (size_t)cols * sizeof(float));
     if (gcol) {
       float *restrict gc = gcol;

@@ -257,12 +257,13 @@ static void test_dropout_exact(void) {
 
 /* The fused dropouts bit for bit against ops_dropout followed by the separate passes they
  * replace (ops_add; a copy and the column sums in row order), at widths 1..41, offsets and
- * p = 0, 0.25 and 1, in place (ops_dropout_add's y = x) and not. */
+ * p = 0, 0.25 and 1, in place (ops_dropout_add's y = x) and not; the mask kept by the
+ * forward against the rule, and the backward from it equal to the one from the key. */
 static void test_dropout_fused(void) {
   const uint64_t key = ops_hash_key(5, 4, 3, 2);
   const float ps[3] = {0.0f, 0.25f, 1.0f};
   const int rows = 3;
-  int64_t bad_add = 0, bad_g = 0, bad_copy = 0, bad_col = 0, cases = 0;
+  int64_t bad_add = 0, bad_g = 0, bad_copy = 0, bad_col = 0, bad_bits = 0, cases = 0;
   for (int ip = 0; ip < 3; ip++)
     for (int cols = 1; cols <= 41; cols++)
       for (int col0 = 0; col0 < 10; col0 += 3) {
@@ -273,11 +274,20 @@ static void test_dropout_fused(void) {
         /* forward: y = r + dropout(x), into another buffer and in place over x */
         ops_dropout(want, x, rows, cols, row0, col0, cg, p, key);
         ops_add(want, r, want, n);
-        ops_dropout_add(got, r, x, rows, cols, row0, col0, cg, p, key);
+        /* the kept mask: garbage first, so every byte the forward owns must be written */
+        int64_t nb = rows * ops_dropout_row_bytes(cols);
+        uint8_t *bits = malloc((size_t)nb);
+        memset(bits, 0xa5, (size_t)nb);
+        ops_dropout_add(got, r, x, rows, cols, row0, col0, cg, p, key, bits);
         bad_add += memcmp(got, want, bytes) != 0;
         float *xi = copyf(x, n);
-        ops_dropout_add(xi, r, xi, rows, cols, row0, col0, cg, p, key);
+        ops_dropout_add(xi, r, xi, rows, cols, row0, col0, cg, p, key, NULL);
         bad_add += memcmp(xi, want, bytes) != 0;
+        for (int i = 0; i < rows && p > 0.0f && p < 1.0f; i++) /* the bits against the rule */
+          for (int j = 0; j < cols; j++) {
+            int drop = ops_hash_uniform(key, (uint64_t)((row0 + i) * cg + col0 + j)) < p;
+            bad_bits += ((bits[i * ops_dropout_row_bytes(cols) + j / 8] >> (j % 8)) & 1) != drop;
+          }
         /* backward: g = dropout(dy), dy copied, column sums of g added to gcol */
         float *gw = fzero(n), *g = fzero(n), *cp = fzero(n), *col0v = frand(cols, 1.0);
         float *colw = copyf(col0v, cols), *col = copyf(col0v, cols), *g2 = fzero(n);
@@ -285,19 +295,21 @@ static void test_dropout_fused(void) {
         for (int i = 0; i < rows; i++)
           for (int j = 0; j < cols; j++)
             colw[j] += gw[(int64_t)i * cols + j];
-        ops_dropout_backward(g, cp, col, x, rows, cols, row0, col0, cg, p, key);
-        ops_dropout_backward(g2, NULL, NULL, x, rows, cols, row0, col0, cg, p, key);
+        ops_dropout_backward(g, cp, col, x, rows, cols, row0, col0, cg, p, key, NULL);
+        ops_dropout_backward(g2, NULL, NULL, x, rows, cols, row0, col0, cg, p, key, bits);
         bad_g += (memcmp(g, gw, bytes) != 0) + (memcmp(g2, gw, bytes) != 0);
         bad_copy += memcmp(cp, x, bytes) != 0;
         bad_col += memcmp(col, colw, sizeof(float) * (size_t)cols) != 0;
         cases++;
         free(x), free(r), free(want), free(got), free(xi), free(gw), free(g), free(cp);
-        free(col0v), free(colw), free(col), free(g2);
+        free(col0v), free(colw), free(col), free(g2), free(bits);
       }
   TEST_EXPECT(bad_add == 0, "ops_dropout_add differs from ops_dropout + ops_add in %lld of %lld",
               (long long)bad_add, (long long)(2 * cases));
   TEST_EXPECT(bad_g == 0, "ops_dropout_backward: g differs from ops_dropout in %lld of %lld",
               (long long)bad_g, (long long)(2 * cases));
+  TEST_EXPECT(bad_bits == 0, "ops_dropout_add: %lld kept mask bits differ from the rule",
+              (long long)bad_bits);
   TEST_EXPECT(bad_copy == 0, "ops_dropout_backward: dy_copy differs in %lld cases",
               (long long)bad_copy);
   TEST_EXPECT(bad_col == 0, "ops_dropout_backward: column sums differ in %lld cases",
