@@ -47,10 +47,13 @@ void model_linear_fwd(model *m, float *y, const float *x, const model_param *w,
   dmat_gemm('N', 'T', 1.0f, &X, &w->w, b ? 1.0f : 0.0f, &Y);
 }
 
-/* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy (this process row's
- * rows: model_vec_grads_end sums them over the process column). */
-void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
-                      const model_param *b, int n) {
+/* dx(n,in) = dy W + dx_beta dx (if dx; dx_beta 0 or 1); dW += dy^T x; db += column sums of
+ * dy (this process row's rows: model_vec_grads_end sums them over the process column).
+ * dx_beta = 0 lets the local engine write dx instead of the caller zeroing it (the same
+ * bits: OpenBLAS zeroes C and runs the same kernel; oneDNN stores without a sum post-op,
+ * 0 + x = x); ScaLAPACK (tp > 1) still gets a zeroed dx and beta = 1, as before. */
+static void linear_bwd(model *m, float *dx, float dx_beta, const float *dy, const float *x,
+                       const model_param *w, const model_param *b, int n) {
   int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat DY, X;
   dmat_init(&DY, m->g, rows, out, (float *)dy);
@@ -58,7 +61,11 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
   if (dx) {
     dmat DX;
     dmat_init(&DX, m->g, rows, in, dx);
-    dmat_gemm('N', 'N', 1.0f, &DY, &w->w, 1.0f, &DX);
+    if (dx_beta == 0.0f && m->g && m->g->tp > 1) {
+      memset(dx, 0, (size_t)DX.rows_local * DX.ld * sizeof(float));
+      dx_beta = 1.0f;
+    }
+    dmat_gemm('N', 'N', 1.0f, &DY, &w->w, dx_beta, &DX);
   }
   dmat_gemm('T', 'N', 1.0f, &DY, &X, 1.0f, (dmat *)&w->g);
   if (b) {
@@ -70,6 +77,11 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
         db[j] += row[j];
     }
   }
+}
+
+void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
+                      const model_param *b, int n) {
+  linear_bwd(m, dx, 1.0f, dy, x, w, b, n);
 }
 
 /* LayerNorm of n local rows (this rank's dl columns): the local kernel on one process
@@ -200,22 +212,21 @@ static float *bias_grad(const model_param *b) {
   return b ? b->g.data : NULL;
 }
 
-/* Backward of F: dcore (n,d) -> dx (n,d) += ; dkv (nk,d) += for cross-attention. */
+/* Backward of F: dcore (n,d) -> dx (n,d) = dx_beta dx + (0 or 1: the first product writes
+ * dx with 0); dkv (nk,d) += for cross-attention. */
 static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
-                     float *dcore, float *dx, float *dkv, int B, int Tq, int Tk) {
+                     float *dcore, float *dx, float dx_beta, float *dkv, int B, int Tq, int Tk) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int n = B * Tq, d = m->dl;
   if (sl->kind == CORE_FFN) {
-    size_t nf = (size_t)n * m->fl;
-    memset(a->g_h, 0, nf * sizeof(float));
-    model_linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, NULL, n); /* fc2_b: core_out_db */
+    linear_bwd(m, a->g_h, 0.0f, dcore, s->hd, sl->L->fc2_w, NULL, n); /* fc2_b: core_out_db */
     if (s->hd != s->h)
       ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
                   p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
     /* relu backward in place, fc1's bias gradient in the same pass */
     ops_relu_backward_inplace(a->g_h, s->h, n, m->fl, bias_grad(sl->L->fc1_b));
-    model_linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, NULL, n);
+    linear_bwd(m, dx, dx_beta, a->g_h, x, sl->L->fc1_w, NULL, n);
     return;
   }
   const model_attn *A = sl->attn;
@@ -223,14 +234,13 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   const float *src_kv = cross ? kv : x;
   float *dsrc = cross ? dkv : dx;
   int nk = B * Tk;
-  memset(a->g_o, 0, (size_t)n * d * sizeof(float));
-  model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, NULL, n); /* o_b: core_out_db */
+  linear_bwd(m, a->g_o, 0.0f, dcore, s->o, A->o_w, NULL, n); /* o_b: core_out_db */
   /* g_q, g_k, g_v written, and the q, k, v bias gradients summed per head block */
   ops_attention_backward_set(a->g_q, a->g_k, a->g_v, bias_grad(A->q_b), bias_grad(A->k_b),
                              bias_grad(A->v_b), a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
                              Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
                              site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
-  model_linear_bwd(m, dx, a->g_q, x, A->q_w, NULL, n);
+  linear_bwd(m, dx, dx_beta, a->g_q, x, A->q_w, NULL, n);
   model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, NULL, nk);
   model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, NULL, nk);
 }
@@ -275,15 +285,14 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
     /* one pass: ds_in = ds_out (the residual), g_core = dropout(ds_out), F's output bias */
     ops_dropout_backward(a->g_core, ds_in, core_out_db(sl), ds_out, n, d, row0, m->d0, D->d, p,
                          site_key(m, sl->site), s->drop);
-    memset(a->g_ln, 0, nd * sizeof(float));
-    core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
+    core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, 0.0f, dkv, B, Tq, Tk);
     model_ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
   } else {
     memset(ds_in, 0, nd * sizeof(float));
     model_ln_bwd(m, ds_in, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
     ops_dropout_backward(a->g_core, NULL, core_out_db(sl), ds_in, n, d, row0, m->d0, D->d, p,
                          site_key(m, sl->site), s->drop);
-    core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
+    core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, 1.0f, dkv, B, Tq, Tk);
   }
 }
 
