@@ -271,7 +271,9 @@ static float *core_out_db(const sublayer *sl) {
   return bias_grad(sl->kind == CORE_FFN ? sl->L->fc2_b : sl->attn->o_b);
 }
 
-/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) (written, not accumulated), dkv +=. */
+/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) (written, not accumulated), dkv +=.
+ * Pre-LN: ds_in may be ds_out (the residual's gradient passes through, and ds_out is not
+ * read after the dropout pass), which saves copying it. */
 static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
                          const float *ds_out, float *ds_in, const float *kv, float *dkv, int B,
                          int Tq, int Tk) {
@@ -282,9 +284,9 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
   int64_t row0 = a->b0 * Tq;
   float p = p_if_train(m, D->dropout);
   if (D->pre_ln) {
-    /* one pass: ds_in = ds_out (the residual), g_core = dropout(ds_out), F's output bias */
-    ops_dropout_backward(a->g_core, ds_in, core_out_db(sl), ds_out, n, d, row0, m->d0, D->d, p,
-                         site_key(m, sl->site), s->drop);
+    /* one pass: g_core = dropout(ds_out), F's output bias, ds_in = ds_out if not the same */
+    ops_dropout_backward(a->g_core, ds_in == ds_out ? NULL : ds_in, core_out_db(sl), ds_out, n, d,
+                         row0, m->d0, D->d, p, site_key(m, sl->site), s->drop);
     core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, 0.0f, dkv, B, Tq, Tk);
     model_ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
   } else {
@@ -408,7 +410,8 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int nS = B * S, d = m->dl;
-  float *gs_out = a->gs_a, *gs_in = a->gs_b;
+  /* Pre-LN: sublayer_bwd updates the stream's gradient in place (gs_in = gs_out) */
+  float *gs_out = a->gs_a, *gs_in = D->pre_ln ? a->gs_a : a->gs_b;
   if (l1 == D->n_enc) {
     if (D->pre_ln) {
       memset(gs_out, 0, (size_t)nS * d * sizeof(float));
@@ -448,7 +451,8 @@ void model_dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
  * holding the gradient of stream 3 l0. */
 float *model_dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, int T) {
   model_acts *a = m->acts;
-  float *gs_out = gs, *gs_in = gs == a->gs_a ? a->gs_b : a->gs_a;
+  /* Pre-LN: sublayer_bwd updates the stream's gradient in place (gs_in = gs_out) */
+  float *gs_out = gs, *gs_in = m->dims.pre_ln ? gs : gs == a->gs_a ? a->gs_b : a->gs_a;
   for (int l = l1 - 1; l >= l0; l--)
     for (int j = 2; j >= 0; j--) {
       sublayer sl = dec_sublayer(m, l, j);
