@@ -345,15 +345,32 @@ static inline __m256i ops_mul64_(__m256i z, __m256i c, __m256i c_hi) {
   return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
 }
 
-/* common_mix64 on 4 lanes, bit for bit. */
-static inline __m256i ops_mix64x4_(__m256i z) {
+/* The top 24 bits of common_mix64 of 8 states (lanes 0..3 in za, 4..7 in zb), as 8 x 32-bit
+ * lanes in order, bit for bit. Only bits 40..63 of the result are wanted, so: the last
+ * `z ^= z >> 31` is left out (it changes bits 0..32 only), and of the last product only the
+ * high 32-bit word is formed, hi(lo z * lo c) + lo(lo z * hi c) + lo(hi z * lo c) (mod 2^32),
+ * the two cross terms on 8 lanes at once with 32-bit multiplies. */
+static inline __m256i ops_hash24x8_(__m256i za, __m256i zb) {
   const __m256i c1 = _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ULL);
   const __m256i c1h = _mm256_set1_epi64x((long long)(0xBF58476D1CE4E5B9ULL >> 32));
-  const __m256i c2 = _mm256_set1_epi64x((long long)0x94D049BB133111EBULL);
-  const __m256i c2h = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL >> 32));
-  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), c1, c1h);
-  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), c2, c2h);
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+  const __m256i c2lo = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL & 0xffffffffu));
+  const __m256i c2lo8 = _mm256_set1_epi32((int)(0x94D049BB133111EBULL & 0xffffffffu));
+  const __m256i c2hi8 = _mm256_set1_epi32((int)(0x94D049BB133111EBULL >> 32));
+  za = ops_mul64_(_mm256_xor_si256(za, _mm256_srli_epi64(za, 30)), c1, c1h);
+  zb = ops_mul64_(_mm256_xor_si256(zb, _mm256_srli_epi64(zb, 30)), c1, c1h);
+  za = _mm256_xor_si256(za, _mm256_srli_epi64(za, 27));
+  zb = _mm256_xor_si256(zb, _mm256_srli_epi64(zb, 27));
+  __m256 lla = _mm256_castsi256_ps(_mm256_mul_epu32(za, c2lo)); /* lo z * lo c, 64-bit */
+  __m256 llb = _mm256_castsi256_ps(_mm256_mul_epu32(zb, c2lo));
+  __m256 fa = _mm256_castsi256_ps(za), fb = _mm256_castsi256_ps(zb);
+  /* 32-bit words of 8 lanes, per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3]: */
+  __m256i llhi = _mm256_castps_si256(_mm256_shuffle_ps(lla, llb, _MM_SHUFFLE(3, 1, 3, 1)));
+  __m256i zlo = _mm256_castps_si256(_mm256_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0)));
+  __m256i zhi = _mm256_castps_si256(_mm256_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1)));
+  __m256i hi = _mm256_add_epi32(
+      llhi, _mm256_add_epi32(_mm256_mullo_epi32(zlo, c2hi8), _mm256_mullo_epi32(zhi, c2lo8)));
+  hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0)); /* lanes in order */
+  return _mm256_srli_epi32(hi, 8);                            /* (z >> 40), < 2^24 */
 }
 
 /* The same row as ops_dropout_row_ (y may equal x) for its first cols - cols % 8 elements
@@ -375,12 +392,7 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
     const __m256i vthr = _mm256_set1_epi32((int)thr);
     const __m256 vscale = _mm256_set1_ps(scale);
     for (; j + 8 <= cols; j += 8) {
-      __m256 ha = _mm256_castsi256_ps(ops_mix64x4_(za));
-      __m256 hb = _mm256_castsi256_ps(ops_mix64x4_(zb));
-      /* high 32-bit words: per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3], then in order */
-      __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(ha, hb, _MM_SHUFFLE(3, 1, 3, 1)));
-      hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));
-      __m256i h24 = _mm256_srli_epi32(hi, 8); /* (z >> 40), < 2^24: signed compare is fine */
+      __m256i h24 = ops_hash24x8_(za, zb); /* < 2^24: a signed compare is fine */
       __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, h24)); /* h24 < thr */
       __m256 f = _mm256_andnot_ps(drop, vscale);                        /* 0 or scale */
       _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
