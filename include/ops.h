@@ -34,9 +34,13 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
 /* In place, for a dy that is this ReLU's alone: dy(rows, cols) = dy where y > 0, else 0
  * (y = the forward output); and dcol(cols) += the column sums of that result, row after
  * row in order (the bias gradient of the linear layer that produced the ReLU's input, in
- * the same order as a separate sum, so the same bits); dcol may be NULL. One pass instead
- * of a mask pass and a column-sum pass. Not collective. */
-void ops_relu_backward_inplace(float *dy, const float *y, int rows, int cols, float *dcol);
+ * the same order as a separate sum, so the same bits); dcol may be NULL. yd (or NULL):
+ * y after an ops_dropout with probability p (0 < p <= 1, a separate buffer); dy is then
+ * first taken through that dropout's backward, its mask read off yd and y instead of
+ * hashed again: the same bits as ops_dropout on dy followed by the ReLU backward. One
+ * pass instead of a dropout pass, a mask pass and a column-sum pass. Not collective. */
+void ops_relu_backward_inplace(float *dy, const float *y, const float *yd, float p, int rows,
+                               int cols, float *dcol);
 
 /* ---- Dropout (inverted, layout-independent) -------------------------------------- */
 /* Element (i, j) of a local block (rows, cols) sits at global index

@@ -5,8 +5,9 @@
  * backward needs (LN statistics, q/k/v, attention probabilities, FFN hidden). Linear
  * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks come from
  * counter-based keys; the residual dropout of each sublayer keeps its mask as bits (1/32
- * of an activation) for the backward, the others (embeddings, attention probabilities,
- * FFN activation) are regenerated in backward from their keys.
+ * of an activation) for the backward, the FFN's activation dropout reads it off the saved
+ * h and hd, and the others (embeddings, attention probabilities) are regenerated in
+ * backward from their keys.
  *
  * Tensor parallelism (pr x pc grid). Every activation is a dmat whose process row holds
  * whole sequences (the batch is padded with all-pad sequences to a multiple of pr, so
@@ -221,11 +222,9 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   int n = B * Tq, d = m->dl;
   if (sl->kind == CORE_FFN) {
     linear_bwd(m, a->g_h, 0.0f, dcore, s->hd, sl->L->fc2_w, NULL, n); /* fc2_b: core_out_db */
-    if (s->hd != s->h)
-      ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
-                  p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
-    /* relu backward in place, fc1's bias gradient in the same pass */
-    ops_relu_backward_inplace(a->g_h, s->h, n, m->fl, bias_grad(sl->L->fc1_b));
+    /* act dropout (its mask read off hd), relu and fc1's bias gradient: one pass */
+    ops_relu_backward_inplace(a->g_h, s->h, s->hd != s->h ? s->hd : NULL,
+                              p_if_train(m, D->act_dropout), n, m->fl, bias_grad(sl->L->fc1_b));
     linear_bwd(m, dx, dx_beta, a->g_h, x, sl->L->fc1_w, NULL, n);
     return;
   }

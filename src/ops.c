@@ -300,22 +300,44 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n) {
 
 /* A select, not a conditional store: gcc turns `if (!(y > 0)) dy = 0` into a masked store
  * (vmaskmovps), which is slow on AMD; the select is a compare and an and. NaN in y gives
- * 0, as the condition !(y > 0) does. */
-void ops_relu_backward_inplace(float *dy, const float *y, int rows, int cols, float *dcol) {
+ * 0, as the condition !(y > 0) does. With the activation dropout, where y > 0 the element
+ * was kept exactly when yd = y * scale is neither 0 nor NaN (y * 0 = 0; +inf * 0 = NaN),
+ * and the product dy * (scale or 0) is ops_dropout's. */
+void ops_relu_backward_inplace(float *dy, const float *y, const float *yd, float p, int rows,
+                               int cols, float *dcol) {
+  CHECK(p >= 0.0f && p <= 1.0f, "ops_relu_backward_inplace: p = %g is not in [0, 1]", (double)p);
+  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
   for (int i = 0; i < rows; i++) {
     float *restrict d = dy + (int64_t)i * cols;
     const float *restrict yr = y + (int64_t)i * cols;
-    if (dcol) {
-      float *restrict dc = dcol;
-      for (int j = 0; j < cols; j++) {
-        float v = yr[j] > 0.0f ? d[j] : 0.0f;
-        d[j] = v;
-        dc[j] += v;
+    float *restrict dc = dcol;
+    if (yd && p >= 1.0f) { /* ops_dropout gave zeros */
+      for (int j = 0; j < cols; j++)
+        d[j] = 0.0f;
+    } else if (yd) {
+      const float *restrict ydr = yd + (int64_t)i * cols;
+      int j = 0;
+#ifdef __AVX__ /* gcc keeps the loop below scalar: a float select before a product */
+      const __m256 zero = _mm256_setzero_ps(), vscale = _mm256_set1_ps(scale);
+      for (; j + 8 <= cols; j += 8) {
+        __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(ydr + j), zero, _CMP_NEQ_OQ); /* not 0, NaN */
+        __m256 prod = _mm256_mul_ps(_mm256_loadu_ps(d + j), _mm256_and_ps(kept, vscale));
+        __m256 pos = _mm256_cmp_ps(_mm256_loadu_ps(yr + j), zero, _CMP_GT_OQ);
+        _mm256_storeu_ps(d + j, _mm256_and_ps(pos, prod));
+      }
+#endif
+      for (; j < cols; j++) {
+        float f = ((ydr[j] != 0.0f) & (ydr[j] == ydr[j])) ? scale : 0.0f;
+        float prod = d[j] * f;
+        d[j] = yr[j] > 0.0f ? prod : 0.0f;
       }
     } else {
       for (int j = 0; j < cols; j++)
         d[j] = yr[j] > 0.0f ? d[j] : 0.0f;
     }
+    if (dc)
+      for (int j = 0; j < cols; j++)
+        dc[j] += d[j];
   }
 }
 

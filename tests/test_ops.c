@@ -460,35 +460,45 @@ static void test_relu(void) {
   free(c.x), free(c.y), free(c.r), free(dx0), free(dx), free(g), free(z);
 }
 
-/* ops_relu_backward_inplace bit for bit against the scalar rule (dy = 0 where !(y > 0), then
- * the column sums in row order), at widths 1..37 (vector bodies and every tail), with and
- * without the column sums, y with zeros, -0 and NaN. */
+/* ops_relu_backward_inplace bit for bit against the separate passes it replaces (with an
+ * activation dropout: ops_dropout of dy with the forward's key; then dy = 0 where
+ * !(y > 0); then the column sums in row order), at widths 1..37 (vector bodies and every
+ * tail), with and without the column sums and the dropout (p = 0.3 and 1), y with zeros,
+ * -0, NaN and +inf (the dropout's y * 0 is NaN there). */
 static void test_relu_backward_inplace(void) {
   const int rows = 5;
+  const uint64_t key = ops_hash_key(3, 1, 4, 1);
+  const float ps[3] = {0.0f, 0.3f, 1.0f};
   int64_t bad = 0, bad_col = 0;
-  for (int cols = 1; cols <= 37; cols++) {
-    int64_t n = (int64_t)rows * cols;
-    float *y = frand(n, 1.0), *dy = frand(n, 1.0), *dc0 = frand(cols, 1.0);
-    for (int64_t i = 0; i < n; i += 3)
-      y[i] = i % 2 ? -0.0f : (i % 5 ? 0.0f : NAN);
-    float *want = copyf(dy, n), *dcw = copyf(dc0, cols);
-    for (int i = 0; i < rows; i++)
-      for (int j = 0; j < cols; j++) {
-        float *w = &want[(int64_t)i * cols + j];
-        if (!(y[(int64_t)i * cols + j] > 0.0f)) *w = 0.0f;
-        dcw[j] += *w;
-      }
-    float *got = copyf(dy, n), *dc = copyf(dc0, cols), *got2 = copyf(dy, n);
-    ops_relu_backward_inplace(got, y, rows, cols, dc);
-    ops_relu_backward_inplace(got2, y, rows, cols, NULL);
-    bad += memcmp(got, want, sizeof(float) * (size_t)n) != 0;
-    bad += memcmp(got2, want, sizeof(float) * (size_t)n) != 0;
-    bad_col += memcmp(dc, dcw, sizeof(float) * (size_t)cols) != 0;
-    free(y), free(dy), free(dc0), free(want), free(dcw), free(got), free(dc), free(got2);
-  }
-  TEST_EXPECT(bad == 0, "relu backward in place: %lld widths differ from the scalar rule",
+  for (int ip = 0; ip < 3; ip++)
+    for (int cols = 1; cols <= 37; cols++) {
+      const float p = ps[ip];
+      const int64_t n = (int64_t)rows * cols, row0 = 77, cg = cols + 5;
+      float *y = frand(n, 1.0), *dy = frand(n, 1.0), *dc0 = frand(cols, 1.0);
+      for (int64_t i = 0; i < n; i++) /* a ReLU output: >= 0, and the odd values */
+        y[i] = i % 3 ? fabsf(y[i]) : i % 2 ? -0.0f : (i % 5 ? 0.0f : (i % 4 ? NAN : INFINITY));
+      float *yd = fzero(n), *want = copyf(dy, n), *dcw = copyf(dc0, cols);
+      ops_dropout(yd, y, rows, cols, row0, 2, cg, p, key);
+      if (p > 0.0f) ops_dropout(want, want, rows, cols, row0, 2, cg, p, key);
+      for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+          float *w = &want[(int64_t)i * cols + j];
+          if (!(y[(int64_t)i * cols + j] > 0.0f)) *w = 0.0f;
+          dcw[j] += *w;
+        }
+      float *got = copyf(dy, n), *dc = copyf(dc0, cols), *got2 = copyf(dy, n);
+      const float *ydp = p > 0.0f ? yd : NULL;
+      ops_relu_backward_inplace(got, y, ydp, p, rows, cols, dc);
+      ops_relu_backward_inplace(got2, y, ydp, p, rows, cols, NULL);
+      bad += memcmp(got, want, sizeof(float) * (size_t)n) != 0;
+      bad += memcmp(got2, want, sizeof(float) * (size_t)n) != 0;
+      bad_col += memcmp(dc, dcw, sizeof(float) * (size_t)cols) != 0;
+      free(y), free(dy), free(dc0), free(yd), free(want), free(dcw), free(got), free(dc);
+      free(got2);
+    }
+  TEST_EXPECT(bad == 0, "relu backward in place: %lld cases differ from the separate passes",
               (long long)bad);
-  TEST_EXPECT(bad_col == 0, "relu backward in place: column sums differ at %lld widths",
+  TEST_EXPECT(bad_col == 0, "relu backward in place: column sums differ in %lld cases",
               (long long)bad_col);
 }
 
