@@ -15,9 +15,11 @@ the machine do not inflate; without it they are wall-clock shares of the step.
     bench/profile_step.py step.data 25 0.25
 """
 import collections
+import re
 import subprocess
 import sys
 
+HEADER = re.compile(r"^\s*\d+\.\d+:\s*$")  # a sample's time line (perf pads it to 12 chars)
 PROJ = ("ops_", "optim_", "model_", "tpops_", "core_", "dmat_")
 
 
@@ -30,7 +32,7 @@ def samples_of(path):
             if cur:
                 samples.append(cur)
             cur = None
-        elif line.startswith(" ") and line.strip().endswith(":"):
+        elif HEADER.match(line):  # " 9976.62: ", or "10025.81: " with no space
             cur = (float(line.split()[0].rstrip(":")), [])
         elif cur is not None:
             parts = line.split(None, 1)

@@ -31,6 +31,16 @@ void ops_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
 void ops_relu_forward(float *y, const float *x, int64_t n);
 /* dx(n) += dy * (y > 0), y = the forward output. Not collective. */
 void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
+/* In place, for a dy that is this ReLU's alone: dy(rows, cols) = dy where y > 0, else 0
+ * (y = the forward output); and dcol(cols) += the column sums of that result, row after
+ * row in order (the bias gradient of the linear layer that produced the ReLU's input, in
+ * the same order as a separate sum, so the same bits); dcol may be NULL. yd (or NULL):
+ * y after an ops_dropout with probability p (0 < p <= 1, a separate buffer); dy is then
+ * first taken through that dropout's backward, its mask read off yd and y instead of
+ * hashed again: the same bits as ops_dropout on dy followed by the ReLU backward. One
+ * pass instead of a dropout pass, a mask pass and a column-sum pass. Not collective. */
+void ops_relu_backward_inplace(float *dy, const float *y, const float *yd, float p, int rows,
+                               int cols, float *dcol);
 
 /* ---- Dropout (inverted, layout-independent) -------------------------------------- */
 /* Element (i, j) of a local block (rows, cols) sits at global index
@@ -42,6 +52,28 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n);
  * Not collective. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key);
+/* Bytes of one row of a kept dropout mask (ops_dropout_add, ops_dropout_backward): bit
+ * j % 8 of byte j / 8 is set when element j of the row was dropped. A (rows, cols) block
+ * keeps rows * ops_dropout_row_bytes(cols) bytes. Not collective. */
+static inline int64_t ops_dropout_row_bytes(int cols) {
+  return ((int64_t)cols + 7) / 8;
+}
+/* y(rows, cols) = r + dropout(x) (the residual add after a dropout), in one pass: the
+ * same mask and bits as ops_dropout then ops_add. y may alias x, not r. bits (or NULL):
+ * the mask is kept there for ops_dropout_backward (written when 0 < p < 1 only).
+ * Not collective. */
+void ops_dropout_add(float *y, const float *r, const float *x, int rows, int cols, int64_t row0,
+                     int64_t col0, int64_t cols_global, float p, uint64_t key, uint8_t *bits);
+/* The backward of a dropout whose input gradient also flows on past it (a residual), in
+ * one pass: g(rows, cols) = dropout(dy) (ops_dropout's mask and bits), dy_copy(rows, cols)
+ * = dy (NULL: not wanted), and gcol(cols) += the column sums of g, row after row in order
+ * (the bias gradient of the linear layer whose output was dropped out, the same bits as a
+ * separate sum; NULL: not wanted). The mask comes from bits, kept by the forward's
+ * ops_dropout_add with the same p, or is recomputed from key when bits is NULL (the same
+ * products either way). g may not alias dy or dy_copy. Not collective. */
+void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy, int rows,
+                          int cols, int64_t row0, int64_t col0, int64_t cols_global, float p,
+                          uint64_t key, const uint8_t *bits);
 /* A uniform float in [0,1) from a 64-bit key and a counter: splitmix64's output number
  * `counter` of the stream seeded with `key`, i.e. z = key + (counter + 1) * 0x9e3779b97f4a7c15,
  * z = (z ^ z>>30) * 0xbf58476d1ce4e5b9, z = (z ^ z>>27) * 0x94d049bb133111eb, z ^= z>>31
@@ -86,6 +118,18 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                             const float *probs, const float *q, int ldq, const float *k,
                             const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
                             uint64_t key, int64_t b0, int h0, int Hg, float *scratch);
+
+/* The same with dq, dk and dv WRITTEN (=), not accumulated: each (b, h) block is written
+ * by its gemm with beta = 0, so the caller need not zero them (the same bits as zeroing
+ * and accumulating). dbq, dbk, dbv (H*dh each, or NULL: not wanted) += the column sums of
+ * dq, dk, dv (the biases of the q, k and v projections), taken per block while it is in
+ * cache, each column's rows in order: the same bits as a sum over the whole array after.
+ * Not collective. */
+void ops_attention_backward_set(float *dq, float *dk, float *dv, float *dbq, float *dbk, float *dbv,
+                                const float *dout, int ldo, const float *probs, const float *q,
+                                int ldq, const float *k, const float *v, int ldk, int B, int Tq,
+                                int Tk, int H, int dh, float p, uint64_t key, int64_t b0, int h0,
+                                int Hg, float *scratch);
 
 /* ---- Embedding and sinusoidal positions ------------------------------------------- */
 /* y(n,d) = scale * table[tokens[i]] (table(V,d)). Not collective. */

@@ -10,10 +10,18 @@
 
 #include <string.h>
 
+#include "ops.h"
+
 static float *take(float *base, size_t *cursor, size_t n) {
   float *p = base ? base + *cursor : NULL;
   *cursor += (n + 15) & ~(size_t)15;
   return p;
+}
+
+/* A dropout mask of n rows of cols elements (ops_dropout_row_bytes), carved from the floats. */
+static uint8_t *take_mask(float *base, size_t *cursor, size_t n, int cols) {
+  size_t bytes = n * (size_t)ops_dropout_row_bytes(cols);
+  return (uint8_t *)take(base, cursor, (bytes + sizeof(float) - 1) / sizeof(float));
 }
 
 /* Lay the arena out for a (B, S, T) batch; returns the floats needed (base NULL: size only). */
@@ -26,6 +34,10 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   int has_enc = m->enc_l1 > m->enc_l0, has_dec = m->dec_l1 > m->dec_l0,
       last = m->stage == m->n_stages - 1;
   int enc_last = has_enc && m->enc_l1 == D->n_enc;
+  /* F's output before the residual dropout is read only by the forward, right after it is
+   * computed: one buffer for every sublayer, which stays in cache (a buffer per sublayer
+   * made each bias copy into it a write to cold memory). */
+  float *core = take(base, &c, nmax * d);
   for (int i = 0; i <= 2 * D->n_enc; i++)
     a->enc_s[i] =
         has_enc && i >= 2 * m->enc_l0 && i <= 2 * m->enc_l1 ? take(base, &c, nS * d) : NULL;
@@ -40,7 +52,8 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
       s->resid = D->pre_ln ? NULL : take(base, &c, nS * d);
       s->mean = take(base, &c, nS);
       s->rstd = take(base, &c, nS);
-      s->core = take(base, &c, nS * d);
+      s->core = core;
+      s->drop = take_mask(base, &c, nS, m->dl);
       if (j == 0) {
         s->q = take(base, &c, nS * d);
         s->k = take(base, &c, nS * d);
@@ -60,7 +73,8 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
       s->resid = D->pre_ln ? NULL : take(base, &c, nT * d);
       s->mean = take(base, &c, nT);
       s->rstd = take(base, &c, nT);
-      s->core = take(base, &c, nT * d);
+      s->core = core;
+      s->drop = take_mask(base, &c, nT, m->dl);
       if (j < 2) {
         size_t nk = j == 0 ? nT : nS, Tk = j == 0 ? (size_t)T : (size_t)S;
         s->q = take(base, &c, nT * d);
@@ -88,7 +102,6 @@ static size_t acts_layout(model *m, model_acts *a, int B, int S, int T, float *b
   a->gs_b = take(base, &c, nmax * d);
   a->g_core = take(base, &c, nmax * d);
   a->g_ln = take(base, &c, nmax * d);
-  a->g_resid = take(base, &c, nmax * d);
   a->g_o = take(base, &c, nmax * d);
   a->g_q = take(base, &c, nmax * d);
   a->g_k = take(base, &c, nmax * d);

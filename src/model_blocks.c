@@ -3,8 +3,11 @@
  * wrapped the same way: Pre-LN `s' = s + D(F(LN(s)))`, Post-LN `s' = LN(s + D(F(s)))`.
  * The residual stream s_k is saved between sublayers; a sublayer saves what its
  * backward needs (LN statistics, q/k/v, attention probabilities, FFN hidden). Linear
- * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks are
- * regenerated in backward from counter-based keys, so nothing stores a mask.
+ * layers go through dmat_gemm (one gemm_sgemm on the 1x1 grid). Dropout masks come from
+ * counter-based keys; the residual dropout of each sublayer keeps its mask as bits (1/32
+ * of an activation) for the backward, the FFN's activation dropout reads it off the saved
+ * h and hd, and the others (embeddings, attention probabilities) are regenerated in
+ * backward from their keys.
  *
  * Tensor parallelism (pr x pc grid). Every activation is a dmat whose process row holds
  * whole sequences (the batch is padded with all-pad sequences to a multiple of pr, so
@@ -45,10 +48,13 @@ void model_linear_fwd(model *m, float *y, const float *x, const model_param *w,
   dmat_gemm('N', 'T', 1.0f, &X, &w->w, b ? 1.0f : 0.0f, &Y);
 }
 
-/* dx(n,in) += dy W (if dx); dW += dy^T x; db += column sums of dy (this process row's
- * rows: model_vec_grads_end sums them over the process column). */
-void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
-                      const model_param *b, int n) {
+/* dx(n,in) = dy W + dx_beta dx (if dx; dx_beta 0 or 1); dW += dy^T x; db += column sums of
+ * dy (this process row's rows: model_vec_grads_end sums them over the process column).
+ * dx_beta = 0 lets the local engine write dx instead of the caller zeroing it (the same
+ * bits: OpenBLAS zeroes C and runs the same kernel; oneDNN stores without a sum post-op,
+ * 0 + x = x); ScaLAPACK (tp > 1) still gets a zeroed dx and beta = 1, as before. */
+static void linear_bwd(model *m, float *dx, float dx_beta, const float *dy, const float *x,
+                       const model_param *w, const model_param *b, int n) {
   int64_t out = w->w.rows, in = w->w.cols, rows = (int64_t)n * grid_pr(m);
   dmat DY, X;
   dmat_init(&DY, m->g, rows, out, (float *)dy);
@@ -56,7 +62,11 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
   if (dx) {
     dmat DX;
     dmat_init(&DX, m->g, rows, in, dx);
-    dmat_gemm('N', 'N', 1.0f, &DY, &w->w, 1.0f, &DX);
+    if (dx_beta == 0.0f && m->g && m->g->tp > 1) {
+      memset(dx, 0, (size_t)DX.rows_local * DX.ld * sizeof(float));
+      dx_beta = 1.0f;
+    }
+    dmat_gemm('N', 'N', 1.0f, &DY, &w->w, dx_beta, &DX);
   }
   dmat_gemm('T', 'N', 1.0f, &DY, &X, 1.0f, (dmat *)&w->g);
   if (b) {
@@ -68,6 +78,11 @@ void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, cons
         db[j] += row[j];
     }
   }
+}
+
+void model_linear_bwd(model *m, float *dx, const float *dy, const float *x, const model_param *w,
+                      const model_param *b, int n) {
+  linear_bwd(m, dx, 1.0f, dy, x, w, b, n);
 }
 
 /* LayerNorm of n local rows (this rank's dl columns): the local kernel on one process
@@ -193,24 +208,25 @@ static void core_fwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   model_linear_fwd(m, s->core, s->o, A->o_w, A->o_b, n);
 }
 
-/* Backward of F: dcore (n,d) -> dx (n,d) += ; dkv (nk,d) += for cross-attention. */
+/* A bias's gradient (NULL without a bias). */
+static float *bias_grad(const model_param *b) {
+  return b ? b->g.data : NULL;
+}
+
+/* Backward of F: dcore (n,d) -> dx (n,d) = dx_beta dx + (0 or 1: the first product writes
+ * dx with 0); dkv (nk,d) += for cross-attention. */
 static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, const float *kv,
-                     float *dcore, float *dx, float *dkv, int B, int Tq, int Tk) {
+                     float *dcore, float *dx, float dx_beta, float *dkv, int B, int Tq, int Tk) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int n = B * Tq, d = m->dl;
   if (sl->kind == CORE_FFN) {
-    size_t nf = (size_t)n * m->fl;
-    memset(a->g_h, 0, nf * sizeof(float));
-    model_linear_bwd(m, a->g_h, dcore, s->hd, sl->L->fc2_w, sl->L->fc2_b, n);
+    linear_bwd(m, a->g_h, 0.0f, dcore, s->hd, sl->L->fc2_w, NULL, n); /* fc2_b: core_out_db */
     model_poll(m);
-    if (s->hd != s->h)
-      ops_dropout(a->g_h, a->g_h, n, m->fl, a->b0 * Tq, m->f0, D->ffn,
-                  p_if_train(m, D->act_dropout), site_key(m, sl->site + 1));
-    /* relu backward in place: g_h *= (h > 0) */
-    for (size_t i = 0; i < nf; i++)
-      if (!(s->h[i] > 0.0f)) a->g_h[i] = 0.0f;
-    model_linear_bwd(m, dx, a->g_h, x, sl->L->fc1_w, sl->L->fc1_b, n);
+    /* act dropout (its mask read off hd), relu and fc1's bias gradient: one pass */
+    ops_relu_backward_inplace(a->g_h, s->h, s->hd != s->h ? s->hd : NULL,
+                              p_if_train(m, D->act_dropout), n, m->fl, bias_grad(sl->L->fc1_b));
+    linear_bwd(m, dx, dx_beta, a->g_h, x, sl->L->fc1_w, NULL, n);
     return;
   }
   const model_attn *A = sl->attn;
@@ -218,21 +234,19 @@ static void core_bwd(model *m, const sublayer *sl, sub_acts *s, const float *x, 
   const float *src_kv = cross ? kv : x;
   float *dsrc = cross ? dkv : dx;
   int nk = B * Tk;
-  memset(a->g_o, 0, (size_t)n * d * sizeof(float));
-  model_linear_bwd(m, a->g_o, dcore, s->o, A->o_w, A->o_b, n);
+  linear_bwd(m, a->g_o, 0.0f, dcore, s->o, A->o_w, NULL, n); /* o_b: core_out_db */
   model_poll(m);
-  memset(a->g_q, 0, (size_t)n * d * sizeof(float));
-  memset(a->g_k, 0, (size_t)nk * d * sizeof(float));
-  memset(a->g_v, 0, (size_t)nk * d * sizeof(float));
-  ops_attention_backward(a->g_q, a->g_k, a->g_v, a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
-                         Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
-                         site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
+  /* g_q, g_k, g_v written, and the q, k, v bias gradients summed per head block */
+  ops_attention_backward_set(a->g_q, a->g_k, a->g_v, bias_grad(A->q_b), bias_grad(A->k_b),
+                             bias_grad(A->v_b), a->g_o, d, s->probs, s->q, d, s->k, s->v, d, B, Tq,
+                             Tk, m->hl, D->d / D->heads, p_if_train(m, D->attn_dropout),
+                             site_key(m, sl->site + 1), a->b0, m->h0, D->heads, a->scratch);
   model_poll(m);
-  model_linear_bwd(m, dx, a->g_q, x, A->q_w, A->q_b, n);
+  linear_bwd(m, dx, dx_beta, a->g_q, x, A->q_w, NULL, n);
   model_poll(m);
-  model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, A->k_b, nk);
+  model_linear_bwd(m, dsrc, a->g_k, src_kv, A->k_w, NULL, nk);
   model_poll(m);
-  model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, A->v_b, nk);
+  model_linear_bwd(m, dsrc, a->g_v, src_kv, A->v_w, NULL, nk);
 }
 
 /* One sublayer forward: s_in -> s_out (n,d). */
@@ -245,17 +259,25 @@ static void sublayer_fwd(model *m, const sublayer *sl, sub_acts *s, const float 
   if (D->pre_ln) {
     model_ln_fwd(m, s->ln_out, s->mean, s->rstd, s_in, sl->ln, n);
     core_fwd(m, sl, s, s->ln_out, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    ops_add(s_out, s_in, s->core, (int64_t)n * d);
+    ops_dropout_add(s_out, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site),
+                    s->drop);
   } else {
     core_fwd(m, sl, s, s_in, kv, B, Tq, Tk, key_pad);
-    ops_dropout(s->core, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    ops_add(s->resid, s_in, s->core, (int64_t)n * d);
+    ops_dropout_add(s->resid, s_in, s->core, n, d, row0, m->d0, D->d, p, site_key(m, sl->site),
+                    s->drop);
     model_ln_fwd(m, s_out, s->mean, s->rstd, s->resid, sl->ln, n);
   }
 }
 
-/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) +=, dkv +=. */
+/* The bias gradient of F's output layer (fc2, or attention's output projection): summed by
+ * sublayer_bwd in its dropout pass over F's output gradient, so core_bwd leaves it. */
+static float *core_out_db(const sublayer *sl) {
+  return bias_grad(sl->kind == CORE_FFN ? sl->L->fc2_b : sl->attn->o_b);
+}
+
+/* One sublayer backward: ds_out (n,d) -> ds_in (n,d) (written, not accumulated), dkv +=.
+ * Pre-LN: ds_in may be ds_out (the residual's gradient passes through, and ds_out is not
+ * read after the dropout pass), which saves copying it. */
 static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float *s_in,
                          const float *ds_out, float *ds_in, const float *kv, float *dkv, int B,
                          int Tq, int Tk) {
@@ -266,17 +288,17 @@ static void sublayer_bwd(model *m, const sublayer *sl, sub_acts *s, const float 
   int64_t row0 = a->b0 * Tq;
   float p = p_if_train(m, D->dropout);
   if (D->pre_ln) {
-    ops_acc(ds_in, ds_out, (int64_t)nd);
-    ops_dropout(a->g_core, ds_out, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    memset(a->g_ln, 0, nd * sizeof(float));
-    core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, dkv, B, Tq, Tk);
+    /* one pass: g_core = dropout(ds_out), F's output bias, ds_in = ds_out if not the same */
+    ops_dropout_backward(a->g_core, ds_in == ds_out ? NULL : ds_in, core_out_db(sl), ds_out, n, d,
+                         row0, m->d0, D->d, p, site_key(m, sl->site), s->drop);
+    core_bwd(m, sl, s, s->ln_out, kv, a->g_core, a->g_ln, 0.0f, dkv, B, Tq, Tk);
     model_ln_bwd(m, ds_in, a->g_ln, s_in, s->mean, s->rstd, sl->ln, n);
   } else {
-    memset(a->g_resid, 0, nd * sizeof(float));
-    model_ln_bwd(m, a->g_resid, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
-    ops_acc(ds_in, a->g_resid, (int64_t)nd);
-    ops_dropout(a->g_core, a->g_resid, n, d, row0, m->d0, D->d, p, site_key(m, sl->site));
-    core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, dkv, B, Tq, Tk);
+    memset(ds_in, 0, nd * sizeof(float));
+    model_ln_bwd(m, ds_in, ds_out, s->resid, s->mean, s->rstd, sl->ln, n);
+    ops_dropout_backward(a->g_core, NULL, core_out_db(sl), ds_in, n, d, row0, m->d0, D->d, p,
+                         site_key(m, sl->site), s->drop);
+    core_bwd(m, sl, s, s_in, kv, a->g_core, ds_in, 1.0f, dkv, B, Tq, Tk);
   }
 }
 
@@ -392,7 +414,8 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   const model_dims *D = &m->dims;
   model_acts *a = m->acts;
   int nS = B * S, d = m->dl;
-  float *gs_out = a->gs_a, *gs_in = a->gs_b;
+  /* Pre-LN: sublayer_bwd updates the stream's gradient in place (gs_in = gs_out) */
+  float *gs_out = a->gs_a, *gs_in = D->pre_ln ? a->gs_a : a->gs_b;
   if (l1 == D->n_enc) {
     if (D->pre_ln) {
       memset(gs_out, 0, (size_t)nS * d * sizeof(float));
@@ -405,7 +428,6 @@ float *model_enc_layers_bwd(model *m, int l0, int l1, int B, int S) {
   for (int l = l1 - 1; l >= l0; l--)
     for (int j = 1; j >= 0; j--) {
       sublayer sl = enc_sublayer(m, l, j);
-      memset(gs_in, 0, (size_t)nS * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->enc_sub[2 * l + j], a->enc_s[2 * l + j], gs_out, gs_in, NULL, NULL,
                    B, S, S);
       float *t = gs_out;
@@ -433,12 +455,11 @@ void model_dec_layers_fwd(model *m, int l0, int l1, int B, int S, int T) {
  * holding the gradient of stream 3 l0. */
 float *model_dec_layers_bwd(model *m, int l0, int l1, float *gs, int B, int S, int T) {
   model_acts *a = m->acts;
-  int nT = B * T, d = m->dl;
-  float *gs_out = gs, *gs_in = gs == a->gs_a ? a->gs_b : a->gs_a;
+  /* Pre-LN: sublayer_bwd updates the stream's gradient in place (gs_in = gs_out) */
+  float *gs_out = gs, *gs_in = m->dims.pre_ln ? gs : gs == a->gs_a ? a->gs_b : a->gs_a;
   for (int l = l1 - 1; l >= l0; l--)
     for (int j = 2; j >= 0; j--) {
       sublayer sl = dec_sublayer(m, l, j);
-      memset(gs_in, 0, (size_t)nT * d * sizeof(float));
       sublayer_bwd(m, &sl, &a->dec_sub[3 * l + j], a->dec_s[3 * l + j], gs_out, gs_in, a->enc_out,
                    a->g_enc, B, T, j == 1 ? S : T);
       float *t = gs_out;

@@ -39,7 +39,8 @@ typedef struct sub_acts {
   float *probs;       /* attention: (B,H,Tq,Tk) */
   float *o;           /* attention: heads concatenated (n,d) */
   float *h, *hd;      /* ffn: relu(fc1) (n,F), after act dropout (n,F) (== h if p = 0) */
-  float *core;        /* F's output (n,d) */
+  float *core;        /* F's output (n,d) before dropout: one scratch for all */
+  uint8_t *drop;      /* the residual dropout's mask (n rows of ops_dropout_row_bytes(d)) */
 } sub_acts;
 
 typedef struct model_acts {
@@ -53,16 +54,16 @@ typedef struct model_acts {
   float *dec_out, *dec_mean, *dec_rstd;
   float *logits; /* (B*T, V), overwritten by dlogits */
   /* backward scratch */
-  float *gs_a, *gs_b;                                     /* stream gradients (max(nS,nT), d) */
-  float *g_core, *g_ln, *g_resid, *g_o, *g_q, *g_k, *g_v; /* (n, d) each (g_k, g_v: nk) */
-  float *g_h;                                             /* (n, F) */
-  float *g_enc;                                           /* (B*S, d) */
-  float *scratch;                                         /* attention scratch: 2 * Tmax * Tmax */
-  float *ln_scratch;    /* tpops_layernorm_backward: 2 * max(nS, nT) */
-  double *xent_scratch; /* tpops_xent: 4 * nT */
-  float *table;         /* pr > 1: an embedding table's rows gathered (V, dl), or its gradient */
-  float *vec_saved;     /* pr > 1: vector gradients from before this backward */
-  int32_t *tok;         /* pr > 1: this process row's token rows, 4 slots of (B, max(S,T)) */
+  float *gs_a, *gs_b;                           /* stream gradients (max(nS,nT), d) */
+  float *g_core, *g_ln, *g_o, *g_q, *g_k, *g_v; /* (n, d) each (g_k, g_v: nk) */
+  float *g_h;                                   /* (n, F) */
+  float *g_enc;                                 /* (B*S, d) */
+  float *scratch;                               /* attention scratch: 2 * Tmax * Tmax */
+  float *ln_scratch;                            /* tpops_layernorm_backward: 2 * max(nS, nT) */
+  double *xent_scratch;                         /* tpops_xent: 4 * nT */
+  float *table;     /* pr > 1: an embedding table's rows gathered (V, dl), or its gradient */
+  float *vec_saved; /* pr > 1: vector gradients from before this backward */
+  int32_t *tok;     /* pr > 1: this process row's token rows, 4 slots of (B, max(S,T)) */
   size_t tok_cap;
   uint8_t *src_pad; /* (B, S) */
   size_t src_pad_cap;

@@ -298,6 +298,49 @@ void ops_relu_backward(float *dx, const float *dy, const float *y, int64_t n) {
     a[i] += yy[i] > 0.0f ? g[i] : 0.0f;
 }
 
+/* A select, not a conditional store: gcc turns `if (!(y > 0)) dy = 0` into a masked store
+ * (vmaskmovps), which is slow on AMD; the select is a compare and an and. NaN in y gives
+ * 0, as the condition !(y > 0) does. With the activation dropout, where y > 0 the element
+ * was kept exactly when yd = y * scale is neither 0 nor NaN (y * 0 = 0; +inf * 0 = NaN),
+ * and the product dy * (scale or 0) is ops_dropout's. */
+void ops_relu_backward_inplace(float *dy, const float *y, const float *yd, float p, int rows,
+                               int cols, float *dcol) {
+  CHECK(p >= 0.0f && p <= 1.0f, "ops_relu_backward_inplace: p = %g is not in [0, 1]", (double)p);
+  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+  for (int i = 0; i < rows; i++) {
+    float *restrict d = dy + (int64_t)i * cols;
+    const float *restrict yr = y + (int64_t)i * cols;
+    float *restrict dc = dcol;
+    if (yd && p >= 1.0f) { /* ops_dropout gave zeros */
+      for (int j = 0; j < cols; j++)
+        d[j] = 0.0f;
+    } else if (yd) {
+      const float *restrict ydr = yd + (int64_t)i * cols;
+      int j = 0;
+#ifdef __AVX__ /* gcc keeps the loop below scalar: a float select before a product */
+      const __m256 zero = _mm256_setzero_ps(), vscale = _mm256_set1_ps(scale);
+      for (; j + 8 <= cols; j += 8) {
+        __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(ydr + j), zero, _CMP_NEQ_OQ); /* not 0, NaN */
+        __m256 prod = _mm256_mul_ps(_mm256_loadu_ps(d + j), _mm256_and_ps(kept, vscale));
+        __m256 pos = _mm256_cmp_ps(_mm256_loadu_ps(yr + j), zero, _CMP_GT_OQ);
+        _mm256_storeu_ps(d + j, _mm256_and_ps(pos, prod));
+      }
+#endif
+      for (; j < cols; j++) {
+        float f = ((ydr[j] != 0.0f) & (ydr[j] == ydr[j])) ? scale : 0.0f;
+        float prod = d[j] * f;
+        d[j] = yr[j] > 0.0f ? prod : 0.0f;
+      }
+    } else {
+      for (int j = 0; j < cols; j++)
+        d[j] = yr[j] > 0.0f ? d[j] : 0.0f;
+    }
+    if (dc)
+      for (int j = 0; j < cols; j++)
+        dc[j] += d[j];
+  }
+}
+
 /* ---- Dropout ---------------------------------------------------------------------- */
 
 /* One row of dropout: y[j] = hash24(key, base + j) < thr ? 0 : x[j] * scale.
@@ -324,24 +367,42 @@ static inline __m256i ops_mul64_(__m256i z, __m256i c, __m256i c_hi) {
   return _mm256_add_epi64(ll, _mm256_slli_epi64(cross, 32));
 }
 
-/* common_mix64 on 4 lanes, bit for bit. */
-static inline __m256i ops_mix64x4_(__m256i z) {
+/* The top 24 bits of common_mix64 of 8 states (lanes 0..3 in za, 4..7 in zb), as 8 x 32-bit
+ * lanes in order, bit for bit. Only bits 40..63 of the result are wanted, so: the last
+ * `z ^= z >> 31` is left out (it changes bits 0..32 only), and of the last product only the
+ * high 32-bit word is formed, hi(lo z * lo c) + lo(lo z * hi c) + lo(hi z * lo c) (mod 2^32),
+ * the two cross terms on 8 lanes at once with 32-bit multiplies. */
+static inline __m256i ops_hash24x8_(__m256i za, __m256i zb) {
   const __m256i c1 = _mm256_set1_epi64x((long long)0xBF58476D1CE4E5B9ULL);
   const __m256i c1h = _mm256_set1_epi64x((long long)(0xBF58476D1CE4E5B9ULL >> 32));
-  const __m256i c2 = _mm256_set1_epi64x((long long)0x94D049BB133111EBULL);
-  const __m256i c2h = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL >> 32));
-  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), c1, c1h);
-  z = ops_mul64_(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), c2, c2h);
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+  const __m256i c2lo = _mm256_set1_epi64x((long long)(0x94D049BB133111EBULL & 0xffffffffu));
+  const __m256i c2lo8 = _mm256_set1_epi32((int)(0x94D049BB133111EBULL & 0xffffffffu));
+  const __m256i c2hi8 = _mm256_set1_epi32((int)(0x94D049BB133111EBULL >> 32));
+  za = ops_mul64_(_mm256_xor_si256(za, _mm256_srli_epi64(za, 30)), c1, c1h);
+  zb = ops_mul64_(_mm256_xor_si256(zb, _mm256_srli_epi64(zb, 30)), c1, c1h);
+  za = _mm256_xor_si256(za, _mm256_srli_epi64(za, 27));
+  zb = _mm256_xor_si256(zb, _mm256_srli_epi64(zb, 27));
+  __m256 lla = _mm256_castsi256_ps(_mm256_mul_epu32(za, c2lo)); /* lo z * lo c, 64-bit */
+  __m256 llb = _mm256_castsi256_ps(_mm256_mul_epu32(zb, c2lo));
+  __m256 fa = _mm256_castsi256_ps(za), fb = _mm256_castsi256_ps(zb);
+  /* 32-bit words of 8 lanes, per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3]: */
+  __m256i llhi = _mm256_castps_si256(_mm256_shuffle_ps(lla, llb, _MM_SHUFFLE(3, 1, 3, 1)));
+  __m256i zlo = _mm256_castps_si256(_mm256_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0)));
+  __m256i zhi = _mm256_castps_si256(_mm256_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1)));
+  __m256i hi = _mm256_add_epi32(
+      llhi, _mm256_add_epi32(_mm256_mullo_epi32(zlo, c2hi8), _mm256_mullo_epi32(zhi, c2lo8)));
+  hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0)); /* lanes in order */
+  return _mm256_srli_epi32(hi, 8);                            /* (z >> 40), < 2^24 */
 }
 
 /* The same row as ops_dropout_row_ (y may equal x) for its first cols - cols % 8 elements
  * (returned; the caller does the tail), 8 elements a step: the splitmix64
  * states of counters base+j .. base+j+7 are key + (base+j+1+l) * G, so they advance by 8G;
  * the 24-bit values are the top bits of each lane, gathered into one 8 x 32-bit vector.
- * The masks and the products are bit-identical to the scalar loop. */
+ * The masks and the products are bit-identical to the scalar loop. bits (or NULL): the
+ * mask, one byte per 8 elements (bit l: element j + l dropped). */
 static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t base, uint32_t thr,
-                                 float scale, uint64_t key) {
+                                 float scale, uint64_t key, uint8_t *bits) {
   const uint64_t G = 0x9e3779b97f4a7c15ULL;
   int j = 0;
   if (cols >= 8) {
@@ -353,15 +414,11 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
     const __m256i vthr = _mm256_set1_epi32((int)thr);
     const __m256 vscale = _mm256_set1_ps(scale);
     for (; j + 8 <= cols; j += 8) {
-      __m256 ha = _mm256_castsi256_ps(ops_mix64x4_(za));
-      __m256 hb = _mm256_castsi256_ps(ops_mix64x4_(zb));
-      /* high 32-bit words: per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3], then in order */
-      __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(ha, hb, _MM_SHUFFLE(3, 1, 3, 1)));
-      hi = _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0));
-      __m256i h24 = _mm256_srli_epi32(hi, 8); /* (z >> 40), < 2^24: signed compare is fine */
+      __m256i h24 = ops_hash24x8_(za, zb); /* < 2^24: a signed compare is fine */
       __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, h24)); /* h24 < thr */
       __m256 f = _mm256_andnot_ps(drop, vscale);                        /* 0 or scale */
       _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+      if (bits) bits[j >> 3] = (uint8_t)_mm256_movemask_ps(drop);
       za = _mm256_add_epi64(za, step);
       zb = _mm256_add_epi64(zb, step);
     }
@@ -370,14 +427,53 @@ static int ops_dropout_row_avx2_(float *y, const float *x, int cols, uint64_t ba
 }
 #endif
 
+/* The scalar rule from element j0 (a multiple of 8) to the end of the row, keeping the
+ * mask's bits (y may equal x: each element is read before it is written). */
+static void ops_dropout_row_bits_(float *y, const float *x, int j0, int cols, uint64_t base,
+                                  uint32_t thr, float scale, uint64_t key, uint8_t *bits) {
+  for (int j = j0; j < cols; j++) {
+    int drop = ops_hash24_(key, base + (uint64_t)j) < thr;
+    if ((j & 7) == 0) bits[j >> 3] = 0;
+    bits[j >> 3] |= (uint8_t)(drop << (j & 7));
+    y[j] = x[j] * (drop ? 0.0f : scale);
+  }
+}
+
+/* One row of dropout, y(cols) = mask(x) (y may equal x): the vector path, then the scalar
+ * loops for what it left; bits (or NULL): the row's mask, ceil(cols / 8) bytes. */
+static void ops_dropout_row_any_(float *yr, const float *xr, int cols, uint64_t base, uint32_t thr,
+                                 float scale, uint64_t key, uint8_t *bits) {
+  int j = 0; /* elements done by the vector path (a multiple of 8); the scalar loops finish */
+#ifdef __AVX2__
+  j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key, bits);
+#endif
+  if (bits)
+    ops_dropout_row_bits_(yr, xr, j, cols, base, thr, scale, key, bits);
+  else if (yr == xr)
+    ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+  else
+    ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+}
+
+/* The checks of every dropout entry point; sets the threshold and the scale for 0 < p < 1. */
+static void ops_dropout_prepare_(const char *who, int cols, int64_t row0, int64_t col0,
+                                 int64_t cols_global, float p, uint32_t *thr, float *scale) {
+  CHECK(p >= 0.0f && p <= 1.0f, "%s: p = %g is not in [0, 1]", who, (double)p);
+  CHECK(col0 >= 0 && col0 + cols <= cols_global && row0 >= 0,
+        "%s: block (row0 %lld, col0 %lld, cols %d) outside cols_global %lld", who, (long long)row0,
+        (long long)col0, cols, (long long)cols_global);
+  /* u < p with u = k * 2^-24 (k integer) <=> k < ceil(p * 2^24) (p * 2^24 is exact). */
+  *thr = p > 0.0f && p < 1.0f ? (uint32_t)ceilf(p * 16777216.0f) : 0;
+  *scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+}
+
 /* y(rows, cols) = dropout of x(rows, cols), element (i,j) at global index
  * (row0 + i) * cols_global + col0 + j. */
 void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int64_t col0,
                  int64_t cols_global, float p, uint64_t key) {
-  CHECK(p >= 0.0f && p <= 1.0f, "ops_dropout: p = %g is not in [0, 1]", (double)p);
-  CHECK(col0 >= 0 && col0 + cols <= cols_global && row0 >= 0,
-        "ops_dropout: block (row0 %lld, col0 %lld, cols %d) outside cols_global %lld",
-        (long long)row0, (long long)col0, cols, (long long)cols_global);
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout", cols, row0, col0, cols_global, p, &thr, &scale);
   int64_t n = (int64_t)rows * cols;
   if (p == 0.0f) {
     if (y != x) memcpy(y, x, (size_t)n * sizeof(float));
@@ -387,21 +483,77 @@ void ops_dropout(float *y, const float *x, int rows, int cols, int64_t row0, int
     memset(y, 0, (size_t)n * sizeof(float));
     return;
   }
-  /* u < p with u = k * 2^-24 (k integer) <=> k < ceil(p * 2^24) (p * 2^24 is exact). */
-  uint32_t thr = (uint32_t)ceilf(p * 16777216.0f);
-  float scale = 1.0f / (1.0f - p);
-  for (int i = 0; i < rows; i++) {
-    uint64_t base = (uint64_t)((row0 + i) * cols_global + col0);
-    float *yr = y + (int64_t)i * cols;
-    const float *xr = x + (int64_t)i * cols;
-    int j = 0; /* elements done by the vector path; the scalar loops finish the row */
+  for (int i = 0; i < rows; i++)
+    ops_dropout_row_any_(y + (int64_t)i * cols, x + (int64_t)i * cols, cols,
+                         (uint64_t)((row0 + i) * cols_global + col0), thr, scale, key, NULL);
+}
+
+/* y(cols) = x * (0 where the row's mask bit is set, else scale): the product of
+ * ops_dropout_row_avx2_ and ops_dropout_row_, from the kept bits (y may equal x). */
+static void ops_dropout_row_apply_(float *y, const float *x, int cols, const uint8_t *bits,
+                                   float scale) {
+  int j = 0;
 #ifdef __AVX2__
-    j = ops_dropout_row_avx2_(yr, xr, cols, base, thr, scale, key);
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (; j + 8 <= cols; j += 8) {
+    __m256i b = _mm256_and_si256(_mm256_set1_epi32(bits[j >> 3]), sel);
+    __m256 drop = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
+    __m256 f = _mm256_andnot_ps(drop, vscale); /* 0 or scale */
+    _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), f));
+  }
 #endif
-    if (yr == xr)
-      ops_dropout_row_inplace_(yr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+  for (; j < cols; j++)
+    y[j] = x[j] * ((bits[j >> 3] >> (j & 7)) & 1 ? 0.0f : scale);
+}
+
+/* Row by row: the dropout of a row into y (L1-sized), then the add while it is in cache. */
+void ops_dropout_add(float *y, const float *r, const float *x, int rows, int cols, int64_t row0,
+                     int64_t col0, int64_t cols_global, float p, uint64_t key, uint8_t *bits) {
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout_add", cols, row0, col0, cols_global, p, &thr, &scale);
+  CHECK(y != r || rows * cols == 0, "ops_dropout_add: y may not alias r");
+  for (int i = 0; i < rows; i++) {
+    float *yr = y + (int64_t)i * cols;
+    const float *xr = x + (int64_t)i * cols; /* may be yr */
+    if (p == 0.0f) {                         /* dropout is the identity */
+      if (yr != xr) memcpy(yr, xr, (size_t)cols * sizeof(float));
+    } else if (p >= 1.0f) { /* ops_dropout's zeros */
+      memset(yr, 0, (size_t)cols * sizeof(float));
+    } else {
+      ops_dropout_row_any_(yr, xr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
+                           key, bits ? bits + (int64_t)i * ops_dropout_row_bytes(cols) : NULL);
+    }
+    ops_acc(yr, r + (int64_t)i * cols, cols); /* ops_add's a + b: the same sum */
+  }
+}
+
+void ops_dropout_backward(float *g, float *dy_copy, float *gcol, const float *dy, int rows,
+                          int cols, int64_t row0, int64_t col0, int64_t cols_global, float p,
+                          uint64_t key, const uint8_t *bits) {
+  uint32_t thr;
+  float scale;
+  ops_dropout_prepare_("ops_dropout_backward", cols, row0, col0, cols_global, p, &thr, &scale);
+  CHECK(g != dy && g != dy_copy, "ops_dropout_backward: g may not alias dy or dy_copy");
+  for (int i = 0; i < rows; i++) {
+    float *restrict gr = g + (int64_t)i * cols;
+    const float *restrict dr = dy + (int64_t)i * cols;
+    if (p == 0.0f)
+      memcpy(gr, dr, (size_t)cols * sizeof(float));
+    else if (p >= 1.0f)
+      memset(gr, 0, (size_t)cols * sizeof(float));
+    else if (bits)
+      ops_dropout_row_apply_(gr, dr, cols, bits + (int64_t)i * ops_dropout_row_bytes(cols), scale);
     else
-      ops_dropout_row_(yr + j, xr + j, cols - j, base + (uint64_t)j, thr, scale, key);
+      ops_dropout_row_any_(gr, dr, cols, (uint64_t)((row0 + i) * cols_global + col0), thr, scale,
+                           key, NULL);
+    if (dy_copy) memcpy(dy_copy + (int64_t)i * cols, dr, (size_t)cols * sizeof(float));
+    if (gcol) {
+      float *restrict gc = gcol;
+      for (int j = 0; j < cols; j++)
+        gc[j] += gr[j];
+    }
   }
 }
 
@@ -471,11 +623,27 @@ static void ops_softmax_backward_(float *restrict dP, const float *restrict P, i
   }
 }
 
-/* Backward of ops_attention_forward; dq, dk, dv may each be NULL (not wanted). */
-void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
-                            const float *probs, const float *q, int ldq, const float *k,
-                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
-                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch) {
+/* dcol(cols) += the column sums of x(rows, cols) (row stride ld), row after row. */
+static void ops_colsum_acc_(float *restrict dcol, const float *restrict x, int rows, int cols,
+                            int64_t ld) {
+  for (int i = 0; i < rows; i++) {
+    const float *restrict xr = x + (int64_t)i * ld;
+    for (int j = 0; j < cols; j++)
+      dcol[j] += xr[j];
+  }
+}
+
+/* Backward of ops_attention_forward; dq, dk, dv may each be NULL (not wanted). beta = 1
+ * accumulates into them, beta = 0 writes them (each (b, h) block is one gemm's output, so
+ * beta goes to that gemm). dbq, dbk, dbv (H*dh, or NULL) += the column sums of the blocks
+ * just written (beta = 0 only): for each column the rows come in order (b outer, t inner),
+ * as in a sum over the whole array afterwards. */
+static void ops_attention_backward_(float *dq, float *dk, float *dv, float beta, float *dbq,
+                                    float *dbk, float *dbv, const float *dout, int ldo,
+                                    const float *probs, const float *q, int ldq, const float *k,
+                                    const float *v, int ldk, int B, int Tq, int Tk, int H, int dh,
+                                    float p, uint64_t key, int64_t b0, int h0, int Hg,
+                                    float *scratch) {
   CHECK(ldq >= H * dh && ldk >= H * dh && ldo >= H * dh, "ops_attention_backward: bad strides");
   const float alpha = 1.0f / sqrtf((float)dh);
   float *Pd = scratch;                    /* (Tq, Tk): dropout(P) */
@@ -494,7 +662,8 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
           A = Pd;
         }
         /* dV(Tk, dh) += A^T(Tk, Tq) dO(Tq, dh) */
-        gemm_sgemm('T', 'N', Tk, dh, Tq, 1.0f, A, Tk, dob, ldo, 1.0f, dv + off_k, ldk);
+        gemm_sgemm('T', 'N', Tk, dh, Tq, 1.0f, A, Tk, dob, ldo, beta, dv + off_k, ldk);
+        if (dbv) ops_colsum_acc_(dbv + (int64_t)h * dh, dv + off_k, Tk, dh, ldk);
       }
       if (!dq && !dk) continue;
       /* dA(Tq, Tk) = dO V^T; then through dropout and softmax. */
@@ -502,12 +671,33 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
       if (p > 0.0f) ops_dropout(dP, dP, Tq, Tk, row0, 0, Tk, p, key);
       ops_softmax_backward_(dP, P, Tq, Tk);
       /* dQ(Tq, dh) += alpha dS K ; dK(Tk, dh) += alpha dS^T Q */
-      if (dq)
-        gemm_sgemm('N', 'N', Tq, dh, Tk, alpha, dP, Tk, k + off_k, ldk, 1.0f, dq + off_q, ldq);
-      if (dk)
-        gemm_sgemm('T', 'N', Tk, dh, Tq, alpha, dP, Tk, q + off_q, ldq, 1.0f, dk + off_k, ldk);
+      if (dq) {
+        gemm_sgemm('N', 'N', Tq, dh, Tk, alpha, dP, Tk, k + off_k, ldk, beta, dq + off_q, ldq);
+        if (dbq) ops_colsum_acc_(dbq + (int64_t)h * dh, dq + off_q, Tq, dh, ldq);
+      }
+      if (dk) {
+        gemm_sgemm('T', 'N', Tk, dh, Tq, alpha, dP, Tk, q + off_q, ldq, beta, dk + off_k, ldk);
+        if (dbk) ops_colsum_acc_(dbk + (int64_t)h * dh, dk + off_k, Tk, dh, ldk);
+      }
     }
   }
+}
+
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
+                            const float *probs, const float *q, int ldq, const float *k,
+                            const float *v, int ldk, int B, int Tq, int Tk, int H, int dh, float p,
+                            uint64_t key, int64_t b0, int h0, int Hg, float *scratch) {
+  ops_attention_backward_(dq, dk, dv, 1.0f, NULL, NULL, NULL, dout, ldo, probs, q, ldq, k, v, ldk,
+                          B, Tq, Tk, H, dh, p, key, b0, h0, Hg, scratch);
+}
+
+void ops_attention_backward_set(float *dq, float *dk, float *dv, float *dbq, float *dbk, float *dbv,
+                                const float *dout, int ldo, const float *probs, const float *q,
+                                int ldq, const float *k, const float *v, int ldk, int B, int Tq,
+                                int Tk, int H, int dh, float p, uint64_t key, int64_t b0, int h0,
+                                int Hg, float *scratch) {
+  ops_attention_backward_(dq, dk, dv, 0.0f, dbq, dbk, dbv, dout, ldo, probs, q, ldq, k, v, ldk, B,
+                          Tq, Tk, H, dh, p, key, b0, h0, Hg, scratch);
 }
 
 /* ---- Embedding and positions ------------------------------------------------------ */

@@ -255,6 +255,67 @@ static void test_dropout_exact(void) {
               (long long)bad_inplace);
 }
 
+/* The fused dropouts bit for bit against ops_dropout followed by the separate passes they
+ * replace (ops_add; a copy and the column sums in row order), at widths 1..41, offsets and
+ * p = 0, 0.25 and 1, in place (ops_dropout_add's y = x) and not; the mask kept by the
+ * forward against the rule, and the backward from it equal to the one from the key. */
+static void test_dropout_fused(void) {
+  const uint64_t key = ops_hash_key(5, 4, 3, 2);
+  const float ps[3] = {0.0f, 0.25f, 1.0f};
+  const int rows = 3;
+  int64_t bad_add = 0, bad_g = 0, bad_copy = 0, bad_col = 0, bad_bits = 0, cases = 0;
+  for (int ip = 0; ip < 3; ip++)
+    for (int cols = 1; cols <= 41; cols++)
+      for (int col0 = 0; col0 < 10; col0 += 3) {
+        const float p = ps[ip];
+        const int64_t cg = col0 + cols + 2, row0 = 1000003, n = (int64_t)rows * cols;
+        size_t bytes = sizeof(float) * (size_t)n;
+        float *x = frand(n, 1.0), *r = frand(n, 1.0), *want = fzero(n), *got = fzero(n);
+        /* forward: y = r + dropout(x), into another buffer and in place over x */
+        ops_dropout(want, x, rows, cols, row0, col0, cg, p, key);
+        ops_add(want, r, want, n);
+        /* the kept mask: garbage first, so every byte the forward owns must be written */
+        int64_t nb = rows * ops_dropout_row_bytes(cols);
+        uint8_t *bits = malloc((size_t)nb);
+        memset(bits, 0xa5, (size_t)nb);
+        ops_dropout_add(got, r, x, rows, cols, row0, col0, cg, p, key, bits);
+        bad_add += memcmp(got, want, bytes) != 0;
+        float *xi = copyf(x, n);
+        ops_dropout_add(xi, r, xi, rows, cols, row0, col0, cg, p, key, NULL);
+        bad_add += memcmp(xi, want, bytes) != 0;
+        for (int i = 0; i < rows && p > 0.0f && p < 1.0f; i++) /* the bits against the rule */
+          for (int j = 0; j < cols; j++) {
+            int drop = ops_hash_uniform(key, (uint64_t)((row0 + i) * cg + col0 + j)) < p;
+            bad_bits += ((bits[i * ops_dropout_row_bytes(cols) + j / 8] >> (j % 8)) & 1) != drop;
+          }
+        /* backward: g = dropout(dy), dy copied, column sums of g added to gcol */
+        float *gw = fzero(n), *g = fzero(n), *cp = fzero(n), *col0v = frand(cols, 1.0);
+        float *colw = copyf(col0v, cols), *col = copyf(col0v, cols), *g2 = fzero(n);
+        ops_dropout(gw, x, rows, cols, row0, col0, cg, p, key);
+        for (int i = 0; i < rows; i++)
+          for (int j = 0; j < cols; j++)
+            colw[j] += gw[(int64_t)i * cols + j];
+        ops_dropout_backward(g, cp, col, x, rows, cols, row0, col0, cg, p, key, NULL);
+        ops_dropout_backward(g2, NULL, NULL, x, rows, cols, row0, col0, cg, p, key, bits);
+        bad_g += (memcmp(g, gw, bytes) != 0) + (memcmp(g2, gw, bytes) != 0);
+        bad_copy += memcmp(cp, x, bytes) != 0;
+        bad_col += memcmp(col, colw, sizeof(float) * (size_t)cols) != 0;
+        cases++;
+        free(x), free(r), free(want), free(got), free(xi), free(gw), free(g), free(cp);
+        free(col0v), free(colw), free(col), free(g2), free(bits);
+      }
+  TEST_EXPECT(bad_add == 0, "ops_dropout_add differs from ops_dropout + ops_add in %lld of %lld",
+              (long long)bad_add, (long long)(2 * cases));
+  TEST_EXPECT(bad_g == 0, "ops_dropout_backward: g differs from ops_dropout in %lld of %lld",
+              (long long)bad_g, (long long)(2 * cases));
+  TEST_EXPECT(bad_bits == 0, "ops_dropout_add: %lld kept mask bits differ from the rule",
+              (long long)bad_bits);
+  TEST_EXPECT(bad_copy == 0, "ops_dropout_backward: dy_copy differs in %lld cases",
+              (long long)bad_copy);
+  TEST_EXPECT(bad_col == 0, "ops_dropout_backward: column sums differ in %lld cases",
+              (long long)bad_col);
+}
+
 /* ---- layernorm ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -397,6 +458,48 @@ static void test_relu(void) {
   ops_relu_forward(z, z, n);
   TEST_EXPECT(memcmp(z, c.y, sizeof(float) * n) == 0, "relu in place differs");
   free(c.x), free(c.y), free(c.r), free(dx0), free(dx), free(g), free(z);
+}
+
+/* ops_relu_backward_inplace bit for bit against the separate passes it replaces (with an
+ * activation dropout: ops_dropout of dy with the forward's key; then dy = 0 where
+ * !(y > 0); then the column sums in row order), at widths 1..37 (vector bodies and every
+ * tail), with and without the column sums and the dropout (p = 0.3 and 1), y with zeros,
+ * -0, NaN and +inf (the dropout's y * 0 is NaN there). */
+static void test_relu_backward_inplace(void) {
+  const int rows = 5;
+  const uint64_t key = ops_hash_key(3, 1, 4, 1);
+  const float ps[3] = {0.0f, 0.3f, 1.0f};
+  int64_t bad = 0, bad_col = 0;
+  for (int ip = 0; ip < 3; ip++)
+    for (int cols = 1; cols <= 37; cols++) {
+      const float p = ps[ip];
+      const int64_t n = (int64_t)rows * cols, row0 = 77, cg = cols + 5;
+      float *y = frand(n, 1.0), *dy = frand(n, 1.0), *dc0 = frand(cols, 1.0);
+      for (int64_t i = 0; i < n; i++) /* a ReLU output: >= 0, and the odd values */
+        y[i] = i % 3 ? fabsf(y[i]) : i % 2 ? -0.0f : (i % 5 ? 0.0f : (i % 4 ? NAN : INFINITY));
+      float *yd = fzero(n), *want = copyf(dy, n), *dcw = copyf(dc0, cols);
+      ops_dropout(yd, y, rows, cols, row0, 2, cg, p, key);
+      if (p > 0.0f) ops_dropout(want, want, rows, cols, row0, 2, cg, p, key);
+      for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+          float *w = &want[(int64_t)i * cols + j];
+          if (!(y[(int64_t)i * cols + j] > 0.0f)) *w = 0.0f;
+          dcw[j] += *w;
+        }
+      float *got = copyf(dy, n), *dc = copyf(dc0, cols), *got2 = copyf(dy, n);
+      const float *ydp = p > 0.0f ? yd : NULL;
+      ops_relu_backward_inplace(got, y, ydp, p, rows, cols, dc);
+      ops_relu_backward_inplace(got2, y, ydp, p, rows, cols, NULL);
+      bad += memcmp(got, want, sizeof(float) * (size_t)n) != 0;
+      bad += memcmp(got2, want, sizeof(float) * (size_t)n) != 0;
+      bad_col += memcmp(dc, dcw, sizeof(float) * (size_t)cols) != 0;
+      free(y), free(dy), free(dc0), free(yd), free(want), free(dcw), free(got), free(dc);
+      free(got2);
+    }
+  TEST_EXPECT(bad == 0, "relu backward in place: %lld cases differ from the separate passes",
+              (long long)bad);
+  TEST_EXPECT(bad_col == 0, "relu backward in place: column sums differ in %lld cases",
+              (long long)bad_col);
 }
 
 /* ---- attention ----------------------------------------------------------------------- */
@@ -545,6 +648,36 @@ static void attn_case(const char *name, int B, int Tq, int Tk, int H, int dh, in
   fd_check(what, c.q, nq, gq, attn_obj, &c);
   snprintf(what, sizeof what, "attention %s dk,dv", name);
   fd_check(what, kv, nk, gkv, attn_obj, &c);
+
+  /* the writing variant: garbage in dq/dk/dv is overwritten, giving exactly the zeroed and
+   * accumulated result inside the head columns (the rest untouched), and the bias sums
+   * are the column sums over all rows in order */
+  float *zq = fzero(nq), *zkv = fzero(nk), *wq = frand(nq, 9.0), *wkv = frand(nk, 9.0);
+  float *wq0 = copyf(wq, nq), *wkv0 = copyf(wkv, nk), *db0 = frand(3 * H * dh, 1.0);
+  float *db = copyf(db0, 3 * H * dh), *dbw = copyf(db0, 3 * H * dh);
+  ops_attention_backward(zq, zkv, zkv + H * dh, c.r, c.ldo, c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B,
+                         Tq, Tk, H, dh, p, c.key, b0, 0, H, c.scratch);
+  ops_attention_backward_set(wq, wkv, wkv + H * dh, db, db + H * dh, db + 2 * H * dh, c.r, c.ldo,
+                             c.probs, c.q, c.ldq, c.k, c.v, c.ldk, B, Tq, Tk, H, dh, p, c.key, b0,
+                             0, H, c.scratch);
+  int64_t bad_w = 0;
+  for (int i = 0; i < B * Tq; i++)
+    for (int j = 0; j < c.ldq; j++) {
+      float want = j < H * dh ? zq[(int64_t)i * c.ldq + j] : wq0[(int64_t)i * c.ldq + j];
+      bad_w += memcmp(&want, &wq[(int64_t)i * c.ldq + j], sizeof want) != 0;
+      if (j < H * dh) dbw[j] += zq[(int64_t)i * c.ldq + j];
+    }
+  for (int i = 0; i < B * Tk; i++)
+    for (int j = 0; j < c.ldk; j++) {
+      float want = j < 2 * H * dh ? zkv[(int64_t)i * c.ldk + j] : wkv0[(int64_t)i * c.ldk + j];
+      bad_w += memcmp(&want, &wkv[(int64_t)i * c.ldk + j], sizeof want) != 0;
+      if (j < 2 * H * dh) dbw[H * dh + j] += zkv[(int64_t)i * c.ldk + j];
+    }
+  TEST_EXPECT(bad_w == 0, "attention %s: the writing backward differs in %lld elements", name,
+              (long long)bad_w);
+  TEST_EXPECT(memcmp(db, dbw, sizeof(float) * 3 * H * dh) == 0,
+              "attention %s: the q/k/v bias sums differ from the column sums", name);
+  free(zq), free(zkv), free(wq), free(wkv), free(wq0), free(wkv0), free(db0), free(db), free(dbw);
 
   free(kv), free(c.q), free(c.out), free(c.probs), free(c.r), free(c.scratch), free(out_before);
   free(pref), free(oref), free(heads), free(heads_ref), free(dq0), free(dkv0), free(dq), free(dkv);
@@ -915,9 +1048,11 @@ int main(int argc, char **argv) {
   test_hash();
   test_dropout();
   test_dropout_exact();
+  test_dropout_fused();
   test_layernorm();
   test_layernorm_backward_widths();
   test_relu();
+  test_relu_backward_inplace();
   test_attention();
   test_embedding();
   test_positions();
