@@ -4,7 +4,9 @@
  * (batch * sequence length), d = features. Conventions:
  *  - every *_backward ACCUMULATES (+=) into its input gradients and parameter
  *    gradients; callers zero them first. Pointers for gradients that are not wanted
- *    may be NULL where the comment says so.
+ *    may be NULL where the comment says so. The fused variants for the model's backward
+ *    (ops_relu_backward_inplace, ops_dropout_backward, ops_attention_backward_set) write
+ *    their input gradient instead, and still accumulate the bias gradients they sum.
  *  - nothing allocates; scratch is passed in. No function is collective: these are
  *    the per-process kernels that the model calls on the blocks it owns.
  *  - dropout masks come from a counter-based hash of (key, global element index), so
