@@ -551,6 +551,26 @@ def main():
         ["link", "overlap", "2-rank tok/s", "step s", "comm share (rank 0 in MPI)",
          "DP eff. vs 1 rank alone", "vs 1 rank beside another (same minutes)", "model", "note"],
         eff_rows)
+    # the bucket-size sweep (SCALING_BUCKETS, at the first rate), next to that rate's runs
+    rows = []
+    for r in rates:
+        files = [(None, f"step_{r}_overlap0.jsonl"), (None, f"step_{r}_overlap1.jsonl")]
+        files += sorted(((float(os.path.basename(f).split("bucket")[1][:-6]), f) for f in
+                         glob.glob(os.path.join(outdir, f"step_{r}_overlap1_bucket*.jsonl"))))
+        if len(files) == 2:
+            continue
+        for _, f in files:
+            m = bench_lines(os.path.join(outdir, os.path.basename(f)))
+            if not m:
+                continue
+            m = m[0]
+            on = m.get("grad_overlap", 0)
+            rows.append([r, "off" if not on else f"{m.get('grad_bucket_mb', '-'):g}",
+                         str(m.get("grad_buckets", 0)), f"{m['step_s']:.2f}",
+                         f"{m['step_s'] * m['comm_fraction']:.3f}", f"{m['tokens_per_s']:.1f}",
+                         f"{m['sgemm_1core_gflops']:.0f}"])
+    tables["buckets"] = table(["link", "bucket MiB", "buckets", "step s",
+                               "s in MPI (rank 0)", "2-rank tok/s", "sgemm GFLOP/s at start"], rows)
     tp_implied = None
     m = bench_lines(os.path.join(outdir, "step_shm_tp2.jsonl"))
     if m:

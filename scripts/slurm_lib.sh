@@ -6,7 +6,8 @@
 #   stop_pid FILE NAME      SIGTERM (10 s, then SIGKILL) the pid in FILE if it is NAME
 #   need_tools              root and the Slurm and munge programs, or die
 #   start_munge             use a running munged or start one (noted in $dir/munged.started)
-#   stop_munge              stop the munged that start_munge started, if it did
+#   stop_munge              stop the munged that start_munge started, if it did and no
+#                           other Slurm daemon (another cluster's) is left to use it
 #   host_cpus / host_mem_mb this machine's CPUs (not OMP_NUM_THREADS) and 90% of its memory
 #   write_conf_common PORT  the slurm.conf lines every local cluster has, to stdout
 #   wait_nodes_idle SECS N...  until every node is idle/mixed/allocated, or die with the logs
@@ -66,7 +67,11 @@ start_munge() {
 }
 stop_munge() {
   [ -s "$dir/munged.started" ] || return 0
-  stop_pid "$dir/munged.started" munged
+  # a cluster started after this one found our munged running and uses it: while any Slurm
+  # daemon is left (ours are stopped by now), leave munged to it
+  if ! pgrep -x slurmctld >/dev/null && ! pgrep -x slurmd >/dev/null; then
+    stop_pid "$dir/munged.started" munged
+  fi
   rm -f "$dir/munged.started"
 }
 
