@@ -100,6 +100,7 @@ set title "update {k}: compute (backward, Adam), gradient buckets in flight, wai
 set xlabel "ms"
 set ytics ({labels})
 set yrange [-0.5:{3 * n}]
+set key below horizontal
 set style fill solid 0.8 noborder
 plot "{tmp}/compute.dat" using 1:2:3:4:5:6 with boxxyerror lc rgb "#4477aa" title "compute", \\
      "{tmp}/bucket.dat" using 1:2:3:4:($2-0.05):($2+0.05) with boxxyerror lc rgb "#228833" title "bucket in flight", \\

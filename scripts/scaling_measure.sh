@@ -137,6 +137,9 @@ job() {
   while [ "$1" != -- ]; do args+=("$1"); shift; done
   shift
   tag=$(basename "$file" .jsonl)$RANDOM
+  # /usr/bin/time: each rank appends its line to a file of this job's (one buffered write
+  # each); on stderr two ranks' lines came out written into each other
+  [ "$1" = /usr/bin/time ] && set -- "$1" -a -o "$work/$tag.rss" "${@:2}"
   local l0 t0 rc
   l0=$(load)
   t0=$SECONDS
@@ -145,7 +148,7 @@ job() {
     wait_job "$(cat "$work/$tag.id")"
     rc=$?
   fi
-  grep '^{' "$work/$tag.out" | sed "s/}\$/$extra}/" >>"$out/$file"
+  grep -h '^{' "$work/$tag.out" "$work/$tag.rss" 2>/dev/null | sed "s/}\$/$extra}/" >>"$out/$file"
   printf '{"file":"%s","cmd":"%s","sbatch":"%s","load_before":"%s","load_after":"%s","seconds":%d,"rc":%d}\n' \
     "$file" "$(sed "s|$root/||g; s|$BUILD/|build/|g" <<<"$*")" "${args[*]}" "$l0" "$(load)" $((SECONDS - t0)) $rc \
     >>"$out/runs.jsonl"

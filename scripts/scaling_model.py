@@ -51,7 +51,11 @@ def load_jsonl(path):
     for line in open(path):
         line = line.strip()
         if line.startswith("{"):
-            out.append(json.loads(line))
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # two ranks' /usr/bin/time lines written into each other
+                print(f"scaling_model: {path}: skipped a line that is not JSON: {line[:60]}",
+                      file=sys.stderr)
     return out
 
 
@@ -221,11 +225,11 @@ def arena_floats(s, st, B, T, pr, pc, n_floats, vec_floats):
         c += (3 * (d1 - d0) + 1) * nT * d
     hd = 0  # activation dropout off in both shapes: hd aliases h
     for _ in range(e0, e1):
-        c += 2 * (nS * d + 2 * nS + nS * d)  # ln_out or resid, mean, rstd, core (2 sublayers)
+        c += 2 * (nS * d + 2 * nS + nS * d / 32)  # ln_out or resid, mean, rstd, dropout bits
         c += 4 * nS * d + Bl * H * T * T  # q k v o, probs
         c += nS * F + hd
     for _ in range(d0, d1):
-        c += 3 * (nT * d + 2 * nT + nT * d)
+        c += 3 * (nT * d + 2 * nT + nT * d / 32)
         c += 2 * (4 * nT * d + Bl * H * T * T)  # self and cross attention
         c += nT * F + hd
     if s["pre_ln"] or not st["enc_last"]:
@@ -235,7 +239,8 @@ def arena_floats(s, st, B, T, pr, pc, n_floats, vec_floats):
         c += nT * d
     if st["last"]:
         c += nT * V
-    c += 9 * nmax * d + nmax * F + nS * d + 2 * Tmax * Tmax + 2 * nmax + 8 * nmax
+    # F's output (one buffer for every sublayer), the backward scratch, attention scratch
+    c += nmax * d + 8 * nmax * d + nmax * F + nS * d + 2 * Tmax * Tmax + 2 * nmax + 8 * nmax
     if pr > 1:
         c += s["V"] * s["d"] + vec_floats
     return c
