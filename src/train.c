@@ -193,6 +193,13 @@ static void train_banner(trainer *tr) {
              "local: %s\n",
              tr->g->tp, c->precision);
     if (warn[0]) printf("%s\n", warn);
+    if (gradsync_buckets(&tr->sync) > 0)
+      printf("dp=%d: gradients summed in %d bucket%s of at most about %g MiB during the "
+             "backward (grad_overlap=1%s)\n",
+             tr->g->dp, gradsync_buckets(&tr->sync), gradsync_buckets(&tr->sync) == 1 ? "" : "s",
+             c->grad_bucket_mb, c->zero ? ", reduce-scatter" : "");
+    else if (tr->g->dp > 1)
+      printf("dp=%d: gradients summed after the backward (grad_overlap=0)\n", tr->g->dp);
     if (s->resumed)
       printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", s->ckpt_path,
              (long long)tr->t.step, (long long)tr->t.epoch, (long long)tr->t.cursor);
