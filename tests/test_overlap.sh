@@ -3,10 +3,10 @@
 # (grad_overlap = 1, gradsync.c) against one blocking sum after it (grad_overlap = 0).
 #   1. per-step loss and gnorm, and the final checkpoint's tensors and Adam moments, are
 #      bitwise equal with 1 KiB buckets (hundreds per step, every readiness class: tensors
-#      of each sublayer, tied embeddings, replicated vectors) on dp=2, dp=2 zero=1,
-#      dp=2 x pp=2 with embeddings tied across the stages, dp=2 x tp=2 on a 2x1 grid
-#      (vectors complete only at the end) and a classifier; dp=4 and dp=4 zero=1 within
-#      float32 rounding (other orders of the sums' terms);
+#      of each sublayer, tied embeddings, replicated vectors) on dp=2, dp=2 zero=1, dp=2
+#      with 3 micro-batches an update, dp=2 x pp=2 with embeddings tied across the stages,
+#      dp=2 x tp=2 on a 2x1 grid (vectors complete only at the end) and a classifier;
+#      dp=4 and dp=4 zero=1 within float32 rounding (other orders of the sums' terms);
 #   2. an overlapped run stopped at step 10 and resumed gives the uninterrupted run's bits;
 #   3. the timeline (MPIFORMER_TRACE): in every update the buckets launch inside the
 #      last backward, and on each rank buckets complete inside it, i.e. they moved while
@@ -68,6 +68,7 @@ print(f"largest weight difference after 20 steps {max(d):.2g}")' "$tmp/$name.off
 echo "overlapped against blocking gradient sums"
 pair 0 dp2 2 mt.conf
 pair 0 dp2z 2 mt.conf zero=1
+pair 0 dp2uf3 2 mt.conf update_freq=3 # only the last of 3 backwards launches buckets
 pair 0 dp2pp2 4 mt.conf pp=2 microbatches=2 share_embeddings=all norm=post
 pair 0 dp2tp2 4 mt.conf tp=2 tp_grid=2x1
 pair 0 clf 2 enc.conf
